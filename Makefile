@@ -1,0 +1,44 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11:
+#   make run    -- create .venv, install, run the whole pipeline on the embedded data
+#   make test   -- create .venv, install, run the test suite (what CI runs: .ci/run)
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch first, pinned: on CPU-only machines this resolves to the CPU build; an unpinned
+# torch (or one pulled in by a dependency) would download several GB of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+
+export KEDRO_DISABLE_TELEMETRY := 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export MPLBACKEND := Agg
+
+.PHONY: setup run test test-all lint dvc-repro bench clean-outputs
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 not found (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+run: setup
+	$(BIN)/kedro run
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-all: setup
+	$(BIN)/python -m pytest -m ""
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+dvc-repro: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
+
+bench: setup
+	$(BIN)/python benchmarks/bench_training.py

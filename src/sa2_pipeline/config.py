@@ -1,0 +1,256 @@
+"""Typed, frozen schemas for every parameter group in ``conf/*/parameters_*.yml``.
+
+Each Kedro node receives its parameters as a plain dict (``params:<group>``, which is also
+what kedro-mlflow logs) and parses it once with :func:`parse`. Unknown keys, wrong types and
+illegal values fail at once with a message that names the key, the value and what is allowed,
+so a typo in a YAML file never trains for an hour with a default silently used instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A parameter group does not match its schema."""
+
+
+# --------------------------------------------------------------------------- ingestion
+@dataclass(frozen=True)
+class SyntheticDataConfig:
+    """The embedded synthetic H&E dataset (written in the MoNuSeg raw format)."""
+
+    generate_if_missing: bool = True
+    n_train: int = 24
+    n_test: int = 8
+    image_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IngestionConfig:
+    """``params:data_ingestion``: which dataset, in which raw format, where."""
+
+    dataset: str = "synthetic"
+    format: Literal["monuseg"] = "monuseg"
+    raw_dir: str = "data/01_raw/synthetic"
+    synthetic: SyntheticDataConfig | None = None
+
+
+# --------------------------------------------------------------------------- processing
+@dataclass(frozen=True)
+class ProcessingConfig:
+    """``params:data_processing``: splits and model inputs."""
+
+    mode: Literal["native", "resize"] = "native"
+    resize_to: int = 224
+    n_folds: int = 5
+    fold: int = 0
+    split_seed: int = 999
+
+    def __post_init__(self) -> None:
+        if self.n_folds < 2:
+            raise ConfigError(f"data_processing.n_folds must be >= 2, got {self.n_folds}")
+        if not 0 <= self.fold < self.n_folds:
+            raise ConfigError(
+                f"data_processing.fold must be in [0, {self.n_folds - 1}], got {self.fold}"
+            )
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ModelConfig:
+    """``params:model``: forwarded to :func:`sa2_pipeline.models.create_model`."""
+
+    name: str = "sa2net"
+    in_channels: int = 3
+    num_classes: int = 1
+    base_channels: int = 64
+    deep_supervision: bool = True
+
+    def kwargs(self) -> dict[str, Any]:
+        """Constructor keyword arguments for ``create_model(self.name, **kwargs)``."""
+        kw = dataclasses.asdict(self)
+        kw.pop("name")
+        return kw
+
+
+# --------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class LossConfig:
+    dice_weight: float = 0.5
+    bce_weight: float = 0.5
+    ce_weight: float = 0.5
+    head_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Cosine annealing with warm restarts, as the release uses it.
+
+    The release calls ``scheduler.step()`` twice per epoch with ``T_0 = 10``, so its
+    effective period is ``T_0 / steps_per_epoch`` = 5 epochs; ``steps_per_epoch`` keeps that.
+    """
+
+    name: Literal["cosine_warm_restarts", "constant"] = "cosine_warm_restarts"
+    t0: int = 10
+    eta_min: float = 1e-4
+    steps_per_epoch: int = 2
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    name: Literal["none", "paper", "default"] = "default"
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """``params:training``: the training engine's settings."""
+
+    epochs: int = 20
+    batch_size: int = 4
+    patch_size: int = 128
+    samples_per_epoch: int = 64
+    foreground_oversample: float = 0.33
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    early_stopping_patience: int = 50
+    select_after_epoch: int = 0
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+    num_workers: int = 0
+    num_threads: int = 0
+    val_batch_size: int = 4
+    checkpoint_dir: str = "data/06_models/checkpoints"
+    resume: bool = True
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    loss: LossConfig = field(default_factory=LossConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "patch_size", "samples_per_epoch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"training.{key} must be >= 1, got {getattr(self, key)}")
+        if self.patch_size < 16:
+            raise ConfigError(f"training.patch_size must be >= 16, got {self.patch_size}")
+        if not 0.0 <= self.foreground_oversample <= 1.0:
+            raise ConfigError(
+                "training.foreground_oversample must be in [0, 1], "
+                f"got {self.foreground_oversample}"
+            )
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``params:evaluation``: sliding-window prediction of the held-out test set."""
+
+    patch_size: int = 256
+    overlap: float = 0.5
+    batch_size: int = 4
+    tta: bool = False
+    threshold: float = 0.5
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """``params:registry``: MLflow model registration and the promotion gate."""
+
+    register: bool = True
+    model_name: str = "sa2net-synthetic"
+    promotion_metric: str = "test_dice"
+    promotion_margin: float = 0.0
+    input_example_size: int = 64
+
+
+@dataclass(frozen=True)
+class ReportingConfig:
+    """``params:reporting``."""
+
+    n_overlays: int = 4
+    title: str = "SA2-Net report"
+
+
+# --------------------------------------------------------------------------- parsing
+def parse(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
+    """Build the frozen dataclass ``cls`` from a parameter dict, rejecting unknown keys.
+
+    Args:
+        cls: A dataclass schema from this module.
+        data: The parameter group as Kedro loaded it (``None`` means all defaults).
+        where: The group's name for error messages, e.g. ``"training"``.
+
+    Raises:
+        ConfigError: On unknown keys, wrong types or illegal literal values.
+    """
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where}; allowed keys: {sorted(fields)}"
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError("; ".join(errors))
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} = {value!r} is not allowed; choose one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return parse(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,57 @@
+"""Project hooks: keep third-party tools offline, and keep one MLflow run per model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+logger = logging.getLogger(__name__)
+
+
+class QuietThirdPartyHook:
+    """Stop libraries from calling home (no network here, and none needed)."""
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:  # noqa: ARG002
+        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+        os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+
+
+class ContinueModelRunHook:
+    """Evaluation and reporting log into the MLflow run that trained their model.
+
+    ``kedro run`` of the whole project is one MLflow run anyway. When the stages run as
+    separate commands (``dvc repro`` runs one ``kedro run --pipeline <stage>`` per stage),
+    a pipeline that consumes ``trained_model`` without producing it continues the training
+    run recorded in ``training_run`` instead of opening a new, disconnected one. It does so
+    by setting ``MLFLOW_RUN_ID``, which ``mlflow.start_run`` (called by kedro-mlflow right
+    after this hook) honours; an explicitly set ``MLFLOW_RUN_ID`` is left alone.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:  # noqa: ARG002
+        if os.environ.get("MLFLOW_RUN_ID"):
+            return
+        if "trained_model" not in pipeline.inputs() or "training_run" not in catalog:
+            return
+        try:
+            info = catalog.load("training_run")
+        except Exception as err:  # noqa: BLE001 - a missing record only means a new run
+            logger.info("no training run recorded (%s); MLflow opens a new run", err)
+            return
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        if not run_id:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            if MlflowClient().get_run(run_id).info.lifecycle_stage != "active":
+                return
+        except Exception as err:  # noqa: BLE001 - run deleted or another tracking store
+            logger.info("training run %s not found in this tracking store (%s)", run_id, err)
+            return
+        os.environ["MLFLOW_RUN_ID"] = run_id
+        logger.info("continuing MLflow run %s of the model being evaluated", run_id)

@@ -1,0 +1,9 @@
+"""MLflow "models from code" entry: MLflow runs this file when it loads the model.
+
+Logging a path rather than a pickled object means the registered model depends only on
+the source bundled with it (``code_paths``), never on a pickle of this environment.
+"""
+
+from sa2_pipeline.inference.pyfunc import _set_model_from_code
+
+_set_model_from_code()

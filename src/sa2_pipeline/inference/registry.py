@@ -1,0 +1,216 @@
+"""Log a model bundle as an MLflow pyfunc, register it and run the promotion gate.
+
+Conventions (DESIGN.md): one registered model per dataset (``sa2net-<dataset>``); every
+registered version gets the alias ``challenger``; ``champion`` moves to it only when it
+beats the current champion on the same frozen test set by ``margin``. The decision and
+both scores are written on the version as tags. The champion alias is the very last thing
+written, so a crash at any earlier point leaves the registry's champion untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+TAG_PREFIX = "sa2."
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """Outcome of the promotion gate, recorded on the model version."""
+
+    promote: bool
+    reason: str
+    metric: str
+    candidate_score: float
+    champion_score: float | None
+    champion_version: str | None
+    margin: float
+
+
+def decide_promotion(
+    candidate_score: float,
+    champion_score: float | None,
+    *,
+    metric: str,
+    margin: float,
+    champion_version: str | None = None,
+) -> PromotionDecision:
+    """Promote when there is no champion, or the candidate beats it by more than ``margin``."""
+    if champion_score is None:
+        return PromotionDecision(True, "no champion yet", metric, candidate_score, None,
+                                 champion_version, margin)
+    if candidate_score > champion_score + margin:
+        reason = f"{metric} {candidate_score:.4f} > champion {champion_score:.4f} + {margin}"
+        return PromotionDecision(True, reason, metric, candidate_score, champion_score,
+                                 champion_version, margin)
+    reason = f"{metric} {candidate_score:.4f} <= champion {champion_score:.4f} + {margin}"
+    return PromotionDecision(False, reason, metric, candidate_score, champion_score,
+                             champion_version, margin)
+
+
+def model_signature():
+    """uint8 image (H, W, 3) of any size in, uint8 label mask (H, W) out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]),
+    )
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    def pin(dist: str) -> str:
+        return f"{dist}=={version(dist).split('+')[0]}"
+
+    return [pin("torch"), pin("numpy"), pin("mlflow"), pin("opencv-python-headless")]
+
+
+def log_model_bundle(bundle: dict[str, Any], *, input_example_size: int = 64) -> Any:
+    """Log ``bundle`` to the active MLflow run as a self-contained pyfunc model.
+
+    The package's source travels with the model (``code_paths``), so loading it needs
+    neither this project installed nor a Kedro session.
+
+    Returns:
+        MLflow's ``ModelInfo``.
+    """
+    import mlflow
+    import torch
+
+    import sa2_pipeline
+
+    package_dir = Path(sa2_pipeline.__file__).parent
+
+    rng = np.random.default_rng(0)
+    example = rng.integers(0, 256, (input_example_size, input_example_size, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model_bundle.pt"
+        torch.save(bundle, path)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            # Logged by path (MLflow "models from code"), not by pickling an object.
+            python_model=str(package_dir / "inference" / "pyfunc_model.py"),
+            artifacts={"model_bundle": str(path)},
+            code_paths=[str(package_dir)],
+            signature=model_signature(),
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+        )
+
+
+def register_and_promote(
+    bundle: dict[str, Any],
+    *,
+    model_name: str,
+    test_scores: dict[str, float],
+    test_set_id: str,
+    metric: str = "test_dice",
+    margin: float = 0.0,
+    input_example_size: int = 64,
+    score_champion: Callable[[str], float] | None = None,
+) -> dict[str, Any]:
+    """Log, register as ``challenger``, and promote to ``champion`` if it is better.
+
+    Args:
+        bundle: The trained model bundle.
+        model_name: Registered model name, e.g. ``sa2net-synthetic``.
+        test_scores: The candidate's test metrics (must contain ``metric``).
+        test_set_id: Hash identifying the frozen test set the scores were computed on.
+        metric: Higher-is-better metric compared by the gate.
+        margin: The candidate must beat the champion by more than this.
+        score_champion: ``score_champion(model_uri) -> metric`` re-scores the champion on
+            this test set when its recorded score was computed on a different one; without
+            it such a champion is kept (no fair comparison possible).
+
+    Returns:
+        A record of the registration: name, version, run, scores, decision, aliases.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    if metric not in test_scores:
+        raise KeyError(f"promotion metric {metric!r} not in test scores {sorted(test_scores)}")
+    candidate = float(test_scores[metric])
+    info = log_model_bundle(bundle, input_example_size=input_example_size)
+    mv = mlflow.register_model(info.model_uri, model_name)
+    client = MlflowClient()
+    version = str(mv.version)
+    tags = {f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in test_scores.items()}
+    tags[f"{TAG_PREFIX}test_set_id"] = test_set_id
+    tags[f"{TAG_PREFIX}input_convention"] = str(bundle.get("input_convention"))
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+
+    champion_version, champion_score = _champion_score(
+        client, model_name, metric, test_set_id, score_champion
+    )
+    decision = decide_promotion(
+        candidate, champion_score, metric=metric, margin=margin,
+        champion_version=champion_version,
+    )
+    client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}promotion_decision",
+                                 "promoted" if decision.promote else "rejected")
+    client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}promotion_reason",
+                                 decision.reason)
+    if champion_score is not None:
+        client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}champion_score",
+                                     f"{champion_score:.6f}")
+    if decision.promote:
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+    logger.info("%s version %s: %s (%s)", model_name, version,
+                "promoted to champion" if decision.promote else "kept as challenger",
+                decision.reason)
+    aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
+    return {
+        "model_name": model_name,
+        "version": version,
+        "model_uri": info.model_uri,
+        "run_id": info.run_id,
+        "test_set_id": test_set_id,
+        "aliases": aliases,
+        **{f"decision_{k}": v for k, v in asdict(decision).items()},
+    }
+
+
+def _champion_score(
+    client: Any,
+    model_name: str,
+    metric: str,
+    test_set_id: str,
+    score_champion: Callable[[str], float] | None,
+) -> tuple[str | None, float | None]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        champion = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException:
+        return None, None
+    tags = champion.tags or {}
+    recorded = tags.get(f"{TAG_PREFIX}{metric}")
+    if recorded is not None and tags.get(f"{TAG_PREFIX}test_set_id") == test_set_id:
+        return str(champion.version), float(recorded)
+    if score_champion is None:
+        logger.warning(
+            "champion %s v%s was scored on another test set and cannot be re-scored here; "
+            "it is kept", model_name, champion.version,
+        )
+        return str(champion.version), float("inf")
+    score = float(score_champion(f"models:/{model_name}/{champion.version}"))
+    logger.info("re-scored champion v%s on this test set: %s = %.4f", champion.version,
+                metric, score)
+    return str(champion.version), score

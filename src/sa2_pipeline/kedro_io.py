@@ -1,0 +1,156 @@
+"""Custom Kedro datasets for arrays, image folders and model bundles.
+
+Every save is atomic (temporary sibling, then rename: :mod:`sa2_pipeline.io_utils`), so a
+run killed mid-save leaves the previous complete output, never a torn one -- which is also
+what lets ``dvc repro`` trust what it finds on disk.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from kedro.io import AbstractDataset, DatasetError
+
+from sa2_pipeline.io_utils import atomic_directory, atomic_write_bytes
+
+_SEP = "::"
+
+
+class ArrayBundleDataset(AbstractDataset[dict, dict]):
+    """A nested dict of NumPy arrays (``{"images": {id: arr}, "masks": {id: arr}}``) in one
+    uncompressed ``.npz`` file: fast to load, one file for DVC to track.
+    """
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, dict[str, np.ndarray]]:
+        out: dict[str, dict[str, np.ndarray]] = {}
+        with np.load(self._filepath, allow_pickle=False) as npz:
+            for key in npz.files:
+                group, _, name = key.partition(_SEP)
+                out.setdefault(group, {})[name] = npz[key]
+        return out
+
+    def save(self, data: dict[str, dict[str, np.ndarray]]) -> None:
+        flat = {}
+        for group, arrays in data.items():
+            for name, arr in arrays.items():
+                if _SEP in group or _SEP in name:
+                    raise DatasetError(f"{self._filepath}: key {group!r}/{name!r} contains '{_SEP}'")
+                flat[f"{group}{_SEP}{name}"] = np.asarray(arr)
+        buffer = io.BytesIO()
+        np.savez(buffer, **flat)
+        atomic_write_bytes(self._filepath, buffer.getbuffer())
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class ImageFolderDataset(AbstractDataset[dict, dict]):
+    """``{id: uint8 array}`` <-> a folder of lossless PNG files named ``<id>.png``.
+
+    The folder is written whole under a temporary name and renamed into place, replacing
+    the previous version only when every image is written.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, np.ndarray]:
+        import cv2
+
+        if not self._path.is_dir():
+            raise DatasetError(f"{self._path}: folder not found")
+        out = {}
+        for file in sorted(self._path.glob("*.png")):
+            arr = cv2.imread(str(file), cv2.IMREAD_UNCHANGED)
+            if arr is None:
+                raise DatasetError(f"{file}: unreadable PNG")
+            if arr.ndim == 3:
+                arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+            out[file.stem] = arr
+        return out
+
+    def save(self, data: dict[str, np.ndarray]) -> None:
+        import cv2
+
+        with atomic_directory(self._path, overwrite=True) as tmp:
+            for name, arr in data.items():
+                arr = np.asarray(arr)
+                if arr.ndim == 3:
+                    arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+                if not cv2.imwrite(str(tmp / f"{name}.png"), arr):
+                    raise DatasetError(f"{self._path}: could not encode {name!r} as PNG")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class ModelBundleDataset(AbstractDataset[dict, dict]):
+    """A model bundle (:mod:`sa2_pipeline.models.bundle`) as a weights-only torch file."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+        self._filepath = PurePosixPath(filepath)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, Any]:
+        import torch
+
+        from sa2_pipeline.models.bundle import validate_bundle
+
+        bundle = torch.load(self._filepath, map_location="cpu", weights_only=True)
+        return validate_bundle(bundle, str(self._filepath))
+
+    def save(self, data: dict[str, Any]) -> None:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        atomic_write_bytes(self._filepath, buffer.getbuffer())
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath)}
+
+
+class FigurePngDataset(AbstractDataset[Any, bytes]):
+    """Saves a matplotlib figure as PNG (then closes it); loads the PNG's bytes.
+
+    Unlike a write-only figure writer, downstream nodes (the report) can consume it.
+    """
+
+    def __init__(self, filepath: str, dpi: int = 110, metadata: dict[str, Any] | None = None):
+        self._filepath = PurePosixPath(filepath)
+        self._dpi = dpi
+        self.metadata = metadata
+
+    def load(self) -> bytes:
+        return Path(self._filepath).read_bytes()
+
+    def save(self, data: Any) -> None:
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        data.savefig(buffer, format="png", dpi=self._dpi)
+        plt.close(data)
+        atomic_write_bytes(self._filepath, buffer.getbuffer())
+
+    def _exists(self) -> bool:
+        return Path(self._filepath).is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "dpi": self._dpi}

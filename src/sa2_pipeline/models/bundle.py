@@ -1,0 +1,80 @@
+"""A trained model as one self-describing object: architecture, weights, input convention.
+
+The bundle is a plain dict (``torch.save``-able, no pickled classes) so a checkpoint can be
+rebuilt anywhere with ``model_from_bundle`` -- in the evaluation stage, in an MLflow pyfunc
+in a fresh process, or by a user -- without knowing which run produced it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+BUNDLE_FORMAT = "sa2-pipeline/model-bundle/1"
+
+
+def make_bundle(
+    *,
+    model_name: str,
+    init_kwargs: dict[str, Any],
+    state_dict: dict[str, Any],
+    channel_order: str = "rgb",
+    patch_size: int = 256,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble a bundle.
+
+    Args:
+        model_name: Name for :func:`sa2_pipeline.models.create_model`.
+        init_kwargs: Constructor arguments (``in_channels``, ``num_classes``...).
+        state_dict: Weights on the CPU.
+        channel_order: ``"rgb"`` or ``"bgr"``: what the network was trained on. Inputs are
+            always uint8 scaled to [0, 1], with no mean/std normalisation.
+        patch_size: Sliding-window tile size for inference on large images.
+        metadata: Free-form provenance (best epoch, validation Dice, run id, fingerprint).
+    """
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    return {
+        "format": BUNDLE_FORMAT,
+        "model_name": model_name,
+        "init_kwargs": dict(init_kwargs),
+        "state_dict": state_dict,
+        "input_convention": {
+            "channel_order": channel_order,
+            "dtype": "uint8",
+            "scale": "divide by 255 to [0, 1]",
+            "normalisation": "none",
+        },
+        "patch_size": int(patch_size),
+        "metadata": dict(metadata or {}),
+    }
+
+
+def validate_bundle(bundle: Any, source: str = "model bundle") -> dict[str, Any]:
+    """Check that ``bundle`` is a model bundle; the error names ``source``."""
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ValueError(
+            f"{source}: not a sa2-pipeline model bundle (expected format {BUNDLE_FORMAT!r})"
+        )
+    missing = [k for k in ("model_name", "init_kwargs", "state_dict") if k not in bundle]
+    if missing:
+        raise ValueError(f"{source}: model bundle lacks {missing}")
+    return bundle
+
+
+def model_from_bundle(bundle: dict[str, Any], source: str = "model bundle"):
+    """Rebuild the network in eval mode with the bundle's weights (strict load)."""
+    from sa2_pipeline.models import create_model
+
+    validate_bundle(bundle, source)
+    model = create_model(bundle["model_name"], **bundle["init_kwargs"])
+    model.load_state_dict(bundle["state_dict"], strict=True)
+    return model.eval()
+
+
+def num_classes_of(bundle: dict[str, Any]) -> int:
+    return int(bundle["init_kwargs"].get("num_classes", 1))
+
+
+def channel_order_of(bundle: dict[str, Any]) -> str:
+    return str(bundle.get("input_convention", {}).get("channel_order", "rgb"))

@@ -1,0 +1,17 @@
+"""Project pipelines: one per stage, ``__default__`` is their sum."""
+
+from kedro.framework.project import find_pipelines
+from kedro.pipeline import Pipeline
+
+STAGES = ("data_ingestion", "data_processing", "training", "evaluation", "reporting")
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register the project's pipelines.
+
+    Returns:
+        A mapping from pipeline names to ``Pipeline`` objects.
+    """
+    pipelines = find_pipelines(raise_errors=True)
+    pipelines["__default__"] = sum(pipelines[name] for name in STAGES)
+    return pipelines

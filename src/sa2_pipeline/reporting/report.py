@@ -1,0 +1,97 @@
+"""A self-contained report: Markdown (figures beside it) and HTML (figures embedded)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+
+def figure_png(fig: Any) -> bytes:
+    """PNG bytes of a figure (already-rendered PNG bytes pass through)."""
+    if isinstance(fig, bytes | bytearray):
+        return bytes(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def build_report(
+    *,
+    title: str,
+    model_meta: Mapping[str, Any],
+    model_desc: Mapping[str, Any],
+    test_summary: Mapping[str, Any],
+    per_image: pd.DataFrame,
+    registration: Mapping[str, Any],
+    figures: Mapping[str, Any],
+) -> tuple[str, str]:
+    """Return ``(markdown, html)``.
+
+    Args:
+        figures: ``{name: Figure or PNG bytes}``; the Markdown links ``figures/<name>.png`` (where the
+            catalog saves them), the HTML embeds them as data URIs.
+    """
+    summary_rows = [(k, _fmt(v)) for k, v in test_summary.items()]
+    model_rows = [(k, _fmt(v)) for k, v in model_desc.items()]
+    model_rows += [(k, _fmt(model_meta[k])) for k in
+                   ("best_epoch", "best_val_dice", "epochs_run", "stopped_early",
+                    "resumed_from_epoch", "mlflow_run_id") if k in model_meta]
+    reg_rows = [(k, _fmt(v)) for k, v in registration.items()]
+    sections = [
+        ("Model", _table(model_rows)),
+        ("Test set (held out; never used for model selection)", _table(summary_rows)),
+        ("Registry", _table(reg_rows)),
+    ]
+    md = [f"# {title}", ""]
+    for heading, body in sections:
+        md += [f"## {heading}", "", body, ""]
+    md += ["## Figures", ""]
+    md += [f"![{name}](figures/{name}.png)\n" for name in figures]
+    md += ["## Per-image test metrics", "", per_image.to_markdown(index=False, floatfmt=".4f")
+           if _has_tabulate() else per_image.to_string(index=False), ""]
+    markdown = "\n".join(md)
+
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, rows in (("Model", model_rows),
+                          ("Test set (held out; never used for model selection)", summary_rows),
+                          ("Registry", reg_rows)):
+        cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                        for k, v in rows)
+        parts.append(f"<h2>{html.escape(heading)}</h2><table>{cells}</table>")
+    parts.append("<h2>Figures</h2>")
+    for name, fig in figures.items():
+        data = base64.b64encode(figure_png(fig)).decode()
+        parts.append(f'<figure><img alt="{html.escape(name)}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(name)}'
+                     "</figcaption></figure>")
+    parts.append("<h2>Per-image test metrics</h2>")
+    parts.append(per_image.to_html(index=False, float_format=lambda x: f"{x:.4f}"))
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
+             "text-align:left}img{max-width:100%}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    return markdown, page
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,33 @@
+"""Kedro project settings (https://docs.kedro.org/en/stable/kedro_project_setup/settings.html)."""
+
+import os
+
+from kedro.config import OmegaConfigLoader
+
+from sa2_pipeline.hooks import ContinueModelRunHook, QuietThirdPartyHook
+
+# kedro-mlflow's MlflowHook is registered by its plugin entry point.
+HOOKS = (QuietThirdPartyHook(), ContinueModelRunHook())
+
+# Kedro telemetry and albumentations' update check both try the network.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)
+
+
+def _env(key: str, default: str | None = None) -> str | None:
+    """``${sa2.env:NAME,default}``: environment variables in any config file.
+
+    Kedro only allows ``oc.env`` in credentials; the tracking URI must also be
+    overridable by ``MLFLOW_TRACKING_URI`` (DESIGN.md), so mlflow.yml uses this.
+    """
+    return os.environ.get(key, default)
+
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    "custom_resolvers": {"sa2.env": _env},
+    "config_patterns": {
+        "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
+    },
+}
