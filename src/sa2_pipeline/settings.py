@@ -27,6 +27,9 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     "custom_resolvers": {"sa2.env": _env},
+    # conf/<env>/ overrides only the keys it names (e.g. training.epochs) instead of
+    # replacing a whole parameter group.
+    "merge_strategy": {"parameters": "soft", "globals": "soft", "mlflow": "soft"},
     "config_patterns": {
         "mlflow": ["mlflow*", "mlflow*/**", "**/mlflow*"],
     },

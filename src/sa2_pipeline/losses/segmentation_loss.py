@@ -160,6 +160,10 @@ class SegmentationLoss(nn.Module):
         if not heads:
             raise ValueError("outputs is an empty sequence of heads")
         weights = self.head_weights if self.head_weights is not None else [1.0] * len(heads)
+        if isinstance(outputs, torch.Tensor):
+            # A model without auxiliary heads (U-Net, eval mode): the main head counts once,
+            # so the same loss settings serve every architecture.
+            weights = [1.0]
         if len(weights) != len(heads):
             raise ValueError(f"got {len(heads)} head outputs but {len(weights)} head_weights")
         parts: dict[str, torch.Tensor] = {}

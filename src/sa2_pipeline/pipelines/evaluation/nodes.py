@@ -76,7 +76,7 @@ def score_test_set(
         summary[f"test_{col}"] = float(np.nanmean(values))
         summary[f"test_{col}_std"] = float(np.nanstd(values))
         summary[f"test_{col}_median"] = float(np.nanmedian(values))
-    summary["test_set_id"] = test_set_id(model_input_test)
+    summary["test_set_id"] = frozen_test_set_id(model_input_test)
     logger.info("test set: %s", {k: round(v, 4) for k, v in summary.items()
                                  if isinstance(v, float)})
     mlflow_metrics = {k: {"value": v, "step": 0} for k, v in summary.items()
@@ -142,7 +142,7 @@ def register_model(
     return {"registered": True, **record}
 
 
-def test_set_id(model_input_test: dict) -> str:
+def frozen_test_set_id(model_input_test: dict) -> str:
     """A short hash of the test images' ids and masks: "the same frozen test set"."""
     h = hashlib.sha256()
     for image_id in sorted(model_input_test["masks"]):

@@ -1,0 +1,67 @@
+"""Splits keep the test set apart and reproduce the release's K-fold."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.model_selection import KFold
+
+from sa2_pipeline.pipelines.data_processing.nodes import (
+    build_model_inputs,
+    compute_fingerprint,
+    split_dataset,
+)
+
+
+def _manifest(n_train=10, n_test=4):
+    rows = [{"id": f"tr{i:02d}", "split": "train", "height": 32, "width": 40}
+            for i in range(n_train)]
+    rows += [{"id": f"te{i}", "split": "test", "height": 32, "width": 40} for i in range(n_test)]
+    return pd.DataFrame(rows)
+
+
+def test_test_images_never_enter_training_or_validation():
+    splits = split_dataset(_manifest(), {"n_folds": 5, "fold": 2})
+    test_rows = splits[splits["id"].str.startswith("te")]
+    assert set(test_rows["split"]) == {"test"} and set(test_rows["fold"]) == {-1}
+    non_test = splits[splits["split"] != "test"]
+    assert not non_test["id"].str.startswith("te").any()
+
+
+def test_folds_match_sklearn_kfold_with_the_release_seed():
+    splits = split_dataset(_manifest(), {"n_folds": 5, "fold": 0, "split_seed": 999})
+    ids = sorted(f"tr{i:02d}" for i in range(10))
+    for k, (_, val_idx) in enumerate(KFold(5, shuffle=True, random_state=999).split(ids)):
+        expected = {ids[i] for i in val_idx}
+        assert set(splits.loc[splits["fold"] == k, "id"]) == expected
+    assert set(splits.loc[splits["split"] == "val", "id"]) == set(
+        splits.loc[splits["fold"] == 0, "id"])
+
+
+def test_every_fold_validates_each_image_exactly_once():
+    seen = []
+    for fold in range(5):
+        splits = split_dataset(_manifest(), {"n_folds": 5, "fold": fold})
+        seen += splits.loc[splits["split"] == "val", "id"].tolist()
+    assert sorted(seen) == sorted(f"tr{i:02d}" for i in range(10))
+
+
+def test_too_few_images_for_the_folds_is_explained():
+    with pytest.raises(ValueError, match="n_folds = 5 but only 3 non-test images"):
+        split_dataset(_manifest(n_train=3), {"n_folds": 5})
+
+
+def test_model_inputs_resize_mode_keeps_test_native():
+    manifest = _manifest(n_train=5, n_test=2)
+    rng = np.random.default_rng(0)
+    images = {i: rng.integers(0, 255, (32, 40, 3), dtype=np.uint8) for i in manifest["id"]}
+    masks = {i: (rng.random((32, 40)) > 0.7).astype(np.uint8) for i in manifest["id"]}
+    splits = split_dataset(manifest, {"n_folds": 5})
+    train, val, test = build_model_inputs(images, masks, splits,
+                                          {"mode": "resize", "resize_to": 24, "n_folds": 5})
+    assert {a.shape for a in train["images"].values()} == {(24, 24, 3)}
+    assert len(val["images"]) == 1 and len(train["images"]) == 4
+    assert {a.shape for a in test["images"].values()} == {(32, 40, 3)}
+    fingerprint = compute_fingerprint(manifest, images, masks)
+    assert fingerprint["n_by_split"] == {"train": 5, "test": 2}
+    assert fingerprint["label_values"] == [0, 1]
+    assert len(fingerprint["channel_mean"]) == 3
