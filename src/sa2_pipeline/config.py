@@ -51,16 +51,11 @@ class ProcessingConfig:
     mode: Literal["native", "resize"] = "native"
     resize_to: int = 224
     n_folds: int = 5
-    fold: int = 0
     split_seed: int = 999
 
     def __post_init__(self) -> None:
         if self.n_folds < 2:
             raise ConfigError(f"data_processing.n_folds must be >= 2, got {self.n_folds}")
-        if not 0 <= self.fold < self.n_folds:
-            raise ConfigError(
-                f"data_processing.fold must be in [0, {self.n_folds - 1}], got {self.fold}"
-            )
 
 
 # --------------------------------------------------------------------------- model
@@ -79,6 +74,21 @@ class ModelConfig:
         kw = dataclasses.asdict(self)
         kw.pop("name")
         return kw
+
+
+def parse_models(primary: dict[str, Any], baselines: list[dict[str, Any]] | None) -> list[ModelConfig]:
+    """``params:model`` plus ``params:baselines``: every model trained on the same data.
+
+    The first entry is the primary model (the one registered and promoted); names must be
+    unique because they key checkpoints, metrics and report rows.
+    """
+    models = [parse(ModelConfig, primary, "model")]
+    for i, entry in enumerate(baselines or []):
+        models.append(parse(ModelConfig, entry, f"baselines[{i}]"))
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"model and baselines must have distinct names, got {names}")
+    return models
 
 
 # --------------------------------------------------------------------------- training
@@ -131,6 +141,7 @@ class TrainingConfig:
     num_threads: int = 0
     val_batch_size: int = 4
     checkpoint_dir: str = "data/06_models/checkpoints"
+    folds: tuple[int, ...] | Literal["all"] = (0,)
     resume: bool = True
     channel_order: Literal["rgb", "bgr"] = "rgb"
     loss: LossConfig = field(default_factory=LossConfig)
@@ -143,6 +154,8 @@ class TrainingConfig:
                 raise ConfigError(f"training.{key} must be >= 1, got {getattr(self, key)}")
         if self.patch_size < 16:
             raise ConfigError(f"training.patch_size must be >= 16, got {self.patch_size}")
+        if self.folds != "all" and (not self.folds or min(self.folds) < 0):
+            raise ConfigError(f"training.folds must be 'all' or fold indices >= 0, got {self.folds}")
         if not 0.0 <= self.foreground_oversample <= 1.0:
             raise ConfigError(
                 "training.foreground_oversample must be in [0, 1], "

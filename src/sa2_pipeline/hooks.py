@@ -25,7 +25,7 @@ class ContinueModelRunHook:
 
     ``kedro run`` of the whole project is one MLflow run anyway. When the stages run as
     separate commands (``dvc repro`` runs one ``kedro run --pipeline <stage>`` per stage),
-    a pipeline that consumes ``trained_model`` without producing it continues the training
+    a pipeline that consumes ``trained_models`` without producing it continues the training
     run recorded in ``training_run`` instead of opening a new, disconnected one. It does so
     by setting ``MLFLOW_RUN_ID``, which ``mlflow.start_run`` (called by kedro-mlflow right
     after this hook) honours; an explicitly set ``MLFLOW_RUN_ID`` is left alone.
@@ -35,7 +35,7 @@ class ContinueModelRunHook:
     def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:  # noqa: ARG002
         if os.environ.get("MLFLOW_RUN_ID"):
             return
-        if "trained_model" not in pipeline.inputs() or "training_run" not in catalog:
+        if "trained_models" not in pipeline.inputs() or "training_run" not in catalog:
             return
         try:
             info = catalog.load("training_run")

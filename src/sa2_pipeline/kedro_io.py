@@ -154,3 +154,35 @@ class FigurePngDataset(AbstractDataset[Any, bytes]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "dpi": self._dpi}
+
+
+class ModelBundleFolderDataset(AbstractDataset[dict, dict]):
+    """``{key: model bundle}`` <-> a folder of weights-only torch files ``<key>.pt``.
+
+    Holds every trained (model, fold); written whole and renamed into place.
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None) -> None:
+        self._path = Path(path)
+        self.metadata = metadata
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        if not self._path.is_dir():
+            raise DatasetError(f"{self._path}: folder not found")
+        files = sorted(self._path.glob("*.pt"))
+        if not files:
+            raise DatasetError(f"{self._path}: no model bundles (*.pt) in the folder")
+        return {f.stem: ModelBundleDataset(str(f)).load() for f in files}
+
+    def save(self, data: dict[str, dict[str, Any]]) -> None:
+        import torch
+
+        with atomic_directory(self._path, overwrite=True) as tmp:
+            for key, bundle in data.items():
+                torch.save(bundle, tmp / f"{key}.pt")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}

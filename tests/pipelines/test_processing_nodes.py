@@ -8,6 +8,7 @@ from sklearn.model_selection import KFold
 from sa2_pipeline.pipelines.data_processing.nodes import (
     build_model_inputs,
     compute_fingerprint,
+    fold_ids,
     split_dataset,
 )
 
@@ -20,28 +21,29 @@ def _manifest(n_train=10, n_test=4):
 
 
 def test_test_images_never_enter_training_or_validation():
-    splits = split_dataset(_manifest(), {"n_folds": 5, "fold": 2})
+    splits = split_dataset(_manifest(), {"n_folds": 5})
     test_rows = splits[splits["id"].str.startswith("te")]
     assert set(test_rows["split"]) == {"test"} and set(test_rows["fold"]) == {-1}
-    non_test = splits[splits["split"] != "test"]
-    assert not non_test["id"].str.startswith("te").any()
+    for fold in range(5):
+        train_ids, val_ids = fold_ids(splits, fold)
+        assert not any(i.startswith("te") for i in train_ids + val_ids)
+        assert not set(train_ids) & set(val_ids)
 
 
 def test_folds_match_sklearn_kfold_with_the_release_seed():
-    splits = split_dataset(_manifest(), {"n_folds": 5, "fold": 0, "split_seed": 999})
+    splits = split_dataset(_manifest(), {"n_folds": 5, "split_seed": 999})
     ids = sorted(f"tr{i:02d}" for i in range(10))
     for k, (_, val_idx) in enumerate(KFold(5, shuffle=True, random_state=999).split(ids)):
         expected = {ids[i] for i in val_idx}
         assert set(splits.loc[splits["fold"] == k, "id"]) == expected
-    assert set(splits.loc[splits["split"] == "val", "id"]) == set(
-        splits.loc[splits["fold"] == 0, "id"])
+    assert set(fold_ids(splits, 0)[1]) == set(splits.loc[splits["fold"] == 0, "id"])
 
 
 def test_every_fold_validates_each_image_exactly_once():
     seen = []
+    splits = split_dataset(_manifest(), {"n_folds": 5})
     for fold in range(5):
-        splits = split_dataset(_manifest(), {"n_folds": 5, "fold": fold})
-        seen += splits.loc[splits["split"] == "val", "id"].tolist()
+        seen += fold_ids(splits, fold)[1]
     assert sorted(seen) == sorted(f"tr{i:02d}" for i in range(10))
 
 
@@ -56,12 +58,31 @@ def test_model_inputs_resize_mode_keeps_test_native():
     images = {i: rng.integers(0, 255, (32, 40, 3), dtype=np.uint8) for i in manifest["id"]}
     masks = {i: (rng.random((32, 40)) > 0.7).astype(np.uint8) for i in manifest["id"]}
     splits = split_dataset(manifest, {"n_folds": 5})
-    train, val, test = build_model_inputs(images, masks, splits,
-                                          {"mode": "resize", "resize_to": 24, "n_folds": 5})
-    assert {a.shape for a in train["images"].values()} == {(24, 24, 3)}
-    assert len(val["images"]) == 1 and len(train["images"]) == 4
+    trainval, test = build_model_inputs(images, masks, splits,
+                                        {"mode": "resize", "resize_to": 24, "n_folds": 5})
+    assert {a.shape for a in trainval["images"].values()} == {(24, 24, 3)}
+    assert len(trainval["images"]) == 5
     assert {a.shape for a in test["images"].values()} == {(32, 40, 3)}
     fingerprint = compute_fingerprint(manifest, images, masks)
     assert fingerprint["n_by_split"] == {"train": 5, "test": 2}
     assert fingerprint["label_values"] == [0, 1]
     assert len(fingerprint["channel_mean"]) == 3
+
+
+def test_fixed_validation_split_is_honoured():
+    manifest = _manifest(n_train=6, n_test=2)
+    manifest.loc[manifest["id"].isin(["tr00", "tr01"]), "split"] = "val"
+    splits = split_dataset(manifest, {"n_folds": 5})
+    train_ids, val_ids = fold_ids(splits, 0)
+    assert val_ids == ["tr00", "tr01"] and len(train_ids) == 4
+    with pytest.raises(ValueError, match="only fold 0 exists"):
+        fold_ids(splits, 1)
+
+
+def test_groups_never_straddle_folds():
+    manifest = _manifest(n_train=12, n_test=2)
+    manifest["group"] = ["p%d" % (i // 3) for i in range(12)] + ["", ""]
+    splits = split_dataset(manifest, {"n_folds": 4}).merge(manifest[["id", "group"]])
+    train = splits[splits["split"] == "train"]
+    assert (train.groupby("group")["fold"].nunique() == 1).all()
+    assert train["fold"].nunique() == 4

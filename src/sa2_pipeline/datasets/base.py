@@ -9,33 +9,58 @@ wrong it raises one :class:`DatasetValidationError` that lists every bad file an
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "MANIFEST_COLUMNS",
+    "MANIFEST_DEFAULTS",
+    "SPLITS",
     "DatasetValidationError",
+    "DuplicateFinder",
     "IngestedDataset",
+    "Problem",
     "RawSample",
+    "build_manifest",
+    "label_image_2d",
+    "list_files",
+    "manifest_row",
+    "proportional_counts",
+    "read_raster",
     "sha256_array",
     "sha256_file",
+    "warn_ignored",
 ]
+
+#: ``(path, reason)``: one entry of a :class:`DatasetValidationError`.
+Problem = tuple[str, str]
 
 #: Columns of the ingestion manifest, in order.
 #:
 #: - ``id``: unique image id within the dataset (for MoNuSeg the file stem).
 #: - ``dataset``: dataset name, e.g. ``"monuseg"``.
-#: - ``split``: official split hint, ``"train"`` or ``"test"``.
+#: - ``split``: official split hint: ``"train"``, ``"test"``, or ``"val"`` where the
+#:   dataset defines a fixed validation split (ISIC 2018's index split, ACDC's patients).
 #: - ``image_path``, ``annotation_path``: raw files, POSIX paths relative to the raw
-#:   dataset root (so the manifest does not change when the checkout moves).
+#:   dataset root (so the manifest does not change when the checkout moves). When one
+#:   image's annotation is spread over several files (SegPC: one file per cell) they are
+#:   joined by ``";"``. Several rows share a file when one file holds several images
+#:   (ACDC: one row per slice of a volume).
 #: - ``height``, ``width``, ``channels``: shape of the canonical image (channels is 3).
 #: - ``image_sha256``: SHA-256 of the raw image *file* (matches ``sha256sum``).
 #: - ``mask_sha256``: :func:`sha256_array` of the canonical mask.
 #: - ``foreground_fraction``: fraction of mask pixels that are not background.
+#: - ``group``: optional; rows with the same non-empty group must never be separated by
+#:   a split (ACDC: the patient id). ``""`` for datasets without groups.
 MANIFEST_COLUMNS: list[str] = [
     "id",
     "dataset",
@@ -48,9 +73,17 @@ MANIFEST_COLUMNS: list[str] = [
     "image_sha256",
     "mask_sha256",
     "foreground_fraction",
+    "group",
 ]
 
-SPLITS: tuple[str, ...] = ("train", "test")
+#: Values of optional columns for adapters that do not set them.
+MANIFEST_DEFAULTS: dict[str, str] = {"group": ""}
+
+_INT_COLUMNS = ("height", "width", "channels")
+_FLOAT_COLUMNS = ("foreground_fraction",)
+
+#: Official split hints an adapter may give.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -59,7 +92,7 @@ class RawSample:
 
     Attributes:
         id: Unique id within the dataset.
-        split: Official split hint, ``"train"`` or ``"test"``.
+        split: Official split hint, one of :data:`SPLITS`.
         image_path: Raw image file.
         annotation_path: Raw annotation file (the expected path; it may be missing when
             the sample comes from a scan that reports missing annotations as problems).
@@ -112,6 +145,11 @@ class DatasetValidationError(ValueError):
 class IngestedDataset:
     """A verified dataset in canonical form.
 
+    The manifest is normalised on construction (:func:`build_manifest`): optional columns
+    an adapter did not fill get their :data:`MANIFEST_DEFAULTS`, columns are put in
+    :data:`MANIFEST_COLUMNS` order with fixed dtypes, so every adapter's output has the
+    same schema.
+
     Attributes:
         manifest: One row per image, columns :data:`MANIFEST_COLUMNS`, index 0..n-1.
         images: ``id -> uint8 array (H, W, 3)``, RGB.
@@ -122,6 +160,9 @@ class IngestedDataset:
     manifest: pd.DataFrame
     images: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self.manifest = build_manifest(self.manifest)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
@@ -158,3 +199,230 @@ def sha256_array(a: np.ndarray) -> str:
     digest.update(f"{a.dtype.str}{a.shape}".encode())
     digest.update(a.data)
     return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def manifest_row(
+    *,
+    sample_id: str,
+    dataset: str,
+    split: str,
+    root: Path,
+    image_path: Path,
+    annotation_paths: Iterable[Path],
+    image: np.ndarray,
+    mask: np.ndarray,
+    image_sha256: str,
+    group: str = "",
+) -> dict[str, object]:
+    """One manifest row for a verified image and its canonical mask.
+
+    Args:
+        sample_id: Unique id within the dataset.
+        dataset: Dataset name.
+        split: Official split hint, one of :data:`SPLITS`.
+        root: Raw dataset root; paths are stored relative to it.
+        image_path: Raw image file.
+        annotation_paths: Raw annotation file(s), joined by ``";"`` when several.
+        image: Canonical RGB uint8 image ``(H, W, 3)``.
+        mask: Canonical uint8 mask ``(H, W)``.
+        image_sha256: SHA-256 of the raw image file (:func:`sha256_file`).
+        group: Group that splits must keep together (``""``: none).
+
+    Returns:
+        A dict with the keys of :data:`MANIFEST_COLUMNS`.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"sample {sample_id!r}: split {split!r} is not one of {SPLITS}")
+    return {
+        "id": sample_id,
+        "dataset": dataset,
+        "split": split,
+        "image_path": image_path.relative_to(root).as_posix(),
+        "annotation_path": ";".join(p.relative_to(root).as_posix() for p in annotation_paths),
+        "height": int(image.shape[0]),
+        "width": int(image.shape[1]),
+        "channels": int(image.shape[2]),
+        "image_sha256": image_sha256,
+        "mask_sha256": sha256_array(mask),
+        "foreground_fraction": float(np.count_nonzero(mask) / mask.size),
+        "group": group,
+    }
+
+
+def build_manifest(rows: pd.DataFrame | Iterable[Mapping[str, object]]) -> pd.DataFrame:
+    """A manifest frame with exactly :data:`MANIFEST_COLUMNS`, in order, with fixed dtypes.
+
+    Missing optional columns (and missing values in them) get :data:`MANIFEST_DEFAULTS`;
+    integer columns are int64, ``foreground_fraction`` float64, the rest strings.
+
+    Args:
+        rows: A frame, or row dicts (e.g. from :func:`manifest_row`).
+
+    Returns:
+        A new frame with index 0..n-1.
+
+    Raises:
+        ValueError: A required column is missing.
+    """
+    frame = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    for column, default in MANIFEST_DEFAULTS.items():
+        if column not in frame.columns:
+            frame[column] = default
+        frame[column] = frame[column].where(frame[column].notna(), default)
+    missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
+    if missing and len(frame):
+        raise ValueError(f"manifest is missing required columns {missing}")
+    frame = frame.reindex(columns=MANIFEST_COLUMNS)
+    dtypes: dict[str, str | type] = {c: str for c in MANIFEST_COLUMNS}
+    dtypes.update({c: "int64" for c in _INT_COLUMNS})
+    dtypes.update({c: "float64" for c in _FLOAT_COLUMNS})
+    return frame.astype(dtypes).reset_index(drop=True)
+
+
+def proportional_counts(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Split ``n`` items into consecutive parts of the given fractions.
+
+    Every part but the first gets ``round(n * fraction)`` items, at least one when there
+    are enough items for every part to have one (so a small dataset still gets a
+    validation and a test part); the first part gets the rest.
+
+    Args:
+        n: Number of items.
+        fractions: Fraction of each part; they should sum to 1.
+
+    Returns:
+        One count per part, summing to ``n``.
+    """
+    counts = [round(n * f) for f in fractions[1:]]
+    if n >= len(fractions):
+        counts = [max(1, c) for c in counts]
+    while sum(counts) > n:  # only with fractions summing to more than 1
+        counts[counts.index(max(counts))] -= 1
+    return [n - sum(counts), *counts]
+
+
+class DuplicateFinder:
+    """Remembers content hashes and says which earlier file had the same content."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, Path] = {}
+
+    def check(self, digest: str, path: Path) -> str | None:
+        """Record ``path`` under ``digest``; the reason it is a duplicate, or None."""
+        if digest in self._first:
+            return f"duplicate image: identical pixels to {self._first[digest]}"
+        self._first[digest] = path
+        return None
+
+
+# --------------------------------------------------------------------------- files
+
+
+def list_files(folder: Path, suffixes: Iterable[str]) -> dict[str, list[Path]]:
+    """Files in ``folder`` with one of ``suffixes`` (case-insensitive), grouped by stem.
+
+    Hidden files (``.*``, e.g. macOS ``._x.png`` resource forks) are skipped; a missing
+    folder gives an empty dict. Stems are in sorted order, paths of one stem too.
+    """
+    wanted = {s.lower() for s in suffixes}
+    found: dict[str, list[Path]] = defaultdict(list)
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in wanted:
+                found[path.stem].append(path)
+    return dict(found)
+
+
+def warn_ignored(name: str, root: Path, ignored: Iterable[Path]) -> None:
+    """Log (warning) files in the dataset's folders that the adapter does not read."""
+    ignored = sorted(ignored)
+    if ignored:
+        logger.warning(
+            "%s at %s: ignored %d file(s) that are not image/annotation files: %s",
+            name,
+            root,
+            len(ignored),
+            ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
+            + (" ..." if len(ignored) > 10 else ""),
+        )
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """Read a 2D raster image as stored, in RGB(A) channel order.
+
+    TIFF files are read with tifffile (first series; planar ``(C, H, W)`` is moved to
+    ``(H, W, C)``), everything else with OpenCV ``IMREAD_UNCHANGED`` (so 16-bit PNGs stay
+    16-bit and a grey BMP stays single-channel), BGR(A) reordered to RGB(A). JPEG EXIF
+    orientation is not applied: pixels are taken as stored, like their masks.
+
+    Args:
+        path: Image file.
+
+    Returns:
+        ``(H, W)`` or ``(H, W, C)`` array of the file's dtype.
+
+    Raises:
+        ValueError: The file cannot be decoded; the message is the reason.
+    """
+    import cv2
+
+    path = Path(path)
+    if path.suffix.lower() in {".tif", ".tiff"}:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise ValueError("unreadable TIFF: no image data")
+                image = tif.series[0].asarray()
+        except ValueError as err:
+            if str(err).startswith("unreadable TIFF"):
+                raise
+            raise ValueError(f"unreadable TIFF: {err}") from err
+        except Exception as err:  # tifffile/codecs raise many types (zlib.error, ...)
+            raise ValueError(f"unreadable TIFF: {type(err).__name__}: {err}") from err
+        while image.ndim > 2 and image.shape[0] == 1:
+            image = image[0]
+        if image.ndim == 3 and image.shape[0] in (3, 4) and image.shape[-1] not in (3, 4):
+            image = np.moveaxis(image, 0, -1)
+    else:
+        try:
+            data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths
+        except OSError as err:
+            raise ValueError(f"unreadable image file: {err}") from err
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+        if image is None:
+            kind = path.suffix.lstrip(".").upper() or "image"
+            raise ValueError(f"unreadable {kind}: OpenCV cannot decode the file")
+        if image.ndim == 3 and image.shape[-1] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        elif image.ndim == 3 and image.shape[-1] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"expected a 2D image, got an array of shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def label_image_2d(image: np.ndarray) -> np.ndarray:
+    """A label image as ``(H, W)``: single-channel as is, grey RGB(A) reduced to one channel.
+
+    Raises:
+        ValueError: A colour image (channels differ) or a non-integer one; the message
+            is the reason.
+    """
+    if not np.issubdtype(image.dtype, np.integer):
+        raise ValueError(f"expected an integer label image, got pixel type {image.dtype}")
+    if image.ndim == 2:
+        return image
+    rgb = image[..., :3]
+    if (rgb == rgb[..., :1]).all():
+        return np.ascontiguousarray(rgb[..., 0])
+    raise ValueError(
+        f"expected a single-channel label image, got a colour image of shape {image.shape} "
+        "whose channels differ"
+    )

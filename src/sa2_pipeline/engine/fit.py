@@ -201,6 +201,7 @@ def fit_segmentation_model(
         state_dict=result.best_state_dict,
         channel_order=train_cfg.channel_order,
         patch_size=eval_patch_size,
+        resize_to=images[0].shape[0] if mode == "resize" else None,
         metadata={
             "best_epoch": result.best_epoch,
             "best_val_dice": result.best_score,
@@ -244,7 +245,7 @@ def _validate(
             d, j = dice_iou(pred, masks[image_id])
         else:
             scores = per_class_dice_iou(pred, masks[image_id], num_classes)
-            d, j = scores["dice"], scores["iou"]
+            d, j = scores["dice_mean"], scores["iou_mean"]
         dices.append(d)
         ious.append(j)
     return {"val_dice": float(np.mean(dices)), "val_iou": float(np.mean(ious))}

@@ -16,18 +16,16 @@ import numpy as np
 
 
 class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc around a model bundle (:mod:`sa2_pipeline.models.bundle`)."""
+    """MLflow pyfunc around a model bundle or a fold ensemble of bundles."""
 
     def load_context(self, context: Any) -> None:
         import torch
 
-        from sa2_pipeline.models.bundle import model_from_bundle
+        from sa2_pipeline.inference.predict import Predictor
 
         path = context.artifacts["model_bundle"]
-        self.bundle = torch.load(path, map_location="cpu", weights_only=True)
-        self.model = model_from_bundle(self.bundle, source=path)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
+        self.bundles = torch.load(path, map_location="cpu", weights_only=True)
+        self.predictor = Predictor(self.bundles)
 
     # No type hints on predict: MLflow would try (and fail) to derive a schema from them;
     # the explicit tensor signature in registry.model_signature() is the contract.
@@ -36,23 +34,11 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
 
         Params (optional): ``threshold`` (binary models, default 0.5), ``tta`` (bool).
         """
-        from sa2_pipeline.inference.predict import predict_probabilities, probabilities_to_mask
-        from sa2_pipeline.models.bundle import channel_order_of, num_classes_of
-
         params = params or {}
         images, batched = _as_images(model_input)
-        masks = []
-        stream = predict_probabilities(
-            self.model,
-            ((str(i), img) for i, img in enumerate(images)),
-            num_classes=num_classes_of(self.bundle),
-            patch_size=int(self.bundle.get("patch_size", 256)),
-            tta=bool(params.get("tta", False)),
-            channel_order=channel_order_of(self.bundle),
-            device=self.device,
-        )
-        for _, probs in stream:
-            masks.append(probabilities_to_mask(probs, float(params.get("threshold", 0.5))))
+        self.predictor.tta = bool(params.get("tta", False))
+        threshold = float(params.get("threshold", 0.5))
+        masks = [self.predictor.predict_mask(image, threshold) for image in images]
         return np.stack(masks) if batched else masks[0]
 
 

@@ -79,8 +79,9 @@ def _pip_requirements() -> list[str]:
     return [pin("torch"), pin("numpy"), pin("mlflow"), pin("opencv-python-headless")]
 
 
-def log_model_bundle(bundle: dict[str, Any], *, input_example_size: int = 64) -> Any:
-    """Log ``bundle`` to the active MLflow run as a self-contained pyfunc model.
+def log_model_bundle(bundle: dict[str, Any] | list, *, input_example_size: int = 64) -> Any:
+    """Log a bundle (or a list of bundles: a fold ensemble) to the active MLflow run as a
+    self-contained pyfunc model.
 
     The package's source travels with the model (``code_paths``), so loading it needs
     neither this project installed nor a Kedro session.
@@ -113,7 +114,7 @@ def log_model_bundle(bundle: dict[str, Any], *, input_example_size: int = 64) ->
 
 
 def register_and_promote(
-    bundle: dict[str, Any],
+    bundle: dict[str, Any] | list,
     *,
     model_name: str,
     test_scores: dict[str, float],
@@ -126,7 +127,7 @@ def register_and_promote(
     """Log, register as ``challenger``, and promote to ``champion`` if it is better.
 
     Args:
-        bundle: The trained model bundle.
+        bundle: The trained model bundle, or a list of them (a fold ensemble).
         model_name: Registered model name, e.g. ``sa2net-synthetic``.
         test_scores: The candidate's test metrics (must contain ``metric``).
         test_set_id: Hash identifying the frozen test set the scores were computed on.
@@ -151,7 +152,11 @@ def register_and_promote(
     version = str(mv.version)
     tags = {f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in test_scores.items()}
     tags[f"{TAG_PREFIX}test_set_id"] = test_set_id
-    tags[f"{TAG_PREFIX}input_convention"] = str(bundle.get("input_convention"))
+    from sa2_pipeline.models.bundle import members_of
+
+    members = members_of(bundle)
+    tags[f"{TAG_PREFIX}input_convention"] = str(members[0].get("input_convention"))
+    tags[f"{TAG_PREFIX}ensemble_size"] = str(len(members))
     for key, value in tags.items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, CHALLENGER, version)

@@ -19,6 +19,7 @@ def make_bundle(
     state_dict: dict[str, Any],
     channel_order: str = "rgb",
     patch_size: int = 256,
+    resize_to: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble a bundle.
@@ -30,6 +31,9 @@ def make_bundle(
         channel_order: ``"rgb"`` or ``"bgr"``: what the network was trained on. Inputs are
             always uint8 scaled to [0, 1], with no mean/std normalisation.
         patch_size: Sliding-window tile size for inference on large images.
+        resize_to: Set when the network was trained on images resized to a square side
+            (the paper's 224): inference resizes every image to it and the probabilities
+            back to the image's size. ``None``: native resolution, sliding window.
         metadata: Free-form provenance (best epoch, validation Dice, run id, fingerprint).
     """
     if channel_order not in ("rgb", "bgr"):
@@ -46,6 +50,7 @@ def make_bundle(
             "normalisation": "none",
         },
         "patch_size": int(patch_size),
+        "resize_to": None if resize_to is None else int(resize_to),
         "metadata": dict(metadata or {}),
     }
 
@@ -70,6 +75,16 @@ def model_from_bundle(bundle: dict[str, Any], source: str = "model bundle"):
     model = create_model(bundle["model_name"], **bundle["init_kwargs"])
     model.load_state_dict(bundle["state_dict"], strict=True)
     return model.eval()
+
+
+def is_ensemble(obj: Any) -> bool:
+    """An ensemble is a list of bundles whose probabilities are averaged."""
+    return isinstance(obj, list | tuple)
+
+
+def members_of(obj: Any) -> list[dict[str, Any]]:
+    """The bundles of an ensemble (or the single bundle as a one-member list)."""
+    return list(obj) if is_ensemble(obj) else [obj]
 
 
 def num_classes_of(bundle: dict[str, Any]) -> int:

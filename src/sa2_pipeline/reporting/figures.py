@@ -19,48 +19,60 @@ def _plt():
 
 
 def plot_learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
-    """Training loss, validation Dice and learning rate per epoch; best epoch marked."""
+    """Training loss and validation Dice per epoch, one line per (model, fold); the
+    selected (best validation) epoch of each run is marked."""
     plt = _plt()
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    epochs = history["epoch"].to_numpy()
-    ax_loss.plot(epochs, history["train_loss"], marker="o", ms=3, label="train loss")
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    groups = history.groupby(["model", "fold"], sort=False) if "model" in history else [
+        (("model", 0), history)]
+    for k, ((model, fold), run) in enumerate(groups):
+        color = f"C{k % 10}"
+        label = f"{model} fold {fold}"
+        ax_loss.plot(run["epoch"], run["train_loss"], color=color, marker="o", ms=2,
+                     label=label)
+        ax_dice.plot(run["epoch"], run["val_dice"], color=color, marker="o", ms=2, label=label)
+        if run["is_best"].any():
+            best = run.loc[run["is_best"]].iloc[-1]
+            ax_dice.scatter([best["epoch"]], [best["val_dice"]], color=color, marker="*",
+                            s=90, zorder=3)
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_lr = ax_loss.twinx()
-    ax_lr.plot(epochs, history["lr"], color="grey", ls="--", lw=1, label="learning rate")
-    ax_lr.set_ylabel("learning rate", color="grey")
-    ax_loss.legend(loc="upper right")
-    ax_dice.plot(epochs, history["val_dice"], marker="o", ms=3, color="C2", label="val Dice")
-    if "val_iou" in history:
-        ax_dice.plot(epochs, history["val_iou"], marker=".", ms=3, color="C4", label="val IoU")
-    if history["is_best"].any():
-        best = history.loc[history["is_best"]].iloc[-1]
-        ax_dice.axvline(best["epoch"], color="C3", ls=":", lw=1)
-        ax_dice.annotate(f"best {best['val_dice']:.3f} @ {int(best['epoch'])}",
-                         (best["epoch"], best["val_dice"]), textcoords="offset points",
-                         xytext=(4, -12), fontsize=8, color="C3")
+    ax_loss.set_ylabel("training loss")
     ax_dice.set_xlabel("epoch")
-    ax_dice.set_ylabel("score")
+    ax_dice.set_ylabel("validation Dice (* = selected)")
     ax_dice.set_ylim(0, 1)
-    ax_dice.legend(loc="lower right")
+    ax_dice.legend(loc="lower right", fontsize=7)
     fig.suptitle(title)
     return fig
 
 
 def plot_metric_distribution(per_image: pd.DataFrame, title: str = "Test metrics per image"):
-    """Box plot with every image as a point, one box per metric column."""
+    """Box plot with every image as a point: one box per (model, metric) when the table
+    has a ``model`` column (each model's final member: its fold ensemble, or its only
+    fold), else one per metric column."""
     plt = _plt()
-    cols = [c for c in per_image.columns if c.startswith(("dice", "iou"))]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(cols), 3.6), constrained_layout=True)
-    data = [per_image[c].dropna().to_numpy() for c in cols]
+    cols = [c for c in per_image.columns if c in ("dice", "iou")] or [
+        c for c in per_image.columns if c.startswith(("dice", "iou"))]
+    if "model" in per_image:
+        data, labels = [], []
+        for model, frame in per_image.groupby("model", sort=False):
+            final = "ensemble" if (frame["member"] == "ensemble").any() else frame["member"].iloc[0]
+            frame = frame[frame["member"] == final]
+            for c in cols:
+                data.append(frame[c].dropna().to_numpy())
+                labels.append(f"{model}\n{c}")
+        n = len(per_image["id"].unique())
+    else:
+        data = [per_image[c].dropna().to_numpy() for c in cols]
+        labels, n = cols, len(per_image)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(data), 3.8), constrained_layout=True)
     ax.boxplot(data, showmeans=True)
-    ax.set_xticks(range(1, len(cols) + 1), cols)
+    ax.set_xticks(range(1, len(data) + 1), labels)
     rng = np.random.default_rng(0)
     for k, values in enumerate(data, start=1):
         ax.scatter(k + rng.uniform(-0.12, 0.12, len(values)), values, s=12, alpha=0.6)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("score")
-    ax.set_title(f"{title} (n = {len(per_image)})")
+    ax.set_title(f"{title} (n = {n})")
     return fig
 
 

@@ -30,6 +30,20 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def comparison_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per model: fold mean +- std and the final member (fold ensemble) scores."""
+    rows = []
+    for name, entry in test_summary.get("models", {}).items():
+        row: dict[str, Any] = {"model": name, "folds": len(entry["members"]) - (
+            1 if "ensemble" in entry["members"] else 0)}
+        for metric, mean in entry["fold_mean"].items():
+            row[f"{metric} (folds)"] = f"{mean:.4f} ± {entry['fold_std'][metric]:.4f}"
+        for metric, value in entry["final"].items():
+            row[f"{metric} ({entry['final_member']})"] = f"{value:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def build_report(
     *,
     title: str,
@@ -39,14 +53,17 @@ def build_report(
     per_image: pd.DataFrame,
     registration: Mapping[str, Any],
     figures: Mapping[str, Any],
+    runs: pd.DataFrame | None = None,
 ) -> tuple[str, str]:
     """Return ``(markdown, html)``.
 
     Args:
+        runs: One row per trained (model, fold): best epoch, validation Dice...
         figures: ``{name: Figure or PNG bytes}``; the Markdown links ``figures/<name>.png`` (where the
             catalog saves them), the HTML embeds them as data URIs.
     """
-    summary_rows = [(k, _fmt(v)) for k, v in test_summary.items()]
+    summary_rows = [(k, _fmt(v)) for k, v in test_summary.items() if k != "models"]
+    comparison = comparison_table(test_summary)
     model_rows = [(k, _fmt(v)) for k, v in model_desc.items()]
     model_rows += [(k, _fmt(model_meta[k])) for k in
                    ("best_epoch", "best_val_dice", "epochs_run", "stopped_early",
@@ -60,10 +77,15 @@ def build_report(
     md = [f"# {title}", ""]
     for heading, body in sections:
         md += [f"## {heading}", "", body, ""]
+    if not comparison.empty:
+        md += ["## Model comparison (same data, folds and budget)", "",
+               _markdown_table(comparison), ""]
+    if runs is not None and not runs.empty:
+        md += ["## Training runs (selected on validation data only)", "",
+               _markdown_table(runs), ""]
     md += ["## Figures", ""]
     md += [f"![{name}](figures/{name}.png)\n" for name in figures]
-    md += ["## Per-image test metrics", "", per_image.to_markdown(index=False, floatfmt=".4f")
-           if _has_tabulate() else per_image.to_string(index=False), ""]
+    md += ["## Per-image test metrics", "", _markdown_table(per_image), ""]
     markdown = "\n".join(md)
 
     parts = [f"<h1>{html.escape(title)}</h1>"]
@@ -73,6 +95,12 @@ def build_report(
         cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                         for k, v in rows)
         parts.append(f"<h2>{html.escape(heading)}</h2><table>{cells}</table>")
+    if not comparison.empty:
+        parts.append("<h2>Model comparison (same data, folds and budget)</h2>")
+        parts.append(comparison.to_html(index=False))
+    if runs is not None and not runs.empty:
+        parts.append("<h2>Training runs (selected on validation data only)</h2>")
+        parts.append(runs.to_html(index=False, float_format=lambda x: f"{x:.4f}"))
     parts.append("<h2>Figures</h2>")
     for name, fig in figures.items():
         data = base64.b64encode(figure_png(fig)).decode()
@@ -89,9 +117,13 @@ def build_report(
     return markdown, page
 
 
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def _markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no optional dependency)."""
+    def cell(v: Any) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
+             "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

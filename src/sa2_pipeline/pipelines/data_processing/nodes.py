@@ -40,38 +40,65 @@ def compute_fingerprint(
 
 
 def split_dataset(manifest: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
-    """Assign every image a fold and a split; the official test split is kept apart.
+    """Assign every image its official split and, for K-fold, its fold.
 
-    Images whose official split is ``test`` are never given a fold. The others are divided
-    into ``n_folds`` folds by a seeded, shuffled K-fold over their sorted ids (the release
-    uses ``KFold(5, shuffle=True, random_state=999)``); fold ``params.fold`` validates.
+    Images whose official split is ``test`` are never given a fold. When the dataset
+    defines a fixed validation split (ISIC 2018, ACDC: manifest rows with split ``val``)
+    that split validates and there is one fold. Otherwise the ``train`` images are divided
+    into ``n_folds`` folds by a seeded, shuffled K-fold over their sorted ids (the release:
+    ``KFold(5, shuffle=True, random_state=999)``); with a ``group`` column (e.g. the patient)
+    all images of a group share a fold.
 
     Returns:
-        A frame with columns ``id``, ``split`` (train / val / test) and ``fold`` (-1 for test).
+        A frame with columns ``id``, ``split`` (train / val / test) and ``fold``: the fold
+        a train image validates in (``-1`` for val and test rows).
     """
     from sklearn.model_selection import KFold
 
     cfg = parse(ProcessingConfig, params, "data_processing")
-    ids = sorted(manifest.loc[manifest["split"] != "test", "id"])
-    test_ids = sorted(manifest.loc[manifest["split"] == "test", "id"])
-    if len(ids) < cfg.n_folds:
-        raise ValueError(
-            f"data_processing.n_folds = {cfg.n_folds} but only {len(ids)} non-test images "
-            "are in the manifest; lower n_folds or add images"
-        )
-    folds = np.full(len(ids), -1)
-    kfold = KFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.split_seed)
-    for k, (_, val_idx) in enumerate(kfold.split(ids)):
-        folds[val_idx] = k
-    rows = [
-        {"id": i, "split": "val" if f == cfg.fold else "train", "fold": int(f)}
-        for i, f in zip(ids, folds, strict=True)
-    ]
-    rows += [{"id": i, "split": "test", "fold": -1} for i in test_ids]
-    splits = pd.DataFrame(rows, columns=["id", "split", "fold"])
-    logger.info("splits: %s (fold %d of %d)", splits["split"].value_counts().to_dict(),
-                cfg.fold, cfg.n_folds)
-    return splits
+    unknown = sorted(set(manifest["split"]) - {"train", "val", "test"})
+    if unknown:
+        raise ValueError(f"manifest has unknown split values {unknown}; allowed: train, val, test")
+    frame = manifest[["id", "split"]].copy()
+    frame["fold"] = -1
+    train = frame["split"] == "train"
+    if (frame["split"] == "val").any():
+        frame.loc[train, "fold"] = -1  # the fixed validation split is used for fold 0
+    else:
+        has_groups = "group" in manifest and manifest.loc[train, "group"].fillna("").ne("").any()
+        keys = manifest.loc[train, "group"] if has_groups else manifest.loc[train, "id"]
+        units = sorted(set(keys))
+        if len(units) < cfg.n_folds:
+            raise ValueError(
+                f"data_processing.n_folds = {cfg.n_folds} but only {len(units)} non-test "
+                f"{'groups' if has_groups else 'images'} are in the manifest; lower n_folds "
+                "or add images"
+            )
+        kfold = KFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.split_seed)
+        fold_of = {}
+        for k, (_, val_idx) in enumerate(kfold.split(units)):
+            fold_of.update({units[i]: k for i in val_idx})
+        frame.loc[train, "fold"] = [fold_of[key] for key in keys]
+    frame = frame.sort_values(["split", "id"], kind="stable").reset_index(drop=True)
+    logger.info("splits: %s; folds: %s", frame["split"].value_counts().to_dict(),
+                frame.loc[frame["fold"] >= 0, "fold"].value_counts().sort_index().to_dict())
+    return frame
+
+
+def fold_ids(splits: pd.DataFrame, fold: int) -> tuple[list[str], list[str]]:
+    """``(train_ids, val_ids)`` of one fold; a fixed validation split serves fold 0 only."""
+    if (splits["split"] == "val").any():
+        if fold != 0:
+            raise ValueError(f"this dataset has a fixed validation split: only fold 0 exists, "
+                             f"got fold {fold}")
+        return (sorted(splits.loc[splits["split"] == "train", "id"]),
+                sorted(splits.loc[splits["split"] == "val", "id"]))
+    train = splits[splits["split"] == "train"]
+    n_folds = int(train["fold"].max()) + 1
+    if not 0 <= fold < n_folds:
+        raise ValueError(f"fold {fold} does not exist; the splits have folds 0..{n_folds - 1}")
+    return (sorted(train.loc[train["fold"] != fold, "id"]),
+            sorted(train.loc[train["fold"] == fold, "id"]))
 
 
 def build_model_inputs(
@@ -79,36 +106,45 @@ def build_model_inputs(
     masks: dict[str, np.ndarray],
     splits: pd.DataFrame,
     params: dict[str, Any],
-) -> tuple[dict, dict, dict]:
-    """Cache the arrays each stage consumes: train, validation and test bundles.
+) -> tuple[dict, dict]:
+    """Cache the arrays training and evaluation consume.
 
-    ``native`` mode keeps full-size images (training samples patches from them);
-    ``resize`` mode resizes train and validation images to ``resize_to`` as the paper
-    does. The test set always stays at native resolution: evaluation predicts it with a
-    sliding window and scores it at its true size.
+    ``model_input_trainval`` holds every non-test image (each fold picks its train and
+    validation ids from ``splits``): full size in ``native`` mode, resized to ``resize_to``
+    in ``resize`` mode as the paper does. ``model_input_test`` stays at native resolution:
+    evaluation predicts it as a user's image would be, and scores it at its true size
+    (plus, in resize mode, at the paper's resized size).
 
     Returns:
-        Three ``{"images": {id: arr}, "masks": {id: arr}}`` bundles.
+        Two ``{"images": {id: arr}, "masks": {id: arr}}`` bundles: trainval and test.
     """
     cfg = parse(ProcessingConfig, params, "data_processing")
-    missing = sorted(set(splits["id"]) - set(images) | set(splits["id"]) - set(masks))
+    ids = set(splits["id"])
+    missing = sorted((ids - set(images)) | (ids - set(masks)))
     if missing:
         raise KeyError(f"ids in the splits without ingested image or mask: {missing}")
 
-    def bundle(split: str, resize: bool) -> dict[str, dict[str, np.ndarray]]:
-        ids = splits.loc[splits["split"] == split, "id"]
+    # The release's mask resize (bilinear, then > 0) is for binary masks; class-index
+    # masks are resized with nearest neighbour so no label is invented.
+    mode = "nearest" if max(int(m.max(initial=0)) for m in masks.values()) > 1 else (
+        "bilinear_threshold")
+
+    def bundle(selected: pd.Series, resize: bool) -> dict[str, dict[str, np.ndarray]]:
         out: dict[str, dict[str, np.ndarray]] = {"images": {}, "masks": {}}
-        for i in ids:
+        for i in selected:
             image, mask = images[i], masks[i]
             if resize:
                 from sa2_pipeline.dataloading.dataset import resize_pair
 
-                image, mask = resize_pair(image, mask, cfg.resize_to)
+                image, mask = resize_pair(image, mask, cfg.resize_to, mask_mode=mode)
             out["images"][i], out["masks"][i] = image, mask
         return out
 
-    resize = cfg.mode == "resize"
-    return bundle("train", resize), bundle("val", resize), bundle("test", False)
+    trainval = splits.loc[splits["split"] != "test", "id"]
+    test = splits.loc[splits["split"] == "test", "id"]
+    if test.empty:
+        raise ValueError("the manifest has no test images: the official test split is required")
+    return bundle(trainval, cfg.mode == "resize"), bundle(test, False)
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:

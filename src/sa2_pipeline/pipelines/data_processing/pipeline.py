@@ -23,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
             node(
                 build_model_inputs,
                 inputs=["ingested_images", "ingested_masks", "splits", "params:data_processing"],
-                outputs=["model_input_train", "model_input_val", "model_input_test"],
+                outputs=["model_input_trainval", "model_input_test"],
                 name="build_model_inputs",
             ),
         ]

@@ -14,86 +14,145 @@ from sa2_pipeline.config import EvaluationConfig, RegistryConfig, parse
 logger = logging.getLogger(__name__)
 
 
-def predict_test_set(
-    trained_model: dict[str, Any], model_input_test: dict, params: dict[str, Any]
-) -> dict[str, np.ndarray]:
-    """Segment every test image at native resolution (sliding window for large images).
+def evaluate_models(
+    trained_models: dict[str, dict[str, Any]],
+    model_input_test: dict,
+    model_params: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
+    """Predict the held-out test set with every fold model and every model's fold ensemble.
+
+    Each member is scored per image (Dice, IoU) at native resolution; members trained on
+    resized images (the paper's protocol) are also scored as the release does, on the
+    resized masks (``dice_224``...). The ensemble averages the folds' probabilities and
+    thresholds at ``evaluation.threshold``.
 
     Returns:
-        uint8 label masks by image id.
+        ``(test_predictions, per_image, summary, mlflow_metrics)``: the primary model's
+        ensemble masks by id; a row per (model, member, image); fold mean +- std and
+        ensemble scores per model, with ``test_dice``/``test_iou`` = the primary model's
+        ensemble (what the promotion gate compares); the same as flat MLflow metrics.
     """
     from sa2_pipeline.engine.runtime import select_device
-    from sa2_pipeline.inference.predict import predict_probabilities, probabilities_to_mask
-    from sa2_pipeline.models.bundle import channel_order_of, model_from_bundle, num_classes_of
+    from sa2_pipeline.inference.predict import (
+        Predictor,
+        probabilities_to_mask,
+        resize_probabilities,
+    )
 
     cfg = parse(EvaluationConfig, params, "evaluation")
+    primary = str(model_params["name"])
     device = select_device(cfg.device)
-    model = model_from_bundle(trained_model).to(device)
-    images = model_input_test["images"]
-    stream = predict_probabilities(
-        model, ((i, images[i]) for i in sorted(images)),
-        num_classes=num_classes_of(trained_model), patch_size=cfg.patch_size,
-        overlap=cfg.overlap, batch_size=cfg.batch_size, tta=cfg.tta,
-        channel_order=channel_order_of(trained_model), device=device,
-    )
-    return {i: probabilities_to_mask(p, cfg.threshold) for i, p in stream}
+    by_model: dict[str, list[tuple[str, dict]]] = {}
+    for key in sorted(trained_models):
+        bundle = trained_models[key]
+        by_model.setdefault(bundle["model_name"], []).append(
+            (f"fold{bundle['metadata'].get('fold', 0)}", bundle))
+    if primary not in by_model:
+        raise KeyError(f"no trained model named {primary!r} among {sorted(trained_models)}")
 
-
-def score_test_set(
-    test_predictions: dict[str, np.ndarray], model_input_test: dict, trained_model: dict
-) -> tuple[pd.DataFrame, dict[str, float], dict[str, dict[str, float]]]:
-    """Per-image Dice and IoU, and their summary.
-
-    Returns:
-        ``(per_image, summary, mlflow_metrics)``: a row per test image; mean / std /
-        median of every metric plus the test-set id; the same means for MLflow.
-    """
-    from sa2_pipeline.metrics.segmentation import dice_iou, per_class_dice_iou
-    from sa2_pipeline.models.bundle import num_classes_of
-
-    masks = model_input_test["masks"]
-    missing = sorted(set(masks) - set(test_predictions))
-    if missing:
-        raise KeyError(f"test images without a prediction: {missing}")
-    n_classes = num_classes_of(trained_model)
-    rows = []
-    for image_id in sorted(masks):
-        pred, true = test_predictions[image_id], masks[image_id]
-        row: dict[str, Any] = {"id": image_id, "height": true.shape[0], "width": true.shape[1]}
-        if n_classes == 1:
-            row["dice"], row["iou"] = dice_iou(pred, true)
-        else:
-            scores = per_class_dice_iou(pred, true, n_classes)
-            row.update({k: v for k, v in scores.items() if isinstance(v, int | float)})
-        row["fg_fraction_true"] = float((true > 0).mean())
-        row["fg_fraction_pred"] = float((pred > 0).mean())
-        rows.append(row)
+    images, masks = model_input_test["images"], model_input_test["masks"]
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, np.ndarray] = {}
+    for name, members in by_model.items():
+        predictor = Predictor([b for _, b in members], device=device, tta=cfg.tta,
+                              overlap=cfg.overlap, batch_size=cfg.batch_size,
+                              patch_size=cfg.patch_size)
+        n_classes = predictor.num_classes
+        side = members[0][1].get("resize_to")
+        for image_id in sorted(images):
+            image, truth = images[image_id], masks[image_id]
+            height, width = truth.shape
+            work = predictor.member_probabilities(image, native=False)
+            native = [resize_probabilities(p, height, width) for p in work]
+            labelled = [(label, w, n) for (label, _), w, n in zip(members, work, native,
+                                                                    strict=True)]
+            if len(members) > 1:
+                labelled.append(("ensemble", np.mean(work, axis=0), np.mean(native, axis=0)))
+            truth_small = _resized_truth(image, truth, side) if side else None
+            for member, probs_work, probs_native in labelled:
+                pred = probabilities_to_mask(probs_native, cfg.threshold)
+                row = {"model": name, "member": member, "id": image_id,
+                       **_scores(pred, truth, n_classes, "")}
+                if side:
+                    row.update(_scores(probabilities_to_mask(probs_work, cfg.threshold),
+                                       truth_small, n_classes, f"_{side}"))
+                rows.append(row)
+                if name == primary and member == labelled[-1][0]:
+                    predictions[image_id] = pred
     per_image = pd.DataFrame(rows)
-    metric_cols = [c for c in per_image.columns if c.startswith(("dice", "iou"))]
-    summary: dict[str, Any] = {"n_images": len(per_image)}
-    for col in metric_cols:
-        values = per_image[col].to_numpy(dtype=float)
-        summary[f"test_{col}"] = float(np.nanmean(values))
-        summary[f"test_{col}_std"] = float(np.nanstd(values))
-        summary[f"test_{col}_median"] = float(np.nanmedian(values))
+    summary = _summarise(per_image, primary)
     summary["test_set_id"] = frozen_test_set_id(model_input_test)
-    logger.info("test set: %s", {k: round(v, 4) for k, v in summary.items()
-                                 if isinstance(v, float)})
-    mlflow_metrics = {k: {"value": v, "step": 0} for k, v in summary.items()
-                      if isinstance(v, float)}
-    return per_image, summary, mlflow_metrics
+    summary["n_images"] = len(images)
+    logger.info("test set (primary %s): %s", primary,
+                {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
+    return predictions, per_image, summary, _flat_metrics(summary)
+
+
+def _resized_truth(image: np.ndarray, truth: np.ndarray, side: int) -> np.ndarray:
+    from sa2_pipeline.dataloading.dataset import resize_pair
+
+    mode = "bilinear_threshold" if int(truth.max(initial=0)) <= 1 else "nearest"
+    return resize_pair(image, truth, side, mask_mode=mode)[1]
+
+
+def _scores(pred: np.ndarray, truth: np.ndarray, n_classes: int, suffix: str) -> dict:
+    from sa2_pipeline.metrics.segmentation import dice_iou, per_class_dice_iou
+
+    if n_classes == 1:
+        dice, iou = dice_iou(pred, truth)
+        return {f"dice{suffix}": dice, f"iou{suffix}": iou}
+    scores = per_class_dice_iou(pred, truth, n_classes)
+    out = {f"dice{suffix}": scores["dice_mean"], f"iou{suffix}": scores["iou_mean"]}
+    out.update({f"{k}{suffix}": v for k, v in scores.items() if "_class_" in k})
+    return out
+
+
+def _summarise(per_image: pd.DataFrame, primary: str) -> dict[str, Any]:
+    metrics = [c for c in per_image.columns if c.startswith(("dice", "iou"))]
+    summary: dict[str, Any] = {"primary_model": primary, "models": {}}
+    for name, frame in per_image.groupby("model", sort=False):
+        means = frame.groupby("member")[metrics].mean()
+        folds = means.loc[[m for m in means.index if m != "ensemble"]]
+        final = "ensemble" if "ensemble" in means.index else folds.index[0]
+        entry = {
+            "members": {m: {c: float(v) for c, v in means.loc[m].items()} for m in means.index},
+            "fold_mean": {c: float(folds[c].mean()) for c in metrics},
+            "fold_std": {c: float(folds[c].std(ddof=0)) for c in metrics},
+            "final_member": final,
+            "final": {c: float(means.loc[final, c]) for c in metrics},
+        }
+        summary["models"][name] = entry
+        if name == primary:
+            final_rows = frame[frame["member"] == final]
+            for c in metrics:
+                summary[f"test_{c}"] = float(final_rows[c].mean())
+                summary[f"test_{c}_std"] = float(final_rows[c].std(ddof=0))
+                summary[f"test_{c}_median"] = float(final_rows[c].median())
+    return summary
+
+
+def _flat_metrics(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    flat = {k: v for k, v in summary.items() if isinstance(v, float)}
+    for name, entry in summary["models"].items():
+        for member, values in entry["members"].items():
+            flat.update({f"{name}.{member}.{c}": v for c, v in values.items()})
+        flat.update({f"{name}.folds.{c}_mean": v for c, v in entry["fold_mean"].items()})
+        flat.update({f"{name}.folds.{c}_std": v for c, v in entry["fold_std"].items()})
+    return {k: {"value": float(v), "step": 0} for k, v in flat.items()}
 
 
 def register_model(
-    trained_model: dict[str, Any],
+    trained_models: dict[str, dict[str, Any]],
     test_summary: dict[str, Any],
     model_input_test: dict,
     registry_params: dict[str, Any],
     evaluation_params: dict[str, Any],
 ) -> dict[str, Any]:
-    """Register the model in MLflow as ``challenger``; make it ``champion`` if it is better.
+    """Register the primary model in MLflow as ``challenger``; ``champion`` if it is better.
 
-    Needs an active MLflow run (kedro-mlflow opens one per ``kedro run``). A champion
+    With several folds the registered model is their ensemble (mean probability), which
+    is what ``test_dice`` scored. Needs an active MLflow run (kedro-mlflow opens one per ``kedro run``). A champion
     scored on another test set is re-scored on this one before the comparison.
 
     Returns:
@@ -113,24 +172,29 @@ def register_model(
 
     eval_cfg = parse(EvaluationConfig, evaluation_params, "evaluation")
 
-    def score_champion(model_uri: str) -> float:
-        import mlflow.pyfunc
+    primary = test_summary["primary_model"]
+    members = [trained_models[k] for k in sorted(trained_models)
+               if trained_models[k]["model_name"] == primary]
+    n_classes = int(members[0]["init_kwargs"].get("num_classes", 1))
+    metric_column = cfg.promotion_metric.removeprefix("test_")
 
-        from sa2_pipeline.metrics.segmentation import dice_iou
+    def score_champion(model_uri: str) -> float:
+        """The champion's promotion metric on this test set, through its own pyfunc."""
+        import mlflow.pyfunc
 
         champion = mlflow.pyfunc.load_model(model_uri)
         masks = model_input_test["masks"]
-        scores = [
-            dice_iou(champion.predict(model_input_test["images"][i],
-                                      params={"threshold": eval_cfg.threshold}), masks[i])[0]
-            for i in sorted(masks)
-        ]
-        return float(np.mean(scores))
+        values = []
+        for i in sorted(masks):
+            pred = champion.predict(model_input_test["images"][i],
+                                    params={"threshold": eval_cfg.threshold})
+            values.append(_scores(pred, masks[i], n_classes, "")[metric_column])
+        return float(np.mean(values))
 
     scores = {k: float(v) for k, v in test_summary.items()
               if k.startswith("test_") and isinstance(v, float)}
     record = register_and_promote(
-        trained_model,
+        members[0] if len(members) == 1 else members,
         model_name=cfg.model_name,
         test_scores=scores,
         test_set_id=test_summary["test_set_id"],

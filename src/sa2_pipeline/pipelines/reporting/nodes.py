@@ -28,18 +28,28 @@ def plot_test_overlays(
     model_input_test: dict,
     test_predictions: dict[str, np.ndarray],
     test_metrics_per_image: pd.DataFrame,
+    test_summary: dict[str, Any],
     params: dict[str, Any],
 ):
-    """Prediction vs ground truth outlines for test images from worst to best."""
+    """The primary model's predictions vs ground truth, test images from worst to best."""
     from sa2_pipeline.reporting.figures import plot_overlays
 
     cfg = parse(ReportingConfig, params, "reporting")
     return plot_overlays(model_input_test["images"], model_input_test["masks"],
-                         test_predictions, test_metrics_per_image, n=cfg.n_overlays)
+                         test_predictions, primary_rows(test_metrics_per_image, test_summary),
+                         n=cfg.n_overlays)
+
+
+def primary_rows(per_image: pd.DataFrame, test_summary: dict[str, Any]) -> pd.DataFrame:
+    """Per-image rows of the primary model's final member (its fold ensemble)."""
+    primary = test_summary["primary_model"]
+    final = test_summary["models"][primary]["final_member"]
+    rows = per_image[(per_image["model"] == primary) & (per_image["member"] == final)]
+    return rows.drop(columns=["model", "member"]).reset_index(drop=True)
 
 
 def build_report(
-    trained_model: dict[str, Any],
+    trained_models: dict[str, dict[str, Any]],
     test_summary: dict[str, Any],
     test_metrics_per_image: pd.DataFrame,
     model_registration: dict[str, Any],
@@ -56,14 +66,24 @@ def build_report(
     from sa2_pipeline.reporting.report import build_report as build
 
     cfg = parse(ReportingConfig, params, "reporting")
-    desc = {"model": trained_model["model_name"], **trained_model["init_kwargs"],
-            "input": trained_model.get("input_convention", {}).get("channel_order", "rgb")}
+    primary = test_summary["primary_model"]
+    bundle = next(b for _, b in sorted(trained_models.items()) if b["model_name"] == primary)
+    desc = {"model": primary, **bundle["init_kwargs"],
+            "input": bundle.get("input_convention", {}).get("channel_order", "rgb"),
+            "resize_to": bundle.get("resize_to")}
+    runs = pd.DataFrame([
+        {"run": key, **{k: b["metadata"].get(k) for k in
+                        ("best_epoch", "best_val_dice", "epochs_run", "stopped_early",
+                         "resumed_from_epoch")}}
+        for key, b in sorted(trained_models.items())
+    ])
     return build(
         title=cfg.title,
-        model_meta=trained_model.get("metadata", {}),
+        model_meta={"mlflow_run_id": bundle.get("metadata", {}).get("mlflow_run_id")},
         model_desc=desc,
         test_summary=test_summary,
-        per_image=test_metrics_per_image,
+        per_image=primary_rows(test_metrics_per_image, test_summary),
+        runs=runs,
         registration=model_registration,
         figures={"learning_curves": learning_curves,
                  "metric_distribution": metric_distribution,

@@ -15,13 +15,13 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
             node(
                 plot_test_overlays,
                 ["model_input_test", "test_predictions", "test_metrics_per_image",
-                 "params:reporting"],
+                 "test_summary", "params:reporting"],
                 "figure_test_overlays",
                 name="plot_test_overlays",
             ),
             node(
                 build_report,
-                ["trained_model", "test_summary", "test_metrics_per_image",
+                ["trained_models", "test_summary", "test_metrics_per_image",
                  "model_registration", "figure_learning_curves", "figure_metric_distribution",
                  "figure_test_overlays", "params:reporting"],
                 ["report_markdown", "report_html"],

@@ -1,4 +1,4 @@
-"""Train the model on the training split, select on the validation split only."""
+"""Train every configured model on every configured fold; select on validation only."""
 
 from __future__ import annotations
 
@@ -10,61 +10,106 @@ import pandas as pd
 
 from sa2_pipeline.config import (
     EvaluationConfig,
-    ModelConfig,
     ProcessingConfig,
     TrainingConfig,
     parse,
+    parse_models,
 )
 
 logger = logging.getLogger(__name__)
 
 
-def fit_model(
-    model_input_train: dict,
-    model_input_val: dict,
+def fit_models(
+    model_input_trainval: dict,
+    splits: pd.DataFrame,
     model_params: dict[str, Any],
+    baseline_params: list[dict[str, Any]] | None,
     training_params: dict[str, Any],
     processing_params: dict[str, Any],
     evaluation_params: dict[str, Any],
-) -> tuple[dict[str, Any], pd.DataFrame, dict[str, Any]]:
-    """Train, checkpointing every epoch (resumable), and keep the best validation weights.
+) -> tuple[dict[str, dict[str, Any]], pd.DataFrame, dict[str, Any]]:
+    """Train the primary model and each baseline on the same folds with the same budget.
+
+    Every (model, fold) run checkpoints every epoch in its own folder, so a rerun after a
+    kill or a failed fold resumes the unfinished ones and reuses the finished ones
+    instantly. All folds are attempted; failures are raised together at the end.
 
     Args:
-        model_input_train / model_input_val: ``{"images": ..., "masks": ...}`` bundles.
-        model_params: ``params:model``.
-        training_params: ``params:training``.
-        processing_params: ``params:data_processing`` (native or resize mode, fold).
+        model_input_trainval: Every non-test image and mask (``{"images", "masks"}``).
+        splits: ``id``, ``split``, ``fold`` (from ``split_dataset``).
+        model_params: ``params:model`` (the primary model: registered and promoted).
+        baseline_params: ``params:baselines``: models compared in the report (may be empty).
+        training_params: ``params:training`` (``folds``: list of folds or ``all``).
+        processing_params: ``params:data_processing`` (native or resize mode).
         evaluation_params: ``params:evaluation`` (validation uses its tile size).
 
     Returns:
-        ``(trained_model, training_history, training_run)``: the model bundle, one row per
-        epoch, and the MLflow run that recorded it (for later stages to continue).
+        ``(trained_models, training_history, training_run)``: bundles keyed
+        ``<model>-fold<k>``, one history row per epoch with ``model`` and ``fold``
+        columns, and the MLflow run that recorded them.
     """
     from sa2_pipeline.engine.fit import fit_segmentation_model
+    from sa2_pipeline.pipelines.data_processing.nodes import fold_ids
 
-    model_cfg = parse(ModelConfig, model_params, "model")
+    models = parse_models(model_params, baseline_params)
     train_cfg = parse(TrainingConfig, training_params, "training")
     proc_cfg = parse(ProcessingConfig, processing_params, "data_processing")
     eval_cfg = parse(EvaluationConfig, evaluation_params, "evaluation")
-    bundle, history = fit_segmentation_model(
-        model_input_train["images"],
-        model_input_train["masks"],
-        model_input_val["images"],
-        model_input_val["masks"],
-        model_cfg,
-        train_cfg,
-        mode=proc_cfg.mode,
-        eval_patch_size=eval_cfg.patch_size,
-        run_name=f"{model_cfg.name}-fold{proc_cfg.fold}",
-    )
+    folds = _folds(splits, train_cfg.folds)
+    images, masks = model_input_trainval["images"], model_input_trainval["masks"]
+
+    trained: dict[str, dict[str, Any]] = {}
+    histories, failures = [], {}
+    for model_cfg in models:
+        for fold in folds:
+            key = f"{model_cfg.name}-fold{fold}"
+            train_ids, val_ids = fold_ids(splits, fold)
+            logger.info("training %s: %d train / %d validation images", key, len(train_ids),
+                        len(val_ids))
+            try:
+                bundle, history = fit_segmentation_model(
+                    {i: images[i] for i in train_ids}, {i: masks[i] for i in train_ids},
+                    {i: images[i] for i in val_ids}, {i: masks[i] for i in val_ids},
+                    model_cfg, train_cfg,
+                    mode=proc_cfg.mode,
+                    eval_patch_size=eval_cfg.patch_size,
+                    run_name=key,
+                    metric_prefix=f"{model_cfg.name}/fold{fold}/",
+                )
+            except Exception as err:  # noqa: BLE001 - other folds still run; raised below
+                logger.exception("%s failed; its checkpoint is kept for a rerun", key)
+                failures[key] = err
+                continue
+            bundle["metadata"].update({"fold": fold, "model_key": key})
+            trained[key] = bundle
+            histories.append(pd.DataFrame(history).assign(model=model_cfg.name, fold=fold))
+            meta = bundle["metadata"]
+            logger.info("%s: best validation Dice %.4f at epoch %d of %d", key,
+                        meta["best_val_dice"], meta["best_epoch"], meta["epochs_run"])
+    if failures:
+        detail = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in failures.items())
+        raise RuntimeError(
+            f"{len(failures)} of {len(models) * len(folds)} training runs failed ({detail}). "
+            "Finished runs are checkpointed: rerun the same command to resume."
+        ) from next(iter(failures.values()))
     run = _active_mlflow_run()
-    bundle["metadata"]["mlflow_run_id"] = run["run_id"]
-    meta = bundle["metadata"]
-    logger.info(
-        "best validation Dice %.4f at epoch %d of %d", meta["best_val_dice"],
-        meta["best_epoch"], meta["epochs_run"],
-    )
-    return bundle, pd.DataFrame(history), run
+    for bundle in trained.values():
+        bundle["metadata"]["mlflow_run_id"] = run["run_id"]
+    history = pd.concat(histories, ignore_index=True)
+    return trained, history[["model", "fold", *history.columns[:-2]]], run
+
+
+def _folds(splits: pd.DataFrame, wanted: tuple[int, ...] | str) -> list[int]:
+    if (splits["split"] == "val").any():
+        return [0]
+    n_folds = int(splits["fold"].max()) + 1
+    if wanted == "all":
+        return list(range(n_folds))
+    bad = [f for f in wanted if f >= n_folds]
+    if bad:
+        raise ValueError(f"training.folds {list(wanted)} names folds {bad} but the splits "
+                         f"have folds 0..{n_folds - 1}")
+    return list(wanted)
 
 
 def _active_mlflow_run() -> dict[str, Any]:

@@ -2,24 +2,25 @@
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import fit_model
+from .nodes import fit_models
 
 
 def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
     return pipeline(
         [
             node(
-                fit_model,
+                fit_models,
                 inputs=[
-                    "model_input_train",
-                    "model_input_val",
+                    "model_input_trainval",
+                    "splits",
                     "params:model",
+                    "params:baselines",
                     "params:training",
                     "params:data_processing",
                     "params:evaluation",
                 ],
-                outputs=["trained_model", "training_history", "training_run"],
-                name="fit_model",
+                outputs=["trained_models", "training_history", "training_run"],
+                name="fit_models",
             ),
         ]
     )

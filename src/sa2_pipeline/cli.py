@@ -1,0 +1,171 @@
+"""``sa2-pipeline``: thin command-line entry points over the library (no Kedro needed).
+
+    sa2-pipeline import-release CHECKPOINT --dataset monuseg   # release weights -> registry
+    sa2-pipeline segment IMAGE... --model models:/sa2net-synthetic@champion --out masks/
+    sa2-pipeline make-synthetic-data data/01_raw/synthetic     # the embedded dataset
+
+The pipelines themselves run with ``kedro run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("sa2_pipeline.cli")
+
+
+def _import_release(args: argparse.Namespace) -> int:
+    """Import a release checkpoint as a registered MLflow model version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from sa2_pipeline.inference.registry import TAG_PREFIX, log_model_bundle
+    from sa2_pipeline.models.bundle import make_bundle
+    from sa2_pipeline.models.sa2net import load_official_checkpoint
+
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such checkpoint file")
+    model = load_official_checkpoint(path, weights_only=not args.trust)
+    bundle = make_bundle(
+        model_name="sa2net",
+        init_kwargs=model.init_kwargs,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        channel_order="bgr",  # the release reads images with OpenCV: BGR in [0, 1]
+        patch_size=args.resize_to,
+        resize_to=args.resize_to,
+        metadata={"source": "release checkpoint", "checkpoint": path.name},
+    )
+    name = args.model_name or f"sa2net-{args.dataset}"
+    mlflow.set_experiment(f"sa2-{args.dataset}")
+    with mlflow.start_run(run_name=f"import {path.name}") as run:
+        mlflow.set_tags({"sa2.source": "release checkpoint", "sa2.checkpoint": path.name})
+        mlflow.log_params({"model.name": "sa2net", **{f"model.{k}": v for k, v in
+                                                      model.init_kwargs.items()},
+                           "input.channel_order": "bgr", "input.resize_to": args.resize_to})
+        info = log_model_bundle(bundle)
+        version = mlflow.register_model(info.model_uri, name)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version.version, f"{TAG_PREFIX}source", "release")
+    client.set_model_version_tag(name, version.version, f"{TAG_PREFIX}input_convention",
+                                 str(bundle["input_convention"]))
+    client.set_registered_model_alias(name, args.alias, version.version)
+    print(f"registered {name} version {version.version} (alias '{args.alias}', run "
+          f"{run.info.run_id}): load it with mlflow.pyfunc.load_model('models:/{name}@"
+          f"{args.alias}')")
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    """Segment image files with a registered model; masks are written as PNG (0/255)."""
+    import cv2
+    import mlflow.pyfunc
+    import numpy as np
+
+    from sa2_pipeline.io_utils import atomic_write_bytes
+
+    model = mlflow.pyfunc.load_model(args.model)
+    out = Path(args.out)
+    failures = 0
+    for name in args.images:
+        path = Path(name)
+        image = _read_rgb(path)
+        if image is None:
+            logger.error("%s: unreadable image, skipped", path)
+            failures += 1
+            continue
+        mask = model.predict(image, params={"threshold": args.threshold, "tta": args.tta})
+        scale = 255 if int(mask.max(initial=0)) <= 1 else 1
+        ok, png = cv2.imencode(".png", (mask * scale).astype(np.uint8))
+        if not ok:
+            raise SystemExit(f"{path}: could not encode the mask")
+        atomic_write_bytes(out / f"{path.stem}.png", png.tobytes())
+        logger.info("%s -> %s (foreground %.1f%%)", path, out / f"{path.stem}.png",
+                    100 * float((mask > 0).mean()))
+    print(f"segmented {len(args.images) - failures} image(s) into {out}; {failures} skipped")
+    return 1 if failures else 0
+
+
+def _read_rgb(path: Path):
+    import cv2
+    import numpy as np
+
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            image = tifffile.imread(path)
+        except Exception:  # noqa: BLE001 - reported as unreadable by the caller
+            return None
+    else:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            return None
+        if image.ndim == 3:
+            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
+    if image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _make_synthetic(args: argparse.Namespace) -> int:
+    from sa2_pipeline.datasets.synthetic import ensure_synthetic_monuseg
+
+    made = ensure_synthetic_monuseg(Path(args.out), n_train=args.n_train, n_test=args.n_test,
+                                    image_size=args.image_size, seed=args.seed)
+    print(f"{'generated' if made else 'kept existing data in'} {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sa2-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("import-release", help="register a release checkpoint in MLflow")
+    imp.add_argument("checkpoint", help="release .pth/.pt file")
+    imp.add_argument("--dataset", required=True, help="names the experiment and model")
+    imp.add_argument("--model-name", help="registered model (default sa2net-<dataset>)")
+    imp.add_argument("--alias", default="release", help="alias to set (default: release)")
+    imp.add_argument("--resize-to", type=int, default=224,
+                     help="side the release was trained at (default 224)")
+    imp.add_argument("--trust", action="store_true",
+                     help="unpickle with weights_only=False (only for files you trust)")
+    imp.set_defaults(func=_import_release)
+
+    seg = sub.add_parser("segment", help="segment images with a registered model")
+    seg.add_argument("images", nargs="+", help="image files (tif, png, jpg, bmp)")
+    seg.add_argument("--model", required=True, help="e.g. models:/sa2net-monuseg@champion")
+    seg.add_argument("--out", required=True, help="folder for the PNG masks")
+    seg.add_argument("--threshold", type=float, default=0.5)
+    seg.add_argument("--tta", action="store_true", help="test-time augmentation")
+    seg.set_defaults(func=_segment)
+
+    syn = sub.add_parser("make-synthetic-data", help="write the embedded synthetic dataset")
+    syn.add_argument("out", help="folder (left untouched if it holds any file)")
+    syn.add_argument("--n-train", type=int, default=24)
+    syn.add_argument("--n-test", type=int, default=8)
+    syn.add_argument("--image-size", type=int, default=256)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.set_defaults(func=_make_synthetic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point ``sa2-pipeline``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

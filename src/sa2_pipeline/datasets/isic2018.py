@@ -1,0 +1,271 @@
+"""ISIC 2018 task 1 (lesion boundary segmentation) adapter: JPEG images + PNG masks.
+
+Layout, as the two training archives unpack (``root`` holds both folders)::
+
+    <root>/ISIC2018_Task1-2_Training_Input/ISIC_<7 digits>.jpg             (2594)
+    <root>/ISIC2018_Task1_Training_GroundTruth/ISIC_<7 digits>_segmentation.png
+
+The archives' ``LICENSE.txt`` / ``ATTRIBUTION.txt`` are ignored. Masks are 8-bit with 0 =
+background and 255 = lesion; the canonical mask is ``{0, 1}``, any other value is an
+error. Images are RGB uint8 JPEGs of varying size (up to about 6000x4000), kept at native
+resolution here (resizing is data_processing's job).
+
+Official split (the protocol the paper follows): the training set sorted by id, the first
+1815 images ``"train"``, the next 259 ``"val"``, the last 520 ``"test"``. A folder with a
+different number of images (a subset, a test fixture) gets the same proportions
+(1815/2594, 259/2594, the rest; at least one validation and one test image when there
+are three or more), and a warning says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+from sa2_pipeline.datasets.base import (
+    DatasetValidationError,
+    DuplicateFinder,
+    IngestedDataset,
+    Problem,
+    RawSample,
+    build_manifest,
+    label_image_2d,
+    list_files,
+    manifest_row,
+    proportional_counts,
+    read_raster,
+    sha256_array,
+    sha256_file,
+    warn_ignored,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "GROUND_TRUTH_DIR",
+    "IMAGE_DIR",
+    "OFFICIAL_SPLIT_COUNTS",
+    "isic_split_counts",
+    "load_isic2018",
+    "scan_isic2018",
+]
+
+#: Training images, relative to the dataset root (folder names as published).
+IMAGE_DIR = Path("ISIC2018_Task1-2_Training_Input")
+#: Training masks, relative to the dataset root.
+GROUND_TRUTH_DIR = Path("ISIC2018_Task1_Training_GroundTruth")
+#: ``(train, val, test)`` image counts of the official index split of the 2594 images.
+OFFICIAL_SPLIT_COUNTS = (1815, 259, 520)
+_MASK_SUFFIX = "_segmentation"
+_IMAGE_SUFFIXES = {".jpg", ".jpeg"}
+_ID = re.compile(r"^ISIC_\d+$")
+
+
+def isic_split_counts(n: int) -> tuple[int, int, int]:
+    """``(train, val, test)`` counts of the official split for ``n`` sorted images.
+
+    Exactly :data:`OFFICIAL_SPLIT_COUNTS` for the full 2594 images; otherwise the same
+    proportions (:func:`~sa2_pipeline.datasets.base.proportional_counts`).
+    """
+    total = sum(OFFICIAL_SPLIT_COUNTS)
+    if n == total:
+        return OFFICIAL_SPLIT_COUNTS
+    train, val, test = proportional_counts(n, tuple(c / total for c in OFFICIAL_SPLIT_COUNTS))
+    return train, val, test
+
+
+def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
+    image_dir, mask_dir = root / IMAGE_DIR, root / GROUND_TRUTH_DIR
+    expected = (
+        f"looked for 'ISIC_<id>.jpg' images in '{image_dir}' and "
+        f"'ISIC_<id>{_MASK_SUFFIX}.png' masks in '{mask_dir}'"
+    )
+    if not root.is_dir():
+        return [], [(str(root), f"raw dataset folder does not exist; {expected}")]
+    if not image_dir.is_dir() and not mask_dir.is_dir():
+        return [], [(str(root), f"no ISIC 2018 folders found; {expected}")]
+
+    problems: list[Problem] = []
+    used: set[Path] = set()
+    images: dict[str, Path] = {}
+    masks: dict[str, Path] = {}
+    for folder, suffixes, chosen, strip in (
+        (image_dir, _IMAGE_SUFFIXES, images, ""),
+        (mask_dir, {".png"}, masks, _MASK_SUFFIX),
+    ):
+        for stem, paths in list_files(folder, suffixes).items():
+            sample_id = stem.removesuffix(strip)
+            if not stem.endswith(strip) or not _ID.match(sample_id):
+                continue  # not a dataset file; reported as ignored below
+            used.update(paths)
+            problems += [
+                (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
+            ]
+            chosen[sample_id] = paths[0]
+    if not images:
+        problems.append((str(image_dir), f"no 'ISIC_<id>.jpg' images found; {expected}"))
+
+    ids = sorted(images)
+    n_train, n_val, _ = isic_split_counts(len(ids))
+    if ids and len(ids) != sum(OFFICIAL_SPLIT_COUNTS):
+        logger.warning(
+            "ISIC 2018 at %s: %d images instead of the published %d; the official index "
+            "split 1815/259/520 is applied in proportion: %d train, %d val, %d test",
+            root,
+            len(ids),
+            sum(OFFICIAL_SPLIT_COUNTS),
+            n_train,
+            n_val,
+            len(ids) - n_train - n_val,
+        )
+    samples: list[RawSample] = []
+    for index, sample_id in enumerate(ids):
+        split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
+        mask_path = masks.get(sample_id, mask_dir / f"{sample_id}{_MASK_SUFFIX}.png")
+        if sample_id not in masks:
+            problems.append((str(images[sample_id]), f"missing mask {mask_path}"))
+        samples.append(RawSample(sample_id, split, images[sample_id], mask_path))
+    for sample_id, mask_path in masks.items():
+        if sample_id not in images:
+            problems.append(
+                (str(mask_path), f"mask without image (expected {image_dir / sample_id}.jpg)")
+            )
+    ignored = [
+        p
+        for folder in (image_dir, mask_dir)
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if p.is_file() and p not in used and p.suffix.lower() != ".txt"
+        and not p.name.startswith(".")
+    ]
+    warn_ignored("ISIC 2018", root, ignored)
+    return samples, problems
+
+
+def scan_isic2018(root: Path) -> list[RawSample]:
+    """Find the image/mask pairs of an ISIC 2018 task 1 training download (no decoding).
+
+    Args:
+        root: Folder holding ``ISIC2018_Task1-2_Training_Input/`` and
+            ``ISIC2018_Task1_Training_GroundTruth/``.
+
+    Returns:
+        One :class:`RawSample` per image, sorted by id, with its official split.
+
+    Raises:
+        DatasetValidationError: Missing folders, an image without mask or the reverse,
+            or colliding ids. Every problem is listed.
+    """
+    samples, problems = _scan_layout(Path(root))
+    if problems:
+        raise DatasetValidationError(problems, root)
+    return samples
+
+
+def _rgb_image(path: Path) -> np.ndarray:
+    image = read_raster(path)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(
+            f"expected an RGB uint8 image (H, W, 3), got {image.dtype} of shape {image.shape}"
+        )
+    return image
+
+
+def _binary_mask(path: Path) -> np.ndarray:
+    mask = label_image_2d(read_raster(path))
+    values = np.unique(mask)
+    bad = values[(values != 0) & (values != 255)]
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (" ..." if bad.size > 10 else "")
+        raise ValueError(
+            f"unexpected mask values {shown} ({mask.dtype}); expected 0 (background) and "
+            "255 (lesion)"
+        )
+    return (mask == 255).astype(np.uint8)
+
+
+def load_isic2018(root: Path, dataset_name: str = "isic2018") -> IngestedDataset:
+    """Read and verify the ISIC 2018 task 1 training set with its official split.
+
+    Checks, all before returning: layout and pairs, every JPEG decodable as RGB uint8,
+    every mask a single-channel 0/255 image of its image's size, no two images with
+    identical pixels. All problems are collected and raised together.
+
+    Args:
+        root: Folder holding ``ISIC2018_Task1-2_Training_Input/`` and
+            ``ISIC2018_Task1_Training_GroundTruth/``.
+        dataset_name: Value of the manifest's ``dataset`` column.
+
+    Returns:
+        Manifest (sorted by id; split train / val / test by the official index split),
+        RGB uint8 images and binary uint8 masks keyed by id.
+
+    Raises:
+        DatasetValidationError: Listing every bad file and the reason.
+    """
+    root = Path(root)
+    samples, problems = _scan_layout(root)
+    if not samples:
+        raise DatasetValidationError(problems, root)
+
+    images: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    rows: list[dict[str, object]] = []
+    duplicates = DuplicateFinder()
+    for sample in samples:
+        image: np.ndarray | None = None
+        try:
+            image = _rgb_image(sample.image_path)
+        except ValueError as err:
+            problems.append((str(sample.image_path), str(err)))
+        mask: np.ndarray | None = None
+        if sample.annotation_path.is_file():
+            try:
+                mask = _binary_mask(sample.annotation_path)
+            except ValueError as err:
+                problems.append((str(sample.annotation_path), str(err)))
+        if image is not None and mask is not None and mask.shape != image.shape[:2]:
+            problems.append(
+                (
+                    str(sample.annotation_path),
+                    f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+                    f"{sample.image_path.name} is {image.shape[1]}x{image.shape[0]}",
+                )
+            )
+            mask = None
+        if image is not None:
+            duplicate = duplicates.check(sha256_array(image), sample.image_path)
+            if duplicate:
+                problems.append((str(sample.image_path), duplicate))
+                continue
+        if image is None or mask is None or problems:
+            continue  # keep verifying; nothing is returned once a problem exists
+        images[sample.id], masks[sample.id] = image, mask
+        rows.append(
+            manifest_row(
+                sample_id=sample.id,
+                dataset=dataset_name,
+                split=sample.split,
+                root=root,
+                image_path=sample.image_path,
+                annotation_paths=[sample.annotation_path],
+                image=image,
+                mask=mask,
+                image_sha256=sha256_file(sample.image_path),
+            )
+        )
+
+    if problems:
+        raise DatasetValidationError(problems, root)
+    manifest = build_manifest(rows)
+    logger.info(
+        "Loaded ISIC 2018 from %s: %d images (%s), mean foreground fraction %.3f",
+        root,
+        len(manifest),
+        ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items())),
+        manifest["foreground_fraction"].mean(),
+    )
+    return IngestedDataset(manifest=manifest, images=images, masks=masks)

@@ -1,0 +1,24 @@
+"""SA2-Net (scale-aware attention network), built from ``docs/SA2NET_SPEC.md``.
+
+``blocks`` holds the layers, ``model`` the network, ``checkpoint`` the importer for the
+authors' released weights.
+"""
+
+from sa2_pipeline.models.sa2net.checkpoint import (
+    OFFICIAL_INPUT_CONVENTION,
+    OfficialCheckpointError,
+    convert_official_state_dict,
+    load_official_checkpoint,
+    official_model_kwargs,
+)
+from sa2_pipeline.models.sa2net.model import SA2Module, SA2Net
+
+__all__ = [
+    "OFFICIAL_INPUT_CONVENTION",
+    "OfficialCheckpointError",
+    "SA2Module",
+    "SA2Net",
+    "convert_official_state_dict",
+    "load_official_checkpoint",
+    "official_model_kwargs",
+]

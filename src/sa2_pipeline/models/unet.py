@@ -1,0 +1,151 @@
+"""U-Net baseline (Ronneberger et al., 2015) with batch norm, returning logits.
+
+Four down / up levels: encoder widths C, 2C, 4C, 8C and a 16C bottleneck; each level is
+two CBRs (Conv3x3 -> BatchNorm -> ReLU); each decoder level upsamples x2 (transposed conv,
+or bilinear + 1x1 conv), concatenates the encoder skip and applies two CBRs. Any
+H, W >= 16 is accepted (reflect-padded to a multiple of 16, outputs cropped back).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sa2_pipeline.models import register_model
+from sa2_pipeline.models.sa2net.blocks import ConvBNReLU, check_input, crop_to, pad_to_multiple
+
+__all__ = ["UNet"]
+
+SIZE_DIVISOR = 16
+UPSAMPLING_MODES = ("transpose", "bilinear")
+
+
+class DoubleConv(nn.Sequential):
+    """Two CBRs. Shapes: (N, in, H, W) -> (N, out, H, W)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(ConvBNReLU(in_channels, out_channels), ConvBNReLU(out_channels, out_channels))
+
+
+class UpBlock(nn.Module):
+    """Upsample x2 to ``out`` channels, concatenate the skip, two CBRs.
+
+    Shapes: x (N, in, H/2, W/2), skip (N, out, H, W) -> (N, out, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, upsampling: str) -> None:
+        super().__init__()
+        if upsampling == "transpose":
+            self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        else:
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(in_channels, out_channels, kernel_size=1),
+            )
+        self.convs = DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.convs(torch.cat([skip, self.up(x)], dim=1))
+
+
+@register_model("unet")
+class UNet(nn.Module):
+    """Standard 4-level U-Net.
+
+    Args:
+        in_channels: Input image channels.
+        num_classes: Output channels (logits).
+        base_channels: Width ``C`` of the first level (64 in the original paper).
+        deep_supervision: Add 1x1 heads on the decoder outputs at 1/2, 1/4 and 1/8
+            resolution and return ``(main, aux_1/2, aux_1/4, aux_1/8)`` in training mode
+            (the same contract as SA2Net). With False (default) there are no auxiliary
+            heads and the model always returns one tensor.
+        upsampling: ``"transpose"`` (ConvTranspose2d 2x2, stride 2) or ``"bilinear"``
+            (bilinear x2 followed by a 1x1 conv halving the channels).
+
+    Forward:
+        x: (N, in_channels, H, W), H, W >= 16. Returns (N, num_classes, H, W) logits, or
+        a tuple of four such tensors in training mode with deep supervision.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1,
+        base_channels: int = 64,
+        deep_supervision: bool = False,
+        upsampling: str = "transpose",
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("in_channels", in_channels),
+            ("num_classes", num_classes),
+            ("base_channels", base_channels),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"UNet: {name} must be a positive int, got {value!r}")
+        if upsampling not in UPSAMPLING_MODES:
+            raise ValueError(
+                f"UNet: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; "
+                f"got {upsampling!r}"
+            )
+        self.init_kwargs = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "base_channels": base_channels,
+            "deep_supervision": bool(deep_supervision),
+            "upsampling": upsampling,
+        }
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.deep_supervision = bool(deep_supervision)
+
+        widths = [base_channels * 2**i for i in range(5)]  # C, 2C, 4C, 8C, 16C
+        self.encoder = nn.ModuleList(
+            [DoubleConv(in_channels, widths[0])]
+            + [DoubleConv(a, b) for a, b in zip(widths, widths[1:])]
+        )
+        self.pool = nn.MaxPool2d(2)
+        # decoder[i] produces the level-i features (widths[i] channels, 1/2**i resolution)
+        self.decoder = nn.ModuleList(
+            UpBlock(widths[i + 1], widths[i], upsampling) for i in range(4)
+        )
+        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
+        self.aux_heads = (
+            nn.ModuleList(nn.Conv2d(widths[i], num_classes, kernel_size=1) for i in (1, 2, 3))
+            if self.deep_supervision
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        check_input(x, self.in_channels, SIZE_DIVISOR, "UNet")
+        size = x.shape[-2:]
+        x, offset = pad_to_multiple(x, SIZE_DIVISOR)
+        full = x.shape[-2:]
+
+        skips = []
+        for i, stage in enumerate(self.encoder):
+            x = stage(x if i == 0 else self.pool(x))
+            skips.append(x)
+        decoded = []
+        x = skips.pop()
+        for block in reversed(self.decoder):
+            x = block(x, skips.pop())
+            decoded.append(x)
+        # decoded = [1/8, 1/4, 1/2, full]
+
+        main = crop_to(self.head(decoded[-1]), offset, size)
+        if not (self.training and self.aux_heads is not None):
+            return main
+        # 1x1 head before the bilinear upsampling: same result (both linear, bilinear
+        # weights sum to 1), 4-64x cheaper.
+        aux = (
+            crop_to(
+                F.interpolate(head(d), size=full, mode="bilinear", align_corners=False),
+                offset,
+                size,
+            )
+            for head, d in zip(self.aux_heads, decoded[-2::-1])
+        )
+        return (main, *aux)
