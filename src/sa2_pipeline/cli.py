@@ -123,48 +123,67 @@ def _make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sa2-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+# Click, because Kedro imports ``<package>.cli`` and merges its ``cli`` group into the
+# ``kedro`` command: the same commands work as ``sa2-pipeline <cmd>`` and ``kedro <cmd>``.
+import click  # noqa: E402
 
-    imp = sub.add_parser("import-release", help="register a release checkpoint in MLflow")
-    imp.add_argument("checkpoint", help="release .pth/.pt file")
-    imp.add_argument("--dataset", required=True, help="names the experiment and model")
-    imp.add_argument("--model-name", help="registered model (default sa2net-<dataset>)")
-    imp.add_argument("--alias", default="release", help="alias to set (default: release)")
-    imp.add_argument("--resize-to", type=int, default=224,
-                     help="side the release was trained at (default 224)")
-    imp.add_argument("--trust", action="store_true",
-                     help="unpickle with weights_only=False (only for files you trust)")
-    imp.set_defaults(func=_import_release)
 
-    seg = sub.add_parser("segment", help="segment images with a registered model")
-    seg.add_argument("images", nargs="+", help="image files (tif, png, jpg, bmp)")
-    seg.add_argument("--model", required=True, help="e.g. models:/sa2net-monuseg@champion")
-    seg.add_argument("--out", required=True, help="folder for the PNG masks")
-    seg.add_argument("--threshold", type=float, default=0.5)
-    seg.add_argument("--tta", action="store_true", help="test-time augmentation")
-    seg.set_defaults(func=_segment)
+@click.group(name="sa2-pipeline", help=__doc__)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-    syn = sub.add_parser("make-synthetic-data", help="write the embedded synthetic dataset")
-    syn.add_argument("out", help="folder (left untouched if it holds any file)")
-    syn.add_argument("--n-train", type=int, default=24)
-    syn.add_argument("--n-test", type=int, default=8)
-    syn.add_argument("--image-size", type=int, default=256)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.set_defaults(func=_make_synthetic)
-    return parser
+
+@cli.command("import-release")
+@click.argument("checkpoint")
+@click.option("--dataset", required=True, help="Names the experiment and the model.")
+@click.option("--model-name", default=None, help="Registered model (default sa2net-<dataset>).")
+@click.option("--alias", default="release", show_default=True, help="Alias to set.")
+@click.option("--resize-to", type=int, default=224, show_default=True,
+              help="Side the release was trained at.")
+@click.option("--trust", is_flag=True,
+              help="Unpickle with weights_only=False (only for files you trust).")
+def import_release(**kwargs) -> None:
+    """Register a release checkpoint in MLflow (BGR, [0, 1], resized input)."""
+    raise SystemExit(_import_release(argparse.Namespace(**kwargs)))
+
+
+@cli.command("segment")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--model", required=True, help="e.g. models:/sa2net-monuseg@champion")
+@click.option("--out", required=True, help="Folder for the PNG masks.")
+@click.option("--threshold", type=float, default=0.5, show_default=True)
+@click.option("--tta", is_flag=True, help="Test-time augmentation.")
+def segment(**kwargs) -> None:
+    """Segment image files (tif, png, jpg, bmp) with a registered model."""
+    raise SystemExit(_segment(argparse.Namespace(**kwargs)))
+
+
+@cli.command("make-synthetic-data")
+@click.argument("out")
+@click.option("--n-train", type=int, default=24, show_default=True)
+@click.option("--n-test", type=int, default=8, show_default=True)
+@click.option("--image-size", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_synthetic_data(**kwargs) -> None:
+    """Write the embedded synthetic dataset (a folder holding any file is kept)."""
+    raise SystemExit(_make_synthetic(argparse.Namespace(**kwargs)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``sa2-pipeline``."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    return int(args.func(args) or 0)
+    """Console entry point ``sa2-pipeline``; returns the exit code."""
+    try:
+        cli.main(args=argv, prog_name="sa2-pipeline", standalone_mode=False)
+    except SystemExit as exit_:
+        if isinstance(exit_.code, str):
+            raise
+        return int(exit_.code or 0)
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    return 0
 
 
 if __name__ == "__main__":

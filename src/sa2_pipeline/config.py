@@ -38,7 +38,7 @@ class IngestionConfig:
     """``params:data_ingestion``: which dataset, in which raw format, where."""
 
     dataset: str = "synthetic"
-    format: Literal["monuseg"] = "monuseg"
+    format: Literal["monuseg", "glas", "isic2018", "segpc2021", "acdc", "folder"] = "monuseg"
     raw_dir: str = "data/01_raw/synthetic"
     synthetic: SyntheticDataConfig | None = None
 
@@ -120,6 +120,45 @@ class AugmentationConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """Data-parallel training (PyTorch DDP launched by ``torchrun``).
+
+    With ``nproc_per_node * nnodes > 1`` the training node starts ``torchrun`` as a
+    subprocess (one process per GPU, or per CPU slot with the gloo backend); with the
+    defaults everything runs in the calling process. ``batch_size`` is per process, so the
+    effective batch is ``batch_size * world_size``. Multi-node: start the same command on
+    every node with its ``node_rank`` and the first node's ``master_addr``.
+    """
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def __post_init__(self) -> None:
+        for key in ("nproc_per_node", "nnodes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"training.distributed.{key} must be >= 1, got {getattr(self, key)}"
+                )
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ConfigError(
+                f"training.distributed.node_rank must be in [0, nnodes - 1 = {self.nnodes - 1}], "
+                f"got {self.node_rank}"
+            )
+        if not 1 <= self.master_port <= 65535:
+            raise ConfigError(
+                f"training.distributed.master_port must be in [1, 65535], got {self.master_port}"
+            )
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """``params:training``: the training engine's settings."""
 
@@ -147,6 +186,7 @@ class TrainingConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "patch_size", "samples_per_epoch"):

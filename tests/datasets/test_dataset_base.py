@@ -29,8 +29,8 @@ def test_sha256_array_depends_on_content_shape_and_dtype_not_layout() -> None:
 
 
 def test_raw_sample_rejects_unknown_split(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="split 'val'"):
-        RawSample("x", "val", tmp_path / "x.tif", tmp_path / "x.xml")
+    with pytest.raises(ValueError, match="split 'validation'"):
+        RawSample("x", "validation", tmp_path / "x.tif", tmp_path / "x.xml")
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:

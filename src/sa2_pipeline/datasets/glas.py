@@ -163,8 +163,9 @@ def _check_grades(data_dir: Path, samples: list[RawSample]) -> None:
     """Warn when ``Grade.csv`` is missing, unreadable, or does not list every image."""
     grade_path = data_dir / GRADE_FILE
     if not grade_path.is_file():
-        logger.warning("GlaS at %s: no %s (gland grades); masks do not need it", data_dir,
-                       GRADE_FILE)
+        logger.warning(
+            "GlaS at %s: no %s (gland grades); masks do not need it", data_dir, GRADE_FILE
+        )
         return
     try:
         with open(grade_path, newline="", encoding="utf-8-sig") as handle:

@@ -138,7 +138,9 @@ def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
         for folder in (image_dir, mask_dir)
         if folder.is_dir()
         for p in folder.iterdir()
-        if p.is_file() and p not in used and p.suffix.lower() != ".txt"
+        if p.is_file()
+        and p not in used
+        and p.suffix.lower() != ".txt"
         and not p.name.startswith(".")
     ]
     warn_ignored("ISIC 2018", root, ignored)

@@ -10,6 +10,11 @@ from sa2_pipeline.datasets.base import IngestedDataset
 # format name -> "module:function(root, dataset_name=...) -> IngestedDataset"
 ADAPTERS: dict[str, str] = {
     "monuseg": "sa2_pipeline.datasets.monuseg:load_monuseg",
+    "glas": "sa2_pipeline.datasets.glas:load_glas",
+    "isic2018": "sa2_pipeline.datasets.isic2018:load_isic2018",
+    "segpc2021": "sa2_pipeline.datasets.segpc2021:load_segpc2021",
+    "acdc": "sa2_pipeline.datasets.acdc:load_acdc",
+    "folder": "sa2_pipeline.datasets.folder:load_image_folder",
 }
 
 

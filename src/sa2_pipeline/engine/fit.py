@@ -5,27 +5,61 @@ directly. It builds the model, loss, optimiser, schedule, data loader and valida
 typed configs, runs :class:`~sa2_pipeline.engine.trainer.Trainer` with a checkpoint folder
 keyed by a fingerprint of everything that determines the result, and returns a model bundle
 (:mod:`sa2_pipeline.models.bundle`) plus the history.
+
+With ``training.distributed`` asking for more than one process, the same call launches
+``torchrun`` and returns what its workers computed (:mod:`sa2_pipeline.engine.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sa2_pipeline.config import ModelConfig, TrainingConfig
 
+if TYPE_CHECKING:
+    from sa2_pipeline.engine.distributed import WorkerInfo
+
 logger = logging.getLogger(__name__)
 
 # Settings that change how fast a run goes but not what it computes: they do not enter
 # the fingerprint, so a run can be resumed with more workers or threads.
-_RUNTIME_ONLY = ("num_workers", "num_threads", "resume", "checkpoint_dir", "val_batch_size")
+# ``distributed`` is here too although it does change the result (``batch_size`` is per
+# process, so the world size changes every step's batch): a run may be resumed with
+# another number of processes or nodes -- it continues correctly but does not end
+# bit-identical to an uninterrupted run with either world size. Resuming with the same
+# world size is exact.
+_RUNTIME_ONLY = (
+    "num_workers", "num_threads", "resume", "checkpoint_dir", "val_batch_size", "distributed",
+)
+
+
+_CODE_PACKAGES = ("engine", "models", "losses", "dataloading", "metrics", "inference")
+
+
+def code_fingerprint() -> str:
+    """Hash of the library code that determines a training result.
+
+    Part of the run fingerprint, so a checkpoint written by older code (a bug fix, a new
+    loss) is never resumed as if it were this code's: the run starts over instead.
+    """
+    import sa2_pipeline
+
+    root = Path(sa2_pipeline.__file__).parent
+    h = hashlib.sha256()
+    for package in _CODE_PACKAGES:
+        for file in sorted((root / package).rglob("*.py")):
+            h.update(str(file.relative_to(root)).encode())
+            h.update(file.read_bytes())
+    return h.hexdigest()
 
 
 def run_fingerprint(
@@ -73,21 +107,100 @@ def fit_segmentation_model(
             ``"resize"`` trains on the (already resized) whole images, as the paper.
         eval_patch_size: Sliding-window tile size for validation and later inference.
         run_name: Names the checkpoint folder (e.g. ``"fold0"``).
-        callbacks: Extra trainer callbacks (MLflow logging is added automatically).
+        callbacks: Extra trainer callbacks (MLflow logging is added automatically). With
+            several processes they must be picklable; they run on rank 0 only.
         metric_prefix: Prefix of the per-epoch metric names logged to MLflow.
+
+    Each history record holds the epoch's metrics, ``lr``, ``samples`` (training samples
+    seen in the epoch, over all processes), ``is_best``, ``best_val_dice`` and
+    ``epoch_seconds``.
+
+    Data-parallel (``train_cfg.distributed``: ``nproc_per_node * nnodes > 1``): called in
+    an ordinary process, this launches ``torchrun`` with one worker per process, waits,
+    and returns the workers' result; the active MLflow run receives the per-epoch metrics
+    from rank 0 and stays the active run. Called inside a ``torchrun`` worker
+    (``WORLD_SIZE > 1``), it trains its share under ``DistributedDataParallel``.
+
+    Raises:
+        RuntimeError: ``torchrun`` failed (names the exit code and the log); the
+            checkpoint written so far is kept, so a rerun resumes.
     """
+    import torch
+
+    from sa2_pipeline.engine import distributed
+    from sa2_pipeline.engine.runtime import select_device
+
+    _check_pairs(train_images, train_masks, "training")
+    _check_pairs(val_images, val_masks, "validation")
+    fingerprint = run_fingerprint(
+        model_cfg, train_cfg, train_images, train_masks, val_images,
+        extra={"mode": mode, "eval_patch_size": eval_patch_size, "code": code_fingerprint()},
+    )
+    run_folder = Path(train_cfg.checkpoint_dir) / f"{run_name}-{fingerprint[:12]}"
+    if distributed.launch_needed(train_cfg.distributed):
+        return distributed.launch(
+            kwargs={
+                "train_images": dict(train_images), "train_masks": dict(train_masks),
+                "val_images": dict(val_images), "val_masks": dict(val_masks),
+                "model_cfg": model_cfg, "train_cfg": train_cfg, "mode": mode,
+                "eval_patch_size": eval_patch_size, "run_name": run_name,
+                "callbacks": list(callbacks), "metric_prefix": metric_prefix,
+            },
+            dist_cfg=train_cfg.distributed,
+            run_folder=run_folder,
+        )
+    with contextlib.ExitStack() as stack:
+        worker = distributed.worker_info()
+        device = select_device(train_cfg.device)
+        if worker.distributed:
+            if device.type == "cuda":
+                device = torch.device("cuda", worker.local_rank)
+                torch.cuda.set_device(device)
+            stack.enter_context(distributed.process_group(
+                distributed.resolve_backend(train_cfg.distributed.backend, device.type)
+            ))
+        return _fit_here(
+            train_images=train_images, train_masks=train_masks, val_images=val_images,
+            val_masks=val_masks, model_cfg=model_cfg, train_cfg=train_cfg, mode=mode,
+            eval_patch_size=eval_patch_size, callbacks=callbacks,
+            metric_prefix=metric_prefix, device=device, worker=worker,
+            fingerprint=fingerprint, checkpoint_path=run_folder / "last.pt",
+        )
+
+
+def _fit_here(  # noqa: PLR0914 - one straight recipe, kept in one place
+    *,
+    train_images: Mapping[str, np.ndarray],
+    train_masks: Mapping[str, np.ndarray],
+    val_images: Mapping[str, np.ndarray],
+    val_masks: Mapping[str, np.ndarray],
+    model_cfg: ModelConfig,
+    train_cfg: TrainingConfig,
+    mode: str,
+    eval_patch_size: int,
+    callbacks: Sequence[Any],
+    metric_prefix: str,
+    device: Any,
+    worker: WorkerInfo,
+    fingerprint: str,
+    checkpoint_path: Path,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train in this process (alone, or as one rank of a joined process group)."""
     import torch
 
     from sa2_pipeline.dataloading.augmentation import build_augmentation
     from sa2_pipeline.dataloading.dataset import PatchDataset, ResizedDataset
     from sa2_pipeline.dataloading.sampling import EpochIndexed, EpochSampler
-    from sa2_pipeline.engine.callbacks import EpochLogger, MlflowMetricsLogger
+    from sa2_pipeline.engine.callbacks import (
+        EpochLogger,
+        MlflowMetricsLogger,
+        MlflowRunContinuation,
+    )
     from sa2_pipeline.engine.optim import EpochScheduler, build_optimizer
     from sa2_pipeline.engine.runtime import (
         configure_threads,
         resolve_precision,
         seed_everything,
-        select_device,
         worker_init,
     )
     from sa2_pipeline.engine.trainer import Trainer
@@ -95,15 +208,8 @@ def fit_segmentation_model(
     from sa2_pipeline.models import create_model
     from sa2_pipeline.models.bundle import make_bundle
 
-    _check_pairs(train_images, train_masks, "training")
-    _check_pairs(val_images, val_masks, "validation")
     configure_threads(train_cfg.num_threads)
-    device = select_device(train_cfg.device)
     amp_dtype = resolve_precision(train_cfg.precision, device)
-    fingerprint = run_fingerprint(
-        model_cfg, train_cfg, train_images, train_masks, val_images,
-        extra={"mode": mode, "eval_patch_size": eval_patch_size},
-    )
 
     seed_everything(train_cfg.seed)
     model = create_model(model_cfg.name, **model_cfg.kwargs()).to(device)
@@ -148,15 +254,19 @@ def fit_segmentation_model(
     else:
         raise ValueError(f"mode must be 'native' or 'resize', got {mode!r}")
 
+    # Data-parallel: rank r takes every world_size-th sample (the epoch is padded to a
+    # multiple of world_size), so every rank runs the same number of steps.
+    sampler = EpochSampler(len(dataset), seed=train_cfg.seed, shuffle=shuffle,
+                           rank=worker.rank, world_size=worker.world_size)
     loader = torch.utils.data.DataLoader(
         EpochIndexed(dataset),
         batch_size=train_cfg.batch_size,
-        sampler=EpochSampler(len(dataset), seed=train_cfg.seed, shuffle=shuffle),
+        sampler=sampler,
         num_workers=train_cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=train_cfg.num_workers > 0,
         worker_init_fn=worker_init if train_cfg.num_workers > 0 else None,
-        drop_last=len(dataset) > train_cfg.batch_size,
+        drop_last=len(sampler) > train_cfg.batch_size,
     )
 
     val_ids = sorted(val_images)
@@ -172,8 +282,13 @@ def fit_segmentation_model(
             amp_dtype=amp_dtype,
         )
 
-    run_model = torch.compile(model) if train_cfg.compile else model
-    checkpoint_path = Path(train_cfg.checkpoint_dir) / f"{run_name}-{fingerprint[:12]}" / "last.pt"
+    run_model = model
+    if worker.distributed:
+        run_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if train_cfg.compile:
+        run_model = torch.compile(run_model)
     trainer = Trainer(
         run_model, loss_fn, optimizer, scheduler, loader, validate,
         device=device,
@@ -185,15 +300,22 @@ def fit_segmentation_model(
         fingerprint=fingerprint,
         amp_dtype=amp_dtype,
         channels_last=train_cfg.channels_last,
-        callbacks=[EpochLogger(), MlflowMetricsLogger(metric_prefix), *callbacks],
+        callbacks=[
+            EpochLogger(), MlflowRunContinuation(metric_prefix),
+            MlflowMetricsLogger(metric_prefix), *callbacks,
+        ],
         meta={"train_ids": ids, "val_ids": val_ids, "mode": mode},
+        rank=worker.rank,
+        world_size=worker.world_size,
     )
-    logger.info(
-        "training %s (%d parameters) on %s, precision %s, %d train / %d val images, "
-        "checkpoints in %s",
-        model_cfg.name, sum(p.numel() for p in model.parameters()), device,
-        train_cfg.precision, len(ids), len(val_ids), checkpoint_path.parent,
-    )
+    if worker.rank == 0:
+        logger.info(
+            "training %s (%d parameters) on %s%s, precision %s, %d train / %d val images, "
+            "checkpoints in %s",
+            model_cfg.name, sum(p.numel() for p in model.parameters()), device,
+            f" x {worker.world_size} processes" if worker.distributed else "",
+            train_cfg.precision, len(ids), len(val_ids), checkpoint_path.parent,
+        )
     result = trainer.fit()
     bundle = make_bundle(
         model_name=model_cfg.name,
@@ -209,6 +331,7 @@ def fit_segmentation_model(
             "stopped_early": result.stopped_early,
             "resumed_from_epoch": result.resumed_from_epoch,
             "fingerprint": fingerprint,
+            "world_size": worker.world_size,
             "train_ids": ids,
             "val_ids": val_ids,
             "mode": mode,

@@ -1,0 +1,390 @@
+"""SegPC 2021 (multiple-myeloma plasma cells) adapter: BMP images + one BMP per cell.
+
+Layout, as the challenge archive unpacks (``root`` = the folder holding ``train/``)::
+
+    <root>/train/x/<image>.bmp              -> split "train"
+    <root>/train/y/<image>_<k>.bmp          one mask per cell instance, k = 1, 2, ...
+    <root>/validation/x/<image>.bmp         -> split "test" (the protocol tests on it)
+    <root>/validation/y/<image>_<k>.bmp
+
+A ``<root>/test/`` folder (the challenge's final test images, without masks) is ignored.
+A plain ``<root>/x/`` + ``<root>/y/`` pair (no split folders) is also accepted: every
+image is then ``"train"`` and a warning says that there is no official test split.
+
+Instance masks: each holds background 0 and exactly two non-zero grey levels, one for the
+nucleus and one for the cytoplasm. Which level is which is read from the data, not
+assumed: in every mask, the level whose region boundary touches background least (as a
+fraction of its boundary pixels) is the *inner* one; across the dataset, the level that
+is inner in most masks is the nucleus. All masks must use the same two levels. The
+derived levels and the vote are logged. A mask with any other number of non-zero levels,
+or with levels that differ from the rest of the dataset, is an error.
+
+Canonical output: one sample per *image* (id = image stem) with a 3-class mask merged
+over its instances in order of ``k``: 0 = background, 1 = cytoplasm, 2 = nucleus; where
+instances overlap, the later one overwrites. Images are RGB uint8.
+
+Not done here: the Awesome-U-Net protocol that the paper follows crops each cell around
+its nucleus (scale 2.5), resizes the crop to 224 and feeds RGB + a nucleus-mask channel
+(4 input channels) to predict the cytoplasm. That is a preprocessing step over these
+canonical images and masks, not part of ingestion.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sa2_pipeline.datasets.base import (
+    DatasetValidationError,
+    DuplicateFinder,
+    IngestedDataset,
+    Problem,
+    build_manifest,
+    label_image_2d,
+    list_files,
+    manifest_row,
+    read_raster,
+    sha256_array,
+    sha256_file,
+    warn_ignored,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CYTOPLASM", "NUCLEUS", "SPLIT_FOLDERS", "load_segpc2021"]
+
+#: Canonical class index of the cytoplasm.
+CYTOPLASM = 1
+#: Canonical class index of the nucleus.
+NUCLEUS = 2
+#: Split folders of the challenge archive and the split hint each becomes.
+SPLIT_FOLDERS = {"train": "train", "validation": "test"}
+_IGNORED_SPLIT_FOLDER = "test"  # final test images, published without masks
+_SUFFIXES = {".bmp"}
+_INSTANCE = re.compile(r"^(?P<image>.+)_(?P<k>\d+)$")
+
+
+@dataclass
+class _Image:
+    id: str
+    split: str
+    image_path: Path
+    mask_dir: Path
+    mask_paths: list[Path] = field(default_factory=list)  # sorted by instance number
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One instance mask, cropped to its bounding box (plus 1 px where the image allows)."""
+
+    path: Path
+    levels: tuple[int, int]  # the two non-zero grey levels, ascending
+    inner: int | None  # the level that touches background least; None on a tie
+    rows: slice
+    cols: slice
+    crop: np.ndarray
+
+
+def _scan_layout(root: Path) -> tuple[list[_Image], list[Problem]]:
+    expected = (
+        f"looked for '<image>.bmp' in '{root / 'train' / 'x'}' and "
+        f"'{root / 'validation' / 'x'}' with '<image>_<k>.bmp' cell masks in the sibling "
+        f"'y' folders, or in '{root / 'x'}' + '{root / 'y'}'"
+    )
+    if not root.is_dir():
+        return [], [(str(root), f"raw dataset folder does not exist; {expected}")]
+    split_layout = [name for name in SPLIT_FOLDERS if (root / name).is_dir()]
+    flat_layout = (root / "x").is_dir() or (root / "y").is_dir()
+    if split_layout and flat_layout:
+        return [], [
+            (
+                str(root),
+                f"both split folders ({', '.join(split_layout)}) and a plain 'x'/'y' pair "
+                "found; keep one layout",
+            )
+        ]
+    if not split_layout and not flat_layout:
+        return [], [(str(root), f"no SegPC folders found; {expected}")]
+    if flat_layout:
+        groups = [("train", root)]
+        logger.warning(
+            "SegPC at %s: plain x/y layout, every image is 'train'; there is no official "
+            "test split (use train/ and validation/ folders for the protocol's split)",
+            root,
+        )
+    else:
+        groups = [(SPLIT_FOLDERS[name], root / name) for name in split_layout]
+        if (root / _IGNORED_SPLIT_FOLDER).is_dir():
+            logger.warning(
+                "SegPC at %s: ignoring '%s/' (the challenge's final test images have no masks)",
+                root,
+                _IGNORED_SPLIT_FOLDER,
+            )
+
+    problems: list[Problem] = []
+    found: list[_Image] = []
+    used: set[Path] = set()
+    for split, folder in groups:
+        x_dir, y_dir = folder / "x", folder / "y"
+        images: dict[str, _Image] = {}
+        for stem, paths in list_files(x_dir, _SUFFIXES).items():
+            used.update(paths)
+            problems += [
+                (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
+            ]
+            images[stem] = _Image(stem, split, paths[0], y_dir)
+        if not images:
+            problems.append((str(x_dir), f"no '<image>.bmp' images found ({split} split)"))
+        instances: list[tuple[str, int, Path]] = []
+        for stem, paths in list_files(y_dir, _SUFFIXES).items():
+            used.update(paths)
+            problems += [
+                (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
+            ]
+            match = _INSTANCE.match(stem)
+            if match is None:
+                problems.append(
+                    (str(paths[0]), "mask name does not follow '<image>_<k>.bmp' (k = 1, 2, ...)")
+                )
+            elif match["image"] not in images:
+                problems.append(
+                    (
+                        str(paths[0]),
+                        f"mask without image (expected {x_dir / match['image']}.bmp)",
+                    )
+                )
+            else:
+                instances.append((match["image"], int(match["k"]), paths[0]))
+        for image_id, _, path in sorted(instances):
+            images[image_id].mask_paths.append(path)
+        for image in images.values():
+            if not image.mask_paths:
+                problems.append(
+                    (str(image.image_path), f"no cell masks '{y_dir / image.id}_<k>.bmp' found")
+                )
+        found += images.values()
+
+    by_id: dict[str, _Image] = {}
+    for image in found:
+        if image.id in by_id:
+            problems.append(
+                (
+                    str(image.image_path),
+                    f"duplicate id {image.id!r} (also {by_id[image.id].image_path})",
+                )
+            )
+        by_id.setdefault(image.id, image)
+    folders = [f / sub for _, f in groups for sub in ("x", "y")]
+    ignored = [
+        p
+        for folder in folders
+        if folder.is_dir()
+        for p in folder.iterdir()
+        if p.is_file() and p not in used and not p.name.startswith(".")
+    ]
+    warn_ignored("SegPC", root, ignored)
+    return found, problems
+
+
+def _boundary_contact(crop: np.ndarray, level: int) -> tuple[int, int]:
+    """``(boundary pixels touching background, boundary pixels)`` of one grey level.
+
+    A boundary pixel of ``level`` has a 4-neighbour of another value; the outside of the
+    crop counts as the same level (a cell cut by the image edge is not "touching
+    background" there).
+    """
+    region = crop == level
+    padded = np.pad(crop, 1, mode="constant", constant_values=level)
+    neighbours = [
+        padded[:-2, 1:-1],
+        padded[2:, 1:-1],
+        padded[1:-1, :-2],
+        padded[1:-1, 2:],
+    ]
+    boundary = region & np.logical_or.reduce([n != level for n in neighbours])
+    touching = region & np.logical_or.reduce([n == 0 for n in neighbours])
+    return int(touching.sum()), int(boundary.sum())
+
+
+def _read_instance(path: Path, shape: tuple[int, int] | None) -> _Instance:
+    """Read one cell mask; raises ValueError with the reason if it is not usable."""
+    mask = label_image_2d(read_raster(path))
+    if mask.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit grey mask, got pixel type {mask.dtype}")
+    if shape is not None and mask.shape != shape:
+        raise ValueError(
+            f"mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image is {shape[1]}x{shape[0]}"
+        )
+    counts = np.bincount(mask.ravel(), minlength=256)
+    levels = [int(v) for v in np.flatnonzero(counts[1:]) + 1]
+    if len(levels) != 2:
+        raise ValueError(
+            f"expected exactly 2 non-zero grey levels (nucleus and cytoplasm), found "
+            f"{len(levels)}: {levels[:10]}"
+        )
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[0])
+    c0, c1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[1])
+    crop = np.ascontiguousarray(mask[r0:r1, c0:c1])
+    fractions = []
+    for level in levels:
+        touching, boundary = _boundary_contact(crop, level)
+        fractions.append(touching / boundary if boundary else 0.0)
+    inner = None if fractions[0] == fractions[1] else levels[int(np.argmin(fractions))]
+    return _Instance(path, (levels[0], levels[1]), inner, slice(r0, r1), slice(c0, c1), crop)
+
+
+def _derive_levels(
+    instances: list[_Instance], root: Path
+) -> tuple[tuple[int, int] | None, list[Problem]]:
+    """``(nucleus level, cytoplasm level)`` from every instance, and disagreeing masks."""
+    if not instances:
+        return None, []
+    pairs = Counter(inst.levels for inst in instances)
+    pair, n_pair = pairs.most_common(1)[0]
+    problems = [
+        (
+            str(inst.path),
+            f"grey levels {list(inst.levels)} differ from the dataset's {list(pair)} "
+            f"(used by {n_pair} of {len(instances)} masks)",
+        )
+        for inst in instances
+        if inst.levels != pair
+    ]
+    votes = Counter(inst.inner for inst in instances if inst.levels == pair)
+    low, high = votes.get(pair[0], 0), votes.get(pair[1], 0)
+    if low == high:
+        problems.append(
+            (
+                str(root),
+                f"cannot tell nucleus from cytoplasm: grey level {pair[0]} is the inner one "
+                f"in {low} masks and {pair[1]} in {high}",
+            )
+        )
+        return None, problems
+    nucleus, cytoplasm = (pair[0], pair[1]) if low > high else (pair[1], pair[0])
+    agree, total = max(low, high), low + high + votes.get(None, 0)
+    logger.info(
+        "SegPC grey levels read from the masks: nucleus = %d, cytoplasm = %d (nucleus "
+        "level inside the cytoplasm in %d of %d masks)",
+        nucleus,
+        cytoplasm,
+        agree,
+        total,
+    )
+    if agree < total:
+        logger.warning(
+            "SegPC: in %d of %d masks the nucleus level (%d) touches background more than "
+            "the cytoplasm level (%d) or as much; the majority decides",
+            total - agree,
+            total,
+            nucleus,
+            cytoplasm,
+        )
+    return (nucleus, cytoplasm), problems
+
+
+def load_segpc2021(root: Path, dataset_name: str = "segpc2021") -> IngestedDataset:
+    """Read and verify a SegPC 2021 download; merge each image's cells into one mask.
+
+    Checks, all before returning: layout, every image with at least one cell mask and
+    every mask with its image, every file decodable, images RGB uint8, masks 8-bit grey
+    of their image's size with exactly two non-zero levels shared by the whole dataset,
+    no two images with identical pixels. All problems are raised together.
+
+    Args:
+        root: Folder holding ``train/`` (and ``validation/``), or ``x/`` + ``y/``.
+        dataset_name: Value of the manifest's ``dataset`` column.
+
+    Returns:
+        Manifest (one row per image; ``annotation_path`` lists its cell masks joined by
+        ``";"``), RGB uint8 images and uint8 masks (0 background, 1 cytoplasm, 2
+        nucleus) keyed by image id.
+
+    Raises:
+        DatasetValidationError: Listing every bad file and the reason.
+    """
+    root = Path(root)
+    found, problems = _scan_layout(root)
+    if not found:
+        raise DatasetValidationError(problems, root)
+
+    images: dict[str, np.ndarray] = {}
+    instances_of: dict[str, list[_Instance]] = {}
+    all_instances: list[_Instance] = []
+    duplicates = DuplicateFinder()
+    for entry in found:
+        image: np.ndarray | None = None
+        try:
+            image = read_raster(entry.image_path)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (3, 4):
+                raise ValueError(
+                    f"expected an RGB uint8 image (H, W, 3), got {image.dtype} of shape "
+                    f"{image.shape}"
+                )
+            image = np.ascontiguousarray(image[..., :3])
+        except ValueError as err:
+            problems.append((str(entry.image_path), str(err)))
+            image = None
+        shape = image.shape[:2] if image is not None else None
+        instances: list[_Instance] = []
+        for mask_path in entry.mask_paths:
+            try:
+                instances.append(_read_instance(mask_path, shape))
+            except ValueError as err:
+                problems.append((str(mask_path), str(err)))
+        all_instances += instances
+        if image is None:
+            continue
+        duplicate = duplicates.check(sha256_array(image), entry.image_path)
+        if duplicate:
+            problems.append((str(entry.image_path), duplicate))
+            continue
+        images[entry.id] = image
+        instances_of[entry.id] = instances
+
+    levels, level_problems = _derive_levels(all_instances, root)
+    problems += level_problems
+    if problems or levels is None:
+        raise DatasetValidationError(problems, root)
+
+    nucleus, cytoplasm = levels
+    masks: dict[str, np.ndarray] = {}
+    rows: list[dict[str, object]] = []
+    for entry in found:
+        image = images[entry.id]
+        mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        for inst in instances_of[entry.id]:
+            window = mask[inst.rows, inst.cols]  # a view: writes go into ``mask``
+            window[inst.crop == cytoplasm] = CYTOPLASM
+            window[inst.crop == nucleus] = NUCLEUS
+        masks[entry.id] = mask
+        rows.append(
+            manifest_row(
+                sample_id=entry.id,
+                dataset=dataset_name,
+                split=entry.split,
+                root=root,
+                image_path=entry.image_path,
+                annotation_paths=entry.mask_paths,
+                image=image,
+                mask=mask,
+                image_sha256=sha256_file(entry.image_path),
+            )
+        )
+    manifest = build_manifest(rows)
+    logger.info(
+        "Loaded SegPC 2021 from %s: %d images, %d cells (%s), mean foreground fraction %.3f",
+        root,
+        len(manifest),
+        len(all_instances),
+        ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items())),
+        manifest["foreground_fraction"].mean(),
+    )
+    return IngestedDataset(manifest=manifest, images=images, masks=masks)
