@@ -9,6 +9,7 @@ files.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -18,7 +19,13 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["atomic_directory", "atomic_write_bytes", "atomic_write_text"]
+__all__ = [
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "process_alive",
+    "remove_stale_temporaries",
+]
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -47,7 +54,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    # The writer's process id is part of the temporary name, so a later write can tell the
+    # leftovers of a killed writer (removed) from a live concurrent one (left alone).
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.{os.getpid()}-", suffix=".tmp", dir=final.parent
+    )
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -59,7 +70,55 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(final.parent)
+    remove_stale_temporaries(final)
     return final
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (POSIX; never call it on Windows)."""
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only (POSIX)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.<name>.<pid>-*.tmp`` files that killed writers of ``final`` left.
+
+    A process killed in the middle of :func:`atomic_write_bytes` (SIGKILL, power loss)
+    cannot remove its temporary file. Every successful write of the same file calls this,
+    so such leftovers live only until the next write. A temporary file is removed when
+    the process that wrote it no longer exists on this machine; those of live processes
+    (concurrent writers) and of this process are kept. POSIX only (elsewhere nothing is
+    removed, as process liveness cannot be checked safely).
+
+    Returns:
+        The files removed.
+    """
+    if os.name != "posix":
+        return []
+    final = Path(final)
+    prefix = f".{final.name}."
+    removed = []
+    for candidate in final.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        if candidate.is_symlink() or not candidate.is_file():
+            continue
+        pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue  # not written by atomic_write_bytes
+        pid = int(pid_text)
+        if pid == os.getpid() or process_alive(pid):
+            continue
+        try:
+            candidate.unlink()
+        except FileNotFoundError:  # another writer cleaned it up first
+            continue
+        removed.append(candidate)
+        logger.info("removed %s, left by a killed writer (process %d)", candidate, pid)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

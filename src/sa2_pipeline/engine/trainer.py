@@ -6,6 +6,14 @@ validation function. Everything that changes during training (weights, optimiser
 scheduler, gradient scaler, random states, history, best weights, patience counter) is in
 one checkpoint written atomically after every epoch, so a run killed at any point and
 started again with the same arguments ends exactly where an uninterrupted run would.
+
+Data-parallel training (``world_size > 1``, inside a ``torchrun`` worker with the process
+group initialised and the model wrapped in ``DistributedDataParallel``): every rank trains
+its share of the epoch; the training loss and sample count are summed over ranks;
+validation runs on rank 0 and its metrics are broadcast, so every rank makes the same
+selection and early-stopping decision; only rank 0 writes checkpoints (with every rank's
+random state) and runs the callbacks; a resumed checkpoint is read by rank 0 and broadcast.
+With ``world_size == 1`` no collective is ever called.
 """
 
 from __future__ import annotations
@@ -20,7 +28,8 @@ from typing import Any
 
 import torch
 
-from sa2_pipeline.engine.callbacks import Callback
+from sa2_pipeline.engine import distributed
+from sa2_pipeline.engine.callbacks import Callback, current_mlflow_run_id
 from sa2_pipeline.engine.checkpoint import load_checkpoint, save_atomic
 from sa2_pipeline.engine.optim import EpochScheduler
 from sa2_pipeline.engine.runtime import autocast, get_rng_state, set_rng_state
@@ -64,7 +73,9 @@ class Trainer:
         amp_dtype: Autocast dtype, ``None`` for float32.
         channels_last: Convert input batches to channels-last.
         callbacks: Lifecycle hooks (logging, MLflow).
-        meta: Stored in the checkpoint beside the weights (model name, kwargs, split...).
+        meta: Stored in the checkpoint beside the weights (model name, kwargs, split...);
+            the MLflow run active at each write is added as ``mlflow_run_id``.
+        rank / world_size: This process's place in a data-parallel job (defaults: none).
     """
 
     def __init__(
@@ -87,6 +98,8 @@ class Trainer:
         channels_last: bool = False,
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.model = model
         self.loss_fn = loss_fn
@@ -105,6 +118,9 @@ class Trainer:
         self.channels_last = channels_last
         self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
+        self.rank = rank
+        self.world_size = world_size
+        self.distributed = world_size > 1
         # Gradient scaling only matters for float16 (bf16 has float32's exponent range).
         self.scaler = torch.amp.GradScaler(
             device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"
@@ -116,13 +132,16 @@ class Trainer:
         self.epochs_without_improvement = 0
         self.history: list[dict[str, Any]] = []
         self.resumed_from_epoch = 0
+        self.resumed_meta: dict[str, Any] = {}  # ``meta`` of the checkpoint resumed from
 
     # ------------------------------------------------------------------ lifecycle
     def fit(self) -> FitResult:
         """Run (or resume) training and return the best weights by validation Dice."""
         if self.resume:
             self._maybe_resume()
-        for cb in self.callbacks:
+        # Data-parallel: rank 0 alone logs, tracks and checkpoints.
+        callbacks = self.callbacks if self.rank == 0 else []
+        for cb in callbacks:
             cb.on_fit_start(self)
         while self.epoch < self.epochs and self.epochs_without_improvement < self.patience:
             epoch = self.epoch + 1
@@ -136,14 +155,17 @@ class Trainer:
             self.history.append(record)
             self.epoch = epoch
             self.save_checkpoint()
-            for cb in self.callbacks:
+            for cb in callbacks:
                 cb.on_epoch_end(self, record)
         stopped_early = self.epoch < self.epochs
-        for cb in self.callbacks:
+        for cb in callbacks:
             cb.on_fit_end(self)
         if self.best_state is None:  # no epoch was eligible for selection
             self.best_state = _cpu_state(self.model)
             self.best_epoch = self.epoch
+        if self.distributed:  # rank 0's copy (ranks differ in normalisation buffers)
+            self.best_state = distributed.broadcast_object(self.best_state if self.rank == 0
+                                                           else None)
         return FitResult(
             best_state_dict=self.best_state,
             best_epoch=self.best_epoch,
@@ -155,7 +177,10 @@ class Trainer:
         )
 
     def train_one_epoch(self, epoch: int) -> dict[str, float]:
-        """One pass over the epoch's samples; returns the mean training loss."""
+        """One pass over the epoch's samples: mean training loss and samples seen.
+
+        Data-parallel: both are over all ranks.
+        """
         from tqdm.auto import tqdm
 
         self.model.train()
@@ -186,16 +211,29 @@ class Trainer:
             count += image.shape[0]
         if count == 0:
             raise RuntimeError("the training loader produced no batches")
-        return {"train_loss": float(total) / count}
+        if self.distributed:
+            loss_sum, samples = distributed.all_reduce_sum([float(total), count], self.device)
+            return {"train_loss": loss_sum / samples, "samples": int(samples)}
+        return {"train_loss": float(total) / count, "samples": count}
 
     def validate(self) -> dict[str, float]:
-        """Validation metrics of the current weights (model restored to train mode)."""
-        was_training = self.model.training
-        self.model.eval()
+        """Validation metrics of the current weights (model restored to train mode).
+
+        Data-parallel: rank 0 validates the unwrapped network (a DDP forward would wait
+        for the other ranks) and every rank receives its metrics.
+        """
+        if self.distributed:
+            metrics = self._validate_here(_unwrap(self.model)) if self.rank == 0 else None
+            return distributed.broadcast_object(metrics)
+        return self._validate_here(self.model)
+
+    def _validate_here(self, model: torch.nn.Module) -> dict[str, float]:
+        was_training = model.training
+        model.eval()
         try:
-            metrics = self.validate_fn(self.model)
+            metrics = self.validate_fn(model)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         if "val_dice" not in metrics:
             raise KeyError("the validation function must return 'val_dice'")
         return metrics
@@ -233,16 +271,21 @@ class Trainer:
             "best_state": self.best_state,
             "epochs_without_improvement": self.epochs_without_improvement,
             "history": self.history,
-            "meta": self.meta,
+            "meta": {**self.meta, "mlflow_run_id": current_mlflow_run_id()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved."""
-        self.model.load_state_dict(state["model"])
+        # The unwrapped network: the keys carry no "_orig_mod." / "module." prefix.
+        _unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_ranks")
+        if per_rank is not None and len(per_rank) == self.world_size:
+            set_rng_state(per_rank[self.rank])
+        else:  # single process, or resumed with another world size (not bit-identical)
+            set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.best_score = float(state["best_score"])
         self.best_epoch = int(state["best_epoch"])
@@ -251,13 +294,40 @@ class Trainer:
         self.history = list(state["history"])
 
     def save_checkpoint(self) -> None:
-        if self.checkpoint_path is not None:
+        if self.checkpoint_path is None:
+            return
+        if not self.distributed:
             save_atomic(self.state_dict(), self.checkpoint_path)
+            return
+        rng_ranks = distributed.gather_objects(get_rng_state())
+        if self.rank == 0:
+            state = self.state_dict()
+            state["rng_ranks"] = rng_ranks
+            save_atomic(state, self.checkpoint_path)
+        distributed.barrier()  # nobody runs ahead of a checkpoint that may fail
 
     def _maybe_resume(self) -> None:
         path = self.checkpoint_path
-        if path is None or not path.exists():
+        if path is None:
             return
+        if self.distributed:
+            # Rank 0 reads and checks it; every rank gets the same state (no shared file
+            # system needed between nodes).
+            state = self._read_checkpoint(path) if self.rank == 0 else None
+            state = distributed.broadcast_object(state)
+        else:
+            state = self._read_checkpoint(path)
+        if state is None:
+            return
+        self.load_state_dict(state)
+        self.resumed_from_epoch = self.epoch
+        self.resumed_meta = dict(state.get("meta") or {})
+        logger.info("resumed from %s after epoch %d", path, self.epoch)
+
+    def _read_checkpoint(self, path: Path) -> dict[str, Any] | None:
+        """The checkpoint at ``path`` if it exists and belongs to this run, else ``None``."""
+        if not path.exists():
+            return None
         state = load_checkpoint(path)
         if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != (
             self.fingerprint
@@ -267,17 +337,21 @@ class Trainer:
                 "starting from scratch and replacing it",
                 path,
             )
-            return
-        self.load_state_dict(state)
-        self.resumed_from_epoch = self.epoch
-        logger.info("resumed from %s after epoch %d", path, self.epoch)
+            return None
+        return state
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside torch.compile / DistributedDataParallel wrappers."""
+    inner = getattr(model, "_orig_mod", model)
+    if isinstance(inner, torch.nn.parallel.DistributedDataParallel | torch.nn.DataParallel):
+        inner = inner.module
+    return getattr(inner, "_orig_mod", inner)
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # Unwrap torch.compile / DDP so keys never carry "_orig_mod." or "module.".
-    inner = getattr(model, "_orig_mod", model)
-    inner = getattr(inner, "module", inner)
-    return {k: v.detach().to("cpu", copy=True) for k, v in inner.state_dict().items()}
+    # Unwrapped so keys never carry "_orig_mod." or "module.".
+    return {k: v.detach().to("cpu", copy=True) for k, v in _unwrap(model).state_dict().items()}
 
 
 def _to_float(outputs: Any) -> Any:
