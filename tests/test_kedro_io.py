@@ -26,8 +26,8 @@ def test_array_bundle_round_trip(tmp_path):
     ds.save(data)
     loaded = ds.load()
     assert loaded.keys() == data.keys()
-    for group in data:
-        for key, arr in data[group].items():
+    for group, arrays in data.items():
+        for key, arr in arrays.items():
             np.testing.assert_array_equal(loaded[group][key], arr)
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["train.npz"]
 

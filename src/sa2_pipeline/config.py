@@ -76,7 +76,9 @@ class ModelConfig:
         return kw
 
 
-def parse_models(primary: dict[str, Any], baselines: list[dict[str, Any]] | None) -> list[ModelConfig]:
+def parse_models(
+    primary: dict[str, Any], baselines: list[dict[str, Any]] | None
+) -> list[ModelConfig]:
     """``params:model`` plus ``params:baselines``: every model trained on the same data.
 
     The first entry is the primary model (the one registered and promoted); names must be
@@ -195,7 +197,9 @@ class TrainingConfig:
         if self.patch_size < 16:
             raise ConfigError(f"training.patch_size must be >= 16, got {self.patch_size}")
         if self.folds != "all" and (not self.folds or min(self.folds) < 0):
-            raise ConfigError(f"training.folds must be 'all' or fold indices >= 0, got {self.folds}")
+            raise ConfigError(
+                f"training.folds must be 'all' or fold indices >= 0, got {self.folds}"
+            )
         if not 0.0 <= self.foreground_oversample <= 1.0:
             raise ConfigError(
                 "training.foreground_oversample must be in [0, 1], "

@@ -41,7 +41,9 @@ class ArrayBundleDataset(AbstractDataset[dict, dict]):
         for group, arrays in data.items():
             for name, arr in arrays.items():
                 if _SEP in group or _SEP in name:
-                    raise DatasetError(f"{self._filepath}: key {group!r}/{name!r} contains '{_SEP}'")
+                    raise DatasetError(
+                        f"{self._filepath}: key {group!r}/{name!r} contains '{_SEP}'"
+                    )
                 flat[f"{group}{_SEP}{name}"] = np.asarray(arr)
         buffer = io.BytesIO()
         np.savez(buffer, **flat)

@@ -81,7 +81,7 @@ def test_fixed_validation_split_is_honoured():
 
 def test_groups_never_straddle_folds():
     manifest = _manifest(n_train=12, n_test=2)
-    manifest["group"] = ["p%d" % (i // 3) for i in range(12)] + ["", ""]
+    manifest["group"] = [f"p{i // 3}" for i in range(12)] + ["", ""]
     splits = split_dataset(manifest, {"n_folds": 4}).merge(manifest[["id", "group"]])
     train = splits[splits["split"] == "train"]
     assert (train.groupby("group")["fold"].nunique() == 1).all()

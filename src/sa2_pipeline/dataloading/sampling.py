@@ -54,7 +54,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
             yield self.epoch, int(index)
 
     def __len__(self) -> int:
-        return -(-self.length // self.world_size)
+        return (self.length + self.world_size - 1) // self.world_size
 
 
 class EpochIndexed(Dataset):

@@ -59,8 +59,9 @@ def build_report(
 
     Args:
         runs: One row per trained (model, fold): best epoch, validation Dice...
-        figures: ``{name: Figure or PNG bytes}``; the Markdown links ``figures/<name>.png`` (where the
-            catalog saves them), the HTML embeds them as data URIs.
+        figures: ``{name: Figure or PNG bytes}``; the Markdown links
+            ``figures/<name>.png`` (where the catalog saves them), the HTML embeds them
+            as data URIs.
     """
     summary_rows = [(k, _fmt(v)) for k, v in test_summary.items() if k != "models"]
     comparison = comparison_table(test_summary)

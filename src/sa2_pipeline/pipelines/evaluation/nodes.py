@@ -152,8 +152,9 @@ def register_model(
     """Register the primary model in MLflow as ``challenger``; ``champion`` if it is better.
 
     With several folds the registered model is their ensemble (mean probability), which
-    is what ``test_dice`` scored. Needs an active MLflow run (kedro-mlflow opens one per ``kedro run``). A champion
-    scored on another test set is re-scored on this one before the comparison.
+    is what ``test_dice`` scored. Needs an active MLflow run (kedro-mlflow opens one per
+    ``kedro run``). A champion scored on another test set is re-scored on this one before
+    the comparison.
 
     Returns:
         The registration record (version, aliases, decision, both scores).
