@@ -7,6 +7,7 @@ into a temporary folder -- outside the timed part -- then times
 and prints images/s and MB/s (raw bytes on disk: TIFF + XML), with the machine it ran on.
 
     python benchmarks/bench_ingestion.py                    # 100 tiles of 1000x1000
+    python benchmarks/bench_ingestion.py --workers 1        # in-process (no pool)
     python benchmarks/bench_ingestion.py --profile          # + where the time goes
     python benchmarks/bench_ingestion.py --data-dir /tmp/bench-monuseg   # reuse tiles
     python benchmarks/bench_ingestion.py --json results.json
@@ -82,18 +83,22 @@ def raw_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def time_load(root: Path, repeats: int) -> tuple[list[float], list[float]]:
-    """Wall-clock and process CPU seconds of each ``load_monuseg`` run.
+def time_load(
+    root: Path, repeats: int, workers: int | None = None
+) -> tuple[list[float], list[float]]:
+    """Wall-clock and this process's CPU seconds of each ``load_monuseg`` run.
 
-    load_monuseg is single-threaded, so CPU time is what the run costs on an idle core;
-    wall time above it means the machine was busy with other work.
+    In-process (``workers=1``) CPU time is what the run costs on an idle core, and wall
+    time above it means the machine was busy with other work. A pool's workers run in
+    other processes: their CPU time is not counted.
     """
     from sa2_pipeline.datasets.monuseg import load_monuseg
 
+    kwargs = {} if workers is None else {"workers": workers}
     walls, cpus = [], []
     for _ in range(repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
-        dataset = load_monuseg(root)
+        dataset = load_monuseg(root, **kwargs)
         walls.append(time.perf_counter() - started)
         cpus.append(time.process_time() - cpu_started)
         del dataset
@@ -101,11 +106,12 @@ def time_load(root: Path, repeats: int) -> tuple[list[float], list[float]]:
 
 
 def profile_load(root: Path, top: int) -> str:
+    """cProfile of one in-process run (workers=1: a pool's work is in other processes)."""
     from sa2_pipeline.datasets.monuseg import load_monuseg
 
     profiler = cProfile.Profile()
     profiler.enable()
-    load_monuseg(root)
+    load_monuseg(root, workers=1)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).strip_dirs()
@@ -121,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--data-dir", type=Path, default=None, help="reuse (or create) tiles here; kept"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="load_monuseg's worker processes (default: its own default; 1 = in-process)",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile one extra run")
     parser.add_argument("--top", type=int, default=20, help="profile rows to print")
@@ -141,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             generate(root, args.n_images, args.size, args.seed)
         n_images = len(list(root.rglob("*.tif")))
         megabytes = raw_bytes(root) / 1e6
-        times, cpu_times = time_load(root, args.repeats)
+        times, cpu_times = time_load(root, args.repeats, args.workers)
         median, cpu_median = statistics.median(times), statistics.median(cpu_times)
         result = {
             "n_images": n_images,
+            "workers": args.workers,
             "size": args.size,
             "raw_mb": round(megabytes, 1),
             "runs_s": [round(t, 3) for t in times],
@@ -155,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_cpu_s": round(n_images / cpu_median, 2),
             "machine": info,
         }
+        workers = "default" if args.workers is None else args.workers
         print(
-            f"load_monuseg: {n_images} tiles ({megabytes:.0f} MB raw) in {median:.2f} s "
+            f"load_monuseg(workers={workers}): {n_images} tiles ({megabytes:.0f} MB raw) "
+            f"in {median:.2f} s "
             f"(median of {args.repeats}: {', '.join(f'{t:.2f}' for t in times)}) -> "
             f"{result['images_per_s']} images/s, {result['mb_per_s']} MB/s; "
             f"CPU {cpu_median:.2f} s -> {result['images_per_cpu_s']} images per CPU-second"

@@ -99,6 +99,13 @@ class ProjectCopy:
     def dvc(self, *args: str, timeout: float = 600, check: bool = True):
         return self.run(str(VENV_BIN / "dvc"), *args, timeout=timeout, check=check)
 
+    def update_env_parameters(self, env: str, overrides: dict[str, Any]) -> None:
+        """Deep-merge ``overrides`` into the copy's ``conf/<env>/parameters.yml``."""
+        path = self.root / "conf" / env / "parameters.yml"
+        content = yaml.safe_load(path.read_text()) if path.is_file() else None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(_deep_merge(content or {}, overrides), sort_keys=False))
+
     def update_base_parameters(self, overrides: dict[str, Any]) -> None:
         """Deep-merge ``overrides`` into the copy's ``conf/base/parameters*.yml``.
 
@@ -181,10 +188,11 @@ def _base_env(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def make_project_copy(tmp_path_factory):
-    """Factory: ``make_project_copy(name, tiny_config_in="local" | "base")``.
+    """Factory: ``make_project_copy(name, tiny_config_in="local" | "base" | None)``.
 
     ``"local"`` writes the tiny configuration to ``conf/local/parameters.yml`` (soft-merged
-    over base by Kedro); ``"base"`` writes it into ``conf/base`` so DVC tracks it too.
+    over base by Kedro); ``"base"`` writes it into ``conf/base`` so DVC tracks it too;
+    None writes none (the test configures the copy itself).
     """
     if shutil.which("git") is None:
         pytest.skip("git is needed to copy the project (and by DVC)")
@@ -193,7 +201,7 @@ def make_project_copy(tmp_path_factory):
             pytest.skip(f"{tool} not installed next to {sys.executable}")
     files = _project_files()
 
-    def make(name: str, *, tiny_config_in: str) -> ProjectCopy:
+    def make(name: str, *, tiny_config_in: str | None) -> ProjectCopy:
         root = tmp_path_factory.mktemp(name) / "sa2-pipeline"
         for rel in files:
             src = REPO_ROOT / rel
@@ -210,8 +218,10 @@ def make_project_copy(tmp_path_factory):
             )
         elif tiny_config_in == "base":
             project.update_base_parameters(TINY_PARAMETERS)
-        else:
-            raise ValueError(f"tiny_config_in must be 'local' or 'base', not {tiny_config_in!r}")
+        elif tiny_config_in is not None:
+            raise ValueError(
+                f"tiny_config_in must be 'local', 'base' or None, not {tiny_config_in!r}"
+            )
         project.run("git", "init", "-q")
         project.git_commit("copy of the project under test")
         return project
