@@ -60,13 +60,13 @@ def register_model(name: str) -> Callable[[_Builder], _Builder]:
 
     def decorator(builder: _Builder) -> _Builder:
         existing = _REGISTRY.get(name)
-        if existing is not None and existing is not builder:
-            if not (isinstance(existing, str) and existing == _qualified_name(builder)):
-                shown = existing if isinstance(existing, str) else _qualified_name(existing)
-                raise ValueError(
-                    f"model name {name!r} is already registered to {shown}; "
-                    f"cannot register {_qualified_name(builder)}"
-                )
+        same = existing is None or existing is builder or existing == _qualified_name(builder)
+        if not same:
+            shown = existing if isinstance(existing, str) else _qualified_name(existing)
+            raise ValueError(
+                f"model name {name!r} is already registered to {shown}; "
+                f"cannot register {_qualified_name(builder)}"
+            )
         _REGISTRY[name] = builder
         if isinstance(builder, type):
             builder.model_name = name

@@ -8,12 +8,20 @@ H, W >= 16 is accepted (reflect-padded to a multiple of 16, outputs cropped back
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sa2_pipeline.models import register_model
-from sa2_pipeline.models.sa2net.blocks import ConvBNReLU, check_input, crop_to, pad_to_multiple
+from sa2_pipeline.models.sa2net.blocks import (
+    ConvBNReLU,
+    check_input,
+    crop_to,
+    pad_to_multiple,
+    pointwise_conv,
+)
 
 __all__ = ["UNet"]
 
@@ -25,7 +33,9 @@ class DoubleConv(nn.Sequential):
     """Two CBRs. Shapes: (N, in, H, W) -> (N, out, H, W)."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(ConvBNReLU(in_channels, out_channels), ConvBNReLU(out_channels, out_channels))
+        super().__init__(
+            ConvBNReLU(in_channels, out_channels), ConvBNReLU(out_channels, out_channels)
+        )
 
 
 class UpBlock(nn.Module):
@@ -87,8 +97,7 @@ class UNet(nn.Module):
                 raise ValueError(f"UNet: {name} must be a positive int, got {value!r}")
         if upsampling not in UPSAMPLING_MODES:
             raise ValueError(
-                f"UNet: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; "
-                f"got {upsampling!r}"
+                f"UNet: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; got {upsampling!r}"
             )
         self.init_kwargs = {
             "in_channels": in_channels,
@@ -103,8 +112,7 @@ class UNet(nn.Module):
 
         widths = [base_channels * 2**i for i in range(5)]  # C, 2C, 4C, 8C, 16C
         self.encoder = nn.ModuleList(
-            [DoubleConv(in_channels, widths[0])]
-            + [DoubleConv(a, b) for a, b in zip(widths, widths[1:])]
+            [DoubleConv(in_channels, widths[0])] + [DoubleConv(a, b) for a, b in pairwise(widths)]
         )
         self.pool = nn.MaxPool2d(2)
         # decoder[i] produces the level-i features (widths[i] channels, 1/2**i resolution)
@@ -135,17 +143,22 @@ class UNet(nn.Module):
             decoded.append(x)
         # decoded = [1/8, 1/4, 1/2, full]
 
-        main = crop_to(self.head(decoded[-1]), offset, size)
+        main = crop_to(pointwise_conv(decoded[-1], self.head.weight, self.head.bias), offset, size)
         if not (self.training and self.aux_heads is not None):
             return main
         # 1x1 head before the bilinear upsampling: same result (both linear, bilinear
         # weights sum to 1), 4-64x cheaper.
         aux = (
             crop_to(
-                F.interpolate(head(d), size=full, mode="bilinear", align_corners=False),
+                F.interpolate(
+                    pointwise_conv(d, head.weight, head.bias),
+                    size=full,
+                    mode="bilinear",
+                    align_corners=False,
+                ),
                 offset,
                 size,
             )
-            for head, d in zip(self.aux_heads, decoded[-2::-1])
+            for head, d in zip(self.aux_heads, decoded[-2::-1], strict=True)
         )
         return (main, *aux)

@@ -19,6 +19,7 @@ Conventions differ in two ways that the weights do not show:
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 from collections.abc import Mapping
 from os import PathLike
@@ -26,6 +27,7 @@ from typing import Any
 
 import torch
 
+from sa2_pipeline.models import create_model
 from sa2_pipeline.models.sa2net.model import SA2Net
 
 __all__ = [
@@ -143,10 +145,13 @@ def official_model_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, i
 
     Accepts either naming (release or converted).
     """
-    for first, head in (("inc.conv.weight", "outc4.weight"), (
-        "encoder.stages.0.convs.0.conv.weight",
-        "head.weight",
-    )):
+    for first, head in (
+        ("inc.conv.weight", "outc4.weight"),
+        (
+            "encoder.stages.0.convs.0.conv.weight",
+            "head.weight",
+        ),
+    ):
         if first in state_dict and head in state_dict:
             base, in_channels = state_dict[first].shape[:2]
             return {
@@ -222,16 +227,25 @@ def convert_official_state_dict(obj: Any) -> dict[str, torch.Tensor]:
     if wrong_shape:
         problems.append(f"wrong shapes ({len(wrong_shape)}): {'; '.join(wrong_shape)}")
     if problems:
-        raise OfficialCheckpointError(
-            "not an SA2-Net release state dict: " + " | ".join(problems)
-        )
+        raise OfficialCheckpointError("not an SA2-Net release state dict: " + " | ".join(problems))
     logger.debug("converted %d release tensors, dropped %d unused", len(converted), dropped)
     return converted
 
 
-def load_official_checkpoint(
-    path: str | PathLike[str], *, weights_only: bool = True
-) -> SA2Net:
+def _numpy_scalar_globals() -> list[Any]:
+    """Numpy scalar types that release metadata (``val_loss``, ``epoch``) may pickle.
+
+    Safe to allow under ``weights_only``: they rebuild plain numbers, nothing callable.
+    Files written with numpy 1.x name the scalar constructor ``numpy.core...``.
+    """
+    import numpy as np
+
+    scalar = np._core.multiarray.scalar
+    dtypes = [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32)]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, *dtypes]
+
+
+def load_official_checkpoint(path: str | PathLike[str], *, weights_only: bool = True) -> SA2Net:
     """Load a release checkpoint file into a new :class:`SA2Net` (evaluation mode).
 
     Args:
@@ -247,17 +261,16 @@ def load_official_checkpoint(
         OfficialCheckpointError: The file's tensors do not match SA2-Net, or it cannot be
             unpickled safely with ``weights_only=True``.
     """
-    from sa2_pipeline.models import create_model
-
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:  # weights_only refusals are UnpicklingError, others vary
-        if weights_only and "weights_only" in str(err):
-            raise OfficialCheckpointError(
-                f"{path}: cannot be loaded with weights_only=True ({err}). If you trust "
-                "the file, pass weights_only=False."
-            ) from err
-        raise
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as err:
+        if not weights_only:
+            raise
+        raise OfficialCheckpointError(
+            f"{path}: cannot be loaded with weights_only=True ({str(err)[-300:]}). If you "
+            "trust the file, pass weights_only=False."
+        ) from err
     state_dict = convert_official_state_dict(obj)
     kwargs = official_model_kwargs(state_dict)
     model = create_model("sa2net", **kwargs, deep_supervision=True)

@@ -9,6 +9,8 @@ accepts any H, W >= 16 by reflect-padding to a multiple of 16 and cropping the o
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ from sa2_pipeline.models.sa2net.blocks import (
     check_input,
     crop_to,
     pad_to_multiple,
+    pointwise_conv,
 )
 
 __all__ = ["SA2Module", "SA2Net", "SA2NetDecoder", "SA2NetEncoder"]
@@ -52,7 +55,7 @@ class EncoderStage(nn.Module):
         super().__init__()
         self.pool = nn.MaxPool2d(2) if downsample else nn.Identity()
         widths = [in_channels] + [out_channels] * num_convs
-        self.convs = nn.Sequential(*(ConvBNReLU(a, b) for a, b in zip(widths, widths[1:])))
+        self.convs = nn.Sequential(*(ConvBNReLU(a, b) for a, b in pairwise(widths)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convs(self.pool(x))
@@ -73,7 +76,7 @@ class SA2NetEncoder(nn.Module):
             [EncoderStage(in_channels, c, num_convs=1, downsample=False)]
             + [
                 EncoderStage(a, b, num_convs=2, downsample=True)
-                for a, b in zip(self.out_channels, self.out_channels[1:])
+                for a, b in pairwise(self.out_channels)
             ]
         )
 
@@ -124,16 +127,16 @@ class SA2Module(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Map encoder features [x1, x2, x3, x4] to skips [S1, S2, S3, S4]."""
-        e = [side(x) for side, x in zip(self.side_convs, features)]
+        e = [side(x) for side, x in zip(self.side_convs, features, strict=True)]
         ref_size = e[self.reference_scale].shape[-2:]
-        s = [msfn(_resize(e_i, ref_size)) for msfn, e_i in zip(self.msfns, e)]
+        s = [msfn(_resize(e_i, ref_size)) for msfn, e_i in zip(self.msfns, e, strict=True)]
 
         f = F.gelu(self.fuse_conv(self.fuse_norm(torch.cat(s, dim=1))))
         q, g = f.split([self.channels, self.num_scales], dim=1)
         q = F.gelu(self.query_conv(q))  # gates g are used as they are (no sigmoid)
 
         skips = []
-        for i, (mlp, out_conv) in enumerate(zip(self.mlps, self.out_convs)):
+        for i, (mlp, out_conv) in enumerate(zip(self.mlps, self.out_convs, strict=True)):
             t = s[i] * (g[:, i : i + 1] * q)
             u = _resize(t, e[i].shape[-2:]) + e[i]
             skips.append(out_conv(mlp(u)))
@@ -163,7 +166,7 @@ class SA2NetDecoder(nn.Module):
         """Return decoder features [d1, d2, d3, d4] (shallowest first)."""
         d = self.input_conv(x5)
         outputs = []
-        for block, skip in zip(reversed(self.blocks), reversed(skips)):
+        for block, skip in zip(reversed(self.blocks), reversed(skips), strict=True):
             d = block(d, skip)
             outputs.append(d)
         return outputs[::-1]
@@ -189,6 +192,13 @@ class SA2Net(nn.Module):
 
         Returns (N, num_classes, H, W) main logits, or in training mode with deep
         supervision the tuple ``(main, aux_d2, aux_d3, aux_d4)``, all (N, num_classes, H, W).
+
+    Performance: run it channels-last on CPU (``model.to(memory_format=torch.channels_last)``
+    and channels-last inputs): every block keeps that layout, and oneDNN's convolutions are
+    much faster on it (a training step took ~1.4x less CPU time than in NCHW). Several
+    steps are computed in a cheaper but mathematically equivalent order (see the comments
+    in ``blocks``); ``tests/models/test_sa2net.py`` checks the result against a literal
+    implementation of the spec.
     """
 
     def __init__(
@@ -236,7 +246,7 @@ class SA2Net(nn.Module):
         skips = self.sa2(features[:4])
         d1, *deeper = self.decoder(features[4], skips)
 
-        main = crop_to(self.head(d1), offset, size)
+        main = crop_to(pointwise_conv(d1, self.head.weight, self.head.bias), offset, size)
         if not (self.training and self.aux_heads is not None):
             return main
         # The spec resizes d2..d4 to full resolution and then applies the 1x1 head. Both
@@ -245,7 +255,7 @@ class SA2Net(nn.Module):
         # is the same function up to float round-off, and far cheaper.
         full = x.shape[-2:]
         aux = (
-            crop_to(_resize(head(d), full), offset, size)
-            for head, d in zip(self.aux_heads, deeper)
+            crop_to(_resize(pointwise_conv(d, head.weight, head.bias), full), offset, size)
+            for head, d in zip(self.aux_heads, deeper, strict=True)
         )
         return (main, *aux)
