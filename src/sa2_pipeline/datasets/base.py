@@ -426,3 +426,59 @@ def label_image_2d(image: np.ndarray) -> np.ndarray:
         f"expected a single-channel label image, got a colour image of shape {image.shape} "
         "whose channels differ"
     )
+
+
+def accept_pair(
+    sample: RawSample,
+    image: np.ndarray | None,
+    mask: np.ndarray | None,
+    *,
+    root: Path,
+    dataset_name: str,
+    problems: list[tuple[str, str]],
+    duplicates: DuplicateFinder,
+    images: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    rows: list[dict[str, object]],
+    mask_word: str = "mask",
+) -> None:
+    """The checks every adapter makes once a sample's image and mask were read.
+
+    The mask must match its image's size and the image must not duplicate an earlier one
+    (both reported into ``problems``). The pair is recorded (image, mask, manifest row)
+    only while no problem has been found anywhere: verification goes on over every file,
+    but nothing partial is kept.
+
+    Args:
+        image / mask: What the adapter read (``None`` when reading failed; the adapter
+            has already reported why).
+        mask_word: How the message names the mask (``"annotation"`` for GlaS).
+    """
+    if image is not None and mask is not None and mask.shape != image.shape[:2]:
+        problems.append((
+            str(sample.annotation_path),
+            f"{mask_word} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
+            f"{sample.image_path.name} is {image.shape[1]}x{image.shape[0]}",
+        ))
+        mask = None
+    if image is not None:
+        duplicate = duplicates.check(sha256_array(image), sample.image_path)
+        if duplicate:
+            problems.append((str(sample.image_path), duplicate))
+            return
+    if image is None or mask is None or problems:
+        return
+    images[sample.id], masks[sample.id] = image, mask
+    rows.append(
+        manifest_row(
+            sample_id=sample.id,
+            dataset=dataset_name,
+            split=sample.split,
+            root=root,
+            image_path=sample.image_path,
+            annotation_paths=[sample.annotation_path],
+            image=image,
+            mask=mask,
+            image_sha256=sha256_file(sample.image_path),
+        )
+    )

@@ -38,12 +38,10 @@ from sa2_pipeline.datasets.base import (
     IngestedDataset,
     Problem,
     RawSample,
+    accept_pair,
     build_manifest,
     list_files,
-    manifest_row,
     read_raster,
-    sha256_array,
-    sha256_file,
     warn_ignored,
 )
 
@@ -256,35 +254,9 @@ def load_glas(root: Path, dataset_name: str = "glas") -> IngestedDataset:
                 mask = _binary_from_instances(read_raster(sample.annotation_path))
             except ValueError as err:
                 problems.append((str(sample.annotation_path), str(err)))
-        if image is not None and mask is not None and mask.shape != image.shape[:2]:
-            problems.append(
-                (
-                    str(sample.annotation_path),
-                    f"annotation is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image "
-                    f"{sample.image_path.name} is {image.shape[1]}x{image.shape[0]}",
-                )
-            )
-            mask = None
-        if image is not None:
-            duplicate = duplicates.check(sha256_array(image), sample.image_path)
-            if duplicate:
-                problems.append((str(sample.image_path), duplicate))
-                continue
-        if image is None or mask is None or problems:
-            continue  # keep verifying; nothing is returned once a problem exists
-        images[sample.id], masks[sample.id] = image, mask
-        rows.append(
-            manifest_row(
-                sample_id=sample.id,
-                dataset=dataset_name,
-                split=sample.split,
-                root=root,
-                image_path=sample.image_path,
-                annotation_paths=[sample.annotation_path],
-                image=image,
-                mask=mask,
-                image_sha256=sha256_file(sample.image_path),
-            )
+        accept_pair(
+            sample, image, mask, root=root, dataset_name=dataset_name, problems=problems,
+            duplicates=duplicates, images=images, masks=masks, rows=rows, mask_word="annotation",
         )
 
     if problems:
