@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -482,3 +482,43 @@ def accept_pair(
             image_sha256=sha256_file(sample.image_path),
         )
     )
+
+
+def read_and_verify_pairs(
+    samples: Iterable[RawSample],
+    read_image: Callable[[Path], np.ndarray],
+    read_mask: Callable[[Path], np.ndarray],
+    *,
+    root: Path,
+    dataset_name: str,
+    problems: list[tuple[str, str]],
+    mask_word: str = "mask",
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, object]]]:
+    """Read every sample's image and mask, verify them, and collect what passes.
+
+    ``read_image`` / ``read_mask`` raise ``ValueError`` with the reason a file is bad;
+    each reason is appended to ``problems`` with the file's path (a missing mask was
+    reported when the samples were listed). Returns ``(images, masks, manifest_rows)``,
+    meaningful only when ``problems`` stays empty (see :func:`accept_pair`).
+    """
+    images: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    rows: list[dict[str, object]] = []
+    duplicates = DuplicateFinder()
+    for sample in samples:
+        image: np.ndarray | None = None
+        try:
+            image = read_image(sample.image_path)
+        except ValueError as err:
+            problems.append((str(sample.image_path), str(err)))
+        mask: np.ndarray | None = None
+        if sample.annotation_path.is_file():
+            try:
+                mask = read_mask(sample.annotation_path)
+            except ValueError as err:
+                problems.append((str(sample.annotation_path), str(err)))
+        accept_pair(
+            sample, image, mask, root=root, dataset_name=dataset_name, problems=problems,
+            duplicates=duplicates, images=images, masks=masks, rows=rows, mask_word=mask_word,
+        )
+    return images, masks, rows

@@ -34,13 +34,12 @@ import pandas as pd
 
 from sa2_pipeline.datasets.base import (
     DatasetValidationError,
-    DuplicateFinder,
     IngestedDataset,
     Problem,
     RawSample,
-    accept_pair,
     build_manifest,
     list_files,
+    read_and_verify_pairs,
     read_raster,
     warn_ignored,
 )
@@ -238,26 +237,15 @@ def load_glas(root: Path, dataset_name: str = "glas") -> IngestedDataset:
     data_dir = found.data_dir or root  # samples imply a data folder
     _check_grades(data_dir, found.samples)
 
-    images: dict[str, np.ndarray] = {}
-    masks: dict[str, np.ndarray] = {}
-    rows: list[dict[str, object]] = []
-    duplicates = DuplicateFinder()
-    for sample in found.samples:
-        image: np.ndarray | None = None
-        try:
-            image = _rgb_image(sample.image_path)
-        except ValueError as err:
-            problems.append((str(sample.image_path), str(err)))
-        mask: np.ndarray | None = None
-        if sample.annotation_path.is_file():
-            try:
-                mask = _binary_from_instances(read_raster(sample.annotation_path))
-            except ValueError as err:
-                problems.append((str(sample.annotation_path), str(err)))
-        accept_pair(
-            sample, image, mask, root=root, dataset_name=dataset_name, problems=problems,
-            duplicates=duplicates, images=images, masks=masks, rows=rows, mask_word="annotation",
-        )
+    images, masks, rows = read_and_verify_pairs(
+        found.samples,
+        _rgb_image,
+        lambda path: _binary_from_instances(read_raster(path)),
+        root=root,
+        dataset_name=dataset_name,
+        problems=problems,
+        mask_word="annotation",
+    )
 
     if problems:
         raise DatasetValidationError(problems, root)

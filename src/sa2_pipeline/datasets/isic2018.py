@@ -27,15 +27,14 @@ import numpy as np
 
 from sa2_pipeline.datasets.base import (
     DatasetValidationError,
-    DuplicateFinder,
     IngestedDataset,
     Problem,
     RawSample,
-    accept_pair,
     build_manifest,
     label_image_2d,
     list_files,
     proportional_counts,
+    read_and_verify_pairs,
     read_raster,
     warn_ignored,
 )
@@ -211,26 +210,10 @@ def load_isic2018(root: Path, dataset_name: str = "isic2018") -> IngestedDataset
     if not samples:
         raise DatasetValidationError(problems, root)
 
-    images: dict[str, np.ndarray] = {}
-    masks: dict[str, np.ndarray] = {}
-    rows: list[dict[str, object]] = []
-    duplicates = DuplicateFinder()
-    for sample in samples:
-        image: np.ndarray | None = None
-        try:
-            image = _rgb_image(sample.image_path)
-        except ValueError as err:
-            problems.append((str(sample.image_path), str(err)))
-        mask: np.ndarray | None = None
-        if sample.annotation_path.is_file():
-            try:
-                mask = _binary_mask(sample.annotation_path)
-            except ValueError as err:
-                problems.append((str(sample.annotation_path), str(err)))
-        accept_pair(
-            sample, image, mask, root=root, dataset_name=dataset_name, problems=problems,
-            duplicates=duplicates, images=images, masks=masks, rows=rows,
-        )
+    images, masks, rows = read_and_verify_pairs(
+        samples, _rgb_image, _binary_mask, root=root,
+        dataset_name=dataset_name, problems=problems,
+    )
 
     if problems:
         raise DatasetValidationError(problems, root)

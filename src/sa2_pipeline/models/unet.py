@@ -18,6 +18,7 @@ from sa2_pipeline.models import register_model
 from sa2_pipeline.models.sa2net.blocks import (
     ConvBNReLU,
     check_input,
+    check_positive_ints,
     crop_to,
     pad_to_multiple,
     pointwise_conv,
@@ -88,13 +89,10 @@ class UNet(nn.Module):
         upsampling: str = "transpose",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("num_classes", num_classes),
-            ("base_channels", base_channels),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"UNet: {name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            "UNet", in_channels=in_channels, num_classes=num_classes,
+            base_channels=base_channels,
+        )
         if upsampling not in UPSAMPLING_MODES:
             raise ValueError(
                 f"UNet: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; got {upsampling!r}"

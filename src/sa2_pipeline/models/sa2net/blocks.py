@@ -34,6 +34,13 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # Input helpers (shared by every model in ``sa2_pipeline.models``)
 # --------------------------------------------------------------------------------------
+def check_positive_ints(owner: str, **values: object) -> None:
+    """Constructor check shared by the models: every value a positive int (not a bool)."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+
+
 def check_input(x: torch.Tensor, in_channels: int, min_size: int, model: str) -> None:
     """Validate a model input.
 

@@ -22,6 +22,7 @@ from sa2_pipeline.models.sa2net.blocks import (
     ConvMlpBlock,
     MixedScaleFFN,
     check_input,
+    check_positive_ints,
     crop_to,
     pad_to_multiple,
     pointwise_conv,
@@ -209,13 +210,10 @@ class SA2Net(nn.Module):
         deep_supervision: bool = True,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("in_channels", in_channels),
-            ("num_classes", num_classes),
-            ("base_channels", base_channels),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"SA2Net: {name} must be a positive int, got {value!r}")
+        check_positive_ints(
+            "SA2Net", in_channels=in_channels, num_classes=num_classes,
+            base_channels=base_channels,
+        )
         self.init_kwargs = {
             "in_channels": in_channels,
             "num_classes": num_classes,
