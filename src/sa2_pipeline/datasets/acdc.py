@@ -53,7 +53,7 @@ from sa2_pipeline.datasets.base import (
     DuplicateFinder,
     IngestedDataset,
     Problem,
-    build_manifest,
+    finish_ingestion,
     manifest_row,
     proportional_counts,
     sha256_array,
@@ -392,15 +392,6 @@ def load_acdc(root: Path, dataset_name: str = "acdc") -> IngestedDataset:
                 )
             )
 
-    if problems:
-        raise DatasetValidationError(problems, root)
-    manifest = build_manifest(rows)
-    by_split = manifest.groupby("split")["group"].nunique().to_dict()
-    logger.info(
-        "Loaded ACDC from %s: %d slices of %d volumes, patients per split %s",
-        root,
-        len(manifest),
-        len(frames),
-        by_split,
+    return finish_ingestion(
+        "ACDC", root, problems, rows, images, masks, detail=f"slices of {len(frames)} volumes"
     )
-    return IngestedDataset(manifest=manifest, images=images, masks=masks)

@@ -522,3 +522,30 @@ def read_and_verify_pairs(
             duplicates=duplicates, images=images, masks=masks, rows=rows, mask_word=mask_word,
         )
     return images, masks, rows
+
+
+def finish_ingestion(
+    label: str,
+    root: Path,
+    problems: list[tuple[str, str]],
+    rows: list[dict[str, object]],
+    images: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+    detail: str = "",
+) -> IngestedDataset:
+    """End of every adapter: raise every problem at once, or build and log the result.
+
+    Args:
+        label: The dataset's name in the log line (``"GlaS"``).
+        detail: Extra facts for the log line (``"412 cells"``).
+    """
+    if problems:
+        raise DatasetValidationError(problems, root)
+    manifest = build_manifest(rows)
+    splits = ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items()))
+    logger.info(
+        "Loaded %s from %s: %d images (%s)%s, mean foreground fraction %.3f",
+        label, root, len(manifest), splits, f", {detail}" if detail else "",
+        manifest["foreground_fraction"].mean(),
+    )
+    return IngestedDataset(manifest=manifest, images=images, masks=masks)

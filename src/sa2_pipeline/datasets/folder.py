@@ -57,7 +57,7 @@ from sa2_pipeline.datasets.base import (
     Problem,
     RawSample,
     accept_pair,
-    build_manifest,
+    finish_ingestion,
     label_image_2d,
     list_files,
     read_raster,
@@ -325,16 +325,7 @@ def load_image_folder(
                 f"(e.g. {example_classes.name}); use one convention",
             )
         )
-    if problems:
-        raise DatasetValidationError(problems, root)
-    manifest = build_manifest(rows)
     classes = sorted({int(v) for m in masks.values() for v in np.unique(m)})
-    logger.info(
-        "Loaded image folder %s: %d images (%s), mask values %s, mean foreground %.3f",
-        root,
-        len(manifest),
-        ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items())),
-        classes,
-        manifest["foreground_fraction"].mean(),
+    return finish_ingestion(
+        "image folder", root, problems, rows, images, masks, detail=f"mask values {classes}"
     )
-    return IngestedDataset(manifest=manifest, images=images, masks=masks)

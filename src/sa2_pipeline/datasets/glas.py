@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from sa2_pipeline.datasets.base import (
     DatasetValidationError,
     IngestedDataset,
     Problem,
     RawSample,
-    build_manifest,
+    finish_ingestion,
     list_files,
     read_and_verify_pairs,
     read_raster,
@@ -247,14 +246,4 @@ def load_glas(root: Path, dataset_name: str = "glas") -> IngestedDataset:
         mask_word="annotation",
     )
 
-    if problems:
-        raise DatasetValidationError(problems, root)
-    manifest: pd.DataFrame = build_manifest(rows)
-    logger.info(
-        "Loaded GlaS from %s: %d images (%s), mean foreground fraction %.3f",
-        data_dir,
-        len(manifest),
-        ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items())),
-        manifest["foreground_fraction"].mean(),
-    )
-    return IngestedDataset(manifest=manifest, images=images, masks=masks)
+    return finish_ingestion("GlaS", data_dir, problems, rows, images, masks)

@@ -30,7 +30,7 @@ from sa2_pipeline.datasets.base import (
     IngestedDataset,
     Problem,
     RawSample,
-    build_manifest,
+    finish_ingestion,
     label_image_2d,
     list_files,
     proportional_counts,
@@ -215,14 +215,4 @@ def load_isic2018(root: Path, dataset_name: str = "isic2018") -> IngestedDataset
         dataset_name=dataset_name, problems=problems,
     )
 
-    if problems:
-        raise DatasetValidationError(problems, root)
-    manifest = build_manifest(rows)
-    logger.info(
-        "Loaded ISIC 2018 from %s: %d images (%s), mean foreground fraction %.3f",
-        root,
-        len(manifest),
-        ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items())),
-        manifest["foreground_fraction"].mean(),
-    )
-    return IngestedDataset(manifest=manifest, images=images, masks=masks)
+    return finish_ingestion("ISIC 2018", root, problems, rows, images, masks)

@@ -44,7 +44,7 @@ from sa2_pipeline.datasets.base import (
     DuplicateFinder,
     IngestedDataset,
     Problem,
-    build_manifest,
+    finish_ingestion,
     label_image_2d,
     list_files,
     manifest_row,
@@ -378,13 +378,6 @@ def load_segpc2021(root: Path, dataset_name: str = "segpc2021") -> IngestedDatas
                 image_sha256=sha256_file(entry.image_path),
             )
         )
-    manifest = build_manifest(rows)
-    logger.info(
-        "Loaded SegPC 2021 from %s: %d images, %d cells (%s), mean foreground fraction %.3f",
-        root,
-        len(manifest),
-        len(all_instances),
-        ", ".join(f"{k}={v}" for k, v in sorted(manifest["split"].value_counts().items())),
-        manifest["foreground_fraction"].mean(),
+    return finish_ingestion(
+        "SegPC 2021", root, problems, rows, images, masks, detail=f"{len(all_instances)} cells"
     )
-    return IngestedDataset(manifest=manifest, images=images, masks=masks)
