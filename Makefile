@@ -13,7 +13,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup run test test-all lint dvc-repro bench clean-outputs
+.PHONY: setup run test test-all lint dvc-repro bench bench-peak clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -42,3 +42,6 @@ dvc-repro: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_training.py
+
+bench-peak: setup
+	$(BIN)/python benchmarks/bench_cpu_peak.py
