@@ -12,6 +12,11 @@ Figures are medians over ``--steps`` timed steps after ``--warmup`` steps. The f
 SA2-Net at C = 64, 224², batch 4 (the paper's setting); ``default`` is conf/base's
 (C = 16, 128² patches, batch 8). Compare only numbers taken on the same machine with the
 same allocator: glibc's malloc makes large CPU runs 2-4x noisier (ENVIRONMENT.md).
+
+Each combination runs in a fresh Python process (``--in-process`` turns that off), so its
+peak memory is its own: on CUDA the allocator's peak (``max_memory_allocated``), on CPU the
+process's peak resident set minus that of the same process before the model was built
+(``baseline_rss_gib`` in the JSON: Python, torch and the imports).
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ def bench_one(cfg: dict, precision: str, channels_last: bool, compiled: bool, st
     from sa2_pipeline.models import create_model
 
     torch.manual_seed(0)
+    baseline_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     model = create_model("sa2net", base_channels=cfg["base_channels"]).to(device)
     flops_fwd = forward_flops(model, cfg["size"], device)
     if channels_last:
@@ -126,14 +132,33 @@ def bench_one(cfg: dict, precision: str, channels_last: bool, compiled: bool, st
     # A training step costs about 3x the forward (forward + 2x for the backward).
     tflops = 3 * flops_fwd * cfg["batch"] / median / 1e12
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 - baseline_rss)
     return {
         "step_s": round(median, 4), "step_min_s": round(min(times), 4),
         "images_per_s": round(cfg["batch"] / median, 2), "tflops": round(tflops, 3),
         "gmacs_per_image_fwd": round(flops_fwd / 2e9, 2),
         "peak_memory_gib": round(peak, 2),
-        "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS",
+        "peak_memory_kind": ("cuda max allocated" if device.type == "cuda"
+                             else "process max RSS above baseline"),
+        "baseline_rss_gib": round(baseline_rss, 2),
     }
+
+
+def run_isolated(args: argparse.Namespace, combo: tuple[str, str, str, str]) -> dict:
+    """Run one combination in a fresh interpreter and return its result row."""
+    import subprocess
+
+    name, precision, cl, comp = combo
+    command = [sys.executable, __file__, "--in-process", "--config", name, "--precision",
+               precision, "--channels-last", cl, "--compile", comp, "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--threads", str(args.threads), "--device",
+               args.device, "--rows-only"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not rows:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"exit {done.returncode}: {tail}")
+    return rows[0]
 
 
 def main() -> int:
@@ -150,6 +175,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every combination in this process (peak memory is then "
+                             "the maximum so far, not per combination)")
+    parser.add_argument("--rows-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     import torch
@@ -160,28 +189,39 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
     info = machine_info(torch.get_num_threads())
-    print(json.dumps(info))
     results = []
-    header = f"{'config':8} {'precision':9} {'ch-last':7} {'compile':7} {'step s':>8} " \
-             f"{'img/s':>8} {'TFLOP/s':>8} {'peak GiB':>9}"
-    print(header)
-    for name, precision, cl, comp in itertools.product(args.config, args.precision,
-                                                        args.channels_last, args.compile):
+    if not args.rows_only:
+        print(json.dumps(info))
+        print(f"{'config':8} {'precision':9} {'ch-last':7} {'compile':7} {'step s':>8} "
+              f"{'img/s':>8} {'TFLOP/s':>8} {'peak GiB':>9}")
+    for combo in itertools.product(args.config, args.precision, args.channels_last,
+                                   args.compile):
+        name, precision, cl, comp = combo
         if precision == "fp16" and device.type != "cuda":
             continue
         try:
-            r = bench_one(CONFIGS[name], precision, cl == "on", comp == "on", args.steps,
-                          args.warmup, device)
+            if args.in_process:
+                r = bench_one(CONFIGS[name], precision, cl == "on", comp == "on", args.steps,
+                              args.warmup, device)
+                r = {"config": name, "precision": precision, "channels_last": cl,
+                     "compile": comp, **CONFIGS[name], **r}
+            else:
+                r = run_isolated(args, combo)
         except Exception as err:  # noqa: BLE001 - one failing combination is reported
-            print(f"{name:8} {precision:9} {cl:7} {comp:7} failed: {err}")
+            print(f"{name:8} {precision:9} {cl:7} {comp:7} failed: {err}", flush=True)
             continue
-        results.append({"config": name, "precision": precision, "channels_last": cl,
-                        "compile": comp, **CONFIGS[name], **r})
+        results.append(r)
+        if args.rows_only:
+            print(json.dumps(r), flush=True)
+            continue
         print(f"{name:8} {precision:9} {cl:7} {comp:7} {r['step_s']:8.3f} "
               f"{r['images_per_s']:8.2f} {r['tflops']:8.3f} {r['peak_memory_gib']:9.2f}",
               flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=2))
+        out = Path(args.json)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+        os.replace(tmp, out)
     return 0
 
 

@@ -82,3 +82,33 @@ def test_unknown_promotion_metric_is_an_error(mlflow_store):
     with pytest.raises(KeyError, match="test_iou"):
         register_and_promote(_bundle(), model_name="x", test_scores={"test_dice": 1.0},
                              test_set_id="A", metric="test_iou")
+
+
+def test_identical_model_is_not_registered_twice(mlflow_store):
+    from mlflow import MlflowClient
+
+    from sa2_pipeline.inference.registry import register_and_promote
+
+    mlflow = mlflow_store
+    name = "sa2net-rerun"
+    bundle = _bundle()
+    records = []
+    for score, test_id in ((0.70, "A"), (0.70, "A"), (0.70, "B")):
+        again = dict(bundle, metadata={"run": len(records)})  # provenance differs
+        with mlflow.start_run():
+            records.append(register_and_promote(
+                again, model_name=name, test_scores={"test_dice": score},
+                test_set_id=test_id, input_example_size=32))
+    first, rerun, other_test_set = records
+    assert not first["unchanged"] and first["version"] == "1"
+    # The re-run of an unchanged model points at version 1 instead of adding version 2.
+    assert rerun["unchanged"] and rerun["version"] == "1"
+    assert rerun["run_id"] == first["run_id"]
+    assert rerun["aliases"] == ["challenger", "champion"]
+    assert not rerun["decision_promote"] and "identical to version 1" in rerun["decision_reason"]
+    # Scores on another test set are new information: a new version records them.
+    assert not other_test_set["unchanged"] and other_test_set["version"] == "2"
+    client = MlflowClient()
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    assert client.get_model_version(name, "1").tags["sa2.bundle_digest"] == first["bundle_digest"]

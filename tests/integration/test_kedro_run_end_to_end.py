@@ -101,11 +101,25 @@ def _check_first_mlflow_run(project) -> None:
     assert champion.tags["sa2.promotion_decision"] == "promoted"
 
 
-def _check_second_run_promotion_gate(project) -> None:
+def _check_unchanged_rerun_registers_nothing(project) -> None:
     experiment_name, model_name = _names(project)
     client = _client(project)
     experiment = client.get_experiment_by_name(experiment_name)
     assert len(client.search_runs([experiment.experiment_id])) == 2
+    versions = client.search_model_versions(f"name = '{model_name}'")
+    assert [str(v.version) for v in versions] == ["1"], "an identical model was registered again"
+    record = json.loads(project.data("08_reporting", "model_registration.json").read_text())
+    assert record["unchanged"] is True and str(record["version"]) == "1", record
+    champion = client.get_model_version_by_alias(model_name, "champion")
+    assert str(champion.version) == "1"
+    assert champion.tags["sa2.bundle_digest"] == record["bundle_digest"]
+
+
+def _check_changed_run_promotion_gate(project) -> None:
+    experiment_name, model_name = _names(project)
+    client = _client(project)
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert len(client.search_runs([experiment.experiment_id])) == 3
 
     challenger = client.get_model_version_by_alias(model_name, "challenger")
     champion = client.get_model_version_by_alias(model_name, "champion")
@@ -169,8 +183,12 @@ def test_kedro_run_end_to_end(kedro_project, tmp_path):
     _check_data_and_report(kedro_project)
     _check_first_mlflow_run(kedro_project)
 
-    # A second run registers version 2; the gate decides whether it becomes champion.
+    # Re-running with nothing changed resumes the finished training and registers nothing.
     kedro_project.kedro("run")
-    _check_second_run_promotion_gate(kedro_project)
+    _check_unchanged_rerun_registers_nothing(kedro_project)
+
+    # Another seed trains another model: version 2, and the gate decides about champion.
+    kedro_project.kedro("run", "--params", "training.seed=1")
+    _check_changed_run_promotion_gate(kedro_project)
 
     _check_champion_serves_without_kedro(kedro_project, tmp_path)

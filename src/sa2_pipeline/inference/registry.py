@@ -5,6 +5,10 @@ registered version gets the alias ``challenger``; ``champion`` moves to it only 
 beats the current champion on the same frozen test set by ``margin``. The decision and
 both scores are written on the version as tags. The champion alias is the very last thing
 written, so a crash at any earlier point leaves the registry's champion untouched.
+
+Registration is idempotent: every version carries ``sa2.bundle_digest`` (a hash of the
+architecture, settings and weights) and a bundle identical to an existing version, scored
+on the same test set, is not logged or registered again; the record points at that version.
 """
 
 from __future__ import annotations
@@ -145,14 +149,21 @@ def register_and_promote(
 
     if metric not in test_scores:
         raise KeyError(f"promotion metric {metric!r} not in test scores {sorted(test_scores)}")
+    from sa2_pipeline.models.bundle import bundle_digest, members_of
+
     candidate = float(test_scores[metric])
+    client = MlflowClient()
+    digest = bundle_digest(bundle)
+    existing = _identical_version(client, model_name, digest, test_set_id)
+    if existing is not None:
+        return _unchanged_record(client, existing, model_name, test_set_id, metric,
+                                 candidate, margin)
     info = log_model_bundle(bundle, input_example_size=input_example_size)
     mv = mlflow.register_model(info.model_uri, model_name)
-    client = MlflowClient()
     version = str(mv.version)
     tags = {f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in test_scores.items()}
     tags[f"{TAG_PREFIX}test_set_id"] = test_set_id
-    from sa2_pipeline.models.bundle import members_of
+    tags[f"{TAG_PREFIX}bundle_digest"] = digest
 
     members = members_of(bundle)
     tags[f"{TAG_PREFIX}input_convention"] = str(members[0].get("input_convention"))
@@ -187,6 +198,54 @@ def register_and_promote(
         "model_uri": info.model_uri,
         "run_id": info.run_id,
         "test_set_id": test_set_id,
+        "bundle_digest": digest,
+        "unchanged": False,
+        "aliases": aliases,
+        **{f"decision_{k}": v for k, v in asdict(decision).items()},
+    }
+
+
+def _identical_version(client: Any, model_name: str, digest: str, test_set_id: str) -> Any:
+    """The newest version of ``model_name`` with this bundle digest and test set, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions
+            if (v.tags or {}).get(f"{TAG_PREFIX}bundle_digest") == digest
+            and (v.tags or {}).get(f"{TAG_PREFIX}test_set_id") == test_set_id]
+    return max(same, key=lambda v: int(v.version), default=None)
+
+
+def _unchanged_record(client: Any, existing: Any, model_name: str, test_set_id: str,
+                      metric: str, candidate: float, margin: float) -> dict[str, Any]:
+    """The registration record of a run whose model is already registered, unchanged."""
+    from mlflow.exceptions import MlflowException
+
+    version = str(existing.version)
+    existing = client.get_model_version(model_name, version)  # searches may omit aliases
+    try:
+        champion_version = str(client.get_model_version_by_alias(model_name, CHAMPION).version)
+    except MlflowException:
+        champion_version = None
+    aliases = sorted(getattr(existing, "aliases", None) or [])
+    reason = (f"identical to version {version} (same weights and settings, same test set): "
+              "not registered again")
+    logger.info("%s: %s", model_name, reason)
+    recorded = (existing.tags or {}).get(f"{TAG_PREFIX}champion_score")
+    decision = PromotionDecision(False, reason, metric, candidate,
+                                 None if recorded is None else float(recorded),
+                                 champion_version, margin)
+    return {
+        "model_name": model_name,
+        "version": version,
+        "model_uri": f"models:/{model_name}/{version}",
+        "run_id": existing.run_id,
+        "test_set_id": test_set_id,
+        "bundle_digest": (existing.tags or {}).get(f"{TAG_PREFIX}bundle_digest"),
+        "unchanged": True,
         "aliases": aliases,
         **{f"decision_{k}": v for k, v in asdict(decision).items()},
     }

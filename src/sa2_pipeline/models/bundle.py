@@ -93,3 +93,33 @@ def num_classes_of(bundle: dict[str, Any]) -> int:
 
 def channel_order_of(bundle: dict[str, Any]) -> str:
     return str(bundle.get("input_convention", {}).get("channel_order", "rgb"))
+
+
+def bundle_digest(obj: Any) -> str:
+    """SHA-256 of what a bundle (or an ensemble) computes: architecture, constructor
+    arguments, input convention, inference settings and every weight, bit for bit.
+
+    ``metadata`` (run ids, epochs, timestamps) is left out, so the same weights produced
+    by two runs digest the same; an ensemble digests its members in order.
+    """
+    import hashlib
+    import json
+
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256()
+    for bundle in members_of(obj):
+        described = {k: bundle.get(k) for k in ("format", "model_name", "init_kwargs",
+                                                "input_convention", "patch_size", "resize_to")}
+        h.update(json.dumps(described, sort_keys=True, default=str).encode())
+        for name in sorted(bundle["state_dict"]):
+            tensor = bundle["state_dict"][name]
+            # Raw bytes through a uint8 view: any dtype, bf16 included, without a copy.
+            array = (tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy()
+                     if isinstance(tensor, torch.Tensor) else np.ascontiguousarray(tensor))
+            h.update(f"{name}|{getattr(tensor, 'dtype', array.dtype)}|"
+                     f"{tuple(tensor.shape)}|".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()
+
