@@ -41,6 +41,14 @@ class IngestionConfig:
     format: Literal["monuseg", "glas", "isic2018", "segpc2021", "acdc", "folder"] = "monuseg"
     raw_dir: str = "data/01_raw/synthetic"
     synthetic: SyntheticDataConfig | None = None
+    #: Downscale images (and masks) as they are read so the longer side is at most this;
+    #: null keeps native resolution. Formats: isic2018, glas.
+    max_side: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_side is not None and self.max_side < 16:
+            raise ConfigError(f"data_ingestion.max_side must be >= 16 or null, "
+                              f"got {self.max_side}")
 
 
 # --------------------------------------------------------------------------- processing

@@ -80,3 +80,10 @@ def test_same_schema_and_mask_convention(fmt: str, ingested: dict[str, IngestedD
         assert set(np.unique(mask).tolist()) <= allowed
         assert not Path(row.image_path).is_absolute()
         assert 0.0 <= row.foreground_fraction <= 1.0
+
+
+def test_max_side_for_a_format_without_it_is_a_clear_error(tmp_path) -> None:
+    from sa2_pipeline.datasets.registry import load_raw_dataset
+
+    with pytest.raises(ValueError, match="max_side is not supported for format 'monuseg'"):
+        load_raw_dataset("monuseg", tmp_path, dataset_name="x", max_side=512)

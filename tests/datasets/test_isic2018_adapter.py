@@ -167,3 +167,37 @@ def test_all_problems_at_once(isic: tuple[Path, Expected]) -> None:
         f"{ids[3]}_segmentation.png",
     ]
     assert "colour image" in problems[3][1]
+
+
+def test_max_side_downscales_as_it_reads_and_keeps_labels(isic: tuple[Path, Expected]) -> None:
+    root, expected = isic
+    native = load_isic2018(root)
+    cap = 20
+    capped = load_isic2018(root, max_side=cap)
+    assert list(capped.manifest["id"]) == list(native.manifest["id"])
+    assert list(capped.manifest["split"]) == list(native.manifest["split"])
+    for sample_id, image in native.images.items():
+        small, mask = capped.images[sample_id], capped.masks[sample_id]
+        height, width = image.shape[:2]
+        scale = cap / max(height, width)
+        assert small.shape == (round(height * scale), round(width * scale), 3)
+        assert mask.shape == small.shape[:2] and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 1}  # nearest label, never blended
+        # Area averaging keeps the mean colour; nearest keeps the foreground share.
+        assert abs(float(small.mean()) - float(image.mean())) < 3
+        assert abs(mask.mean() - expected.masks[sample_id].mean()) < 0.1
+    row = capped.manifest.set_index("id").loc[sample_id]
+    assert (row["height"], row["width"]) == small.shape[:2]
+
+
+def test_max_side_still_reports_problems_of_the_original_files(
+    isic: tuple[Path, Expected],
+) -> None:
+    root, _ = isic
+    first = _ids(root)[0]
+    mask_path = root / ISIC_MASKS / f"{first}_segmentation.png"
+    write_grey(mask_path, np.zeros((5, 7), np.uint8))
+    with pytest.raises(DatasetValidationError) as info:
+        load_isic2018(root, max_side=8)
+    assert [p for p, _ in info.value.problems] == [str(mask_path)]
+    assert "7x5 (WxH)" in info.value.problems[0][1]

@@ -441,6 +441,7 @@ def accept_pair(
     masks: dict[str, np.ndarray],
     rows: list[dict[str, object]],
     mask_word: str = "mask",
+    max_side: int | None = None,
 ) -> None:
     """The checks every adapter makes once a sample's image and mask were read.
 
@@ -453,6 +454,8 @@ def accept_pair(
         image / mask: What the adapter read (``None`` when reading failed; the adapter
             has already reported why).
         mask_word: How the message names the mask (``"annotation"`` for GlaS).
+        max_side: Keep the pair downscaled so that its longer side is at most this
+            (:func:`limit_side`), after the checks on the original files.
     """
     if image is not None and mask is not None and mask.shape != image.shape[:2]:
         problems.append((
@@ -468,6 +471,8 @@ def accept_pair(
             return
     if image is None or mask is None or problems:
         return
+    if max_side is not None:
+        image, mask = limit_side(image, mask, max_side)
     images[sample.id], masks[sample.id] = image, mask
     rows.append(
         manifest_row(
@@ -493,6 +498,7 @@ def read_and_verify_pairs(
     dataset_name: str,
     problems: list[tuple[str, str]],
     mask_word: str = "mask",
+    max_side: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, object]]]:
     """Read every sample's image and mask, verify them, and collect what passes.
 
@@ -500,6 +506,9 @@ def read_and_verify_pairs(
     each reason is appended to ``problems`` with the file's path (a missing mask was
     reported when the samples were listed). Returns ``(images, masks, manifest_rows)``,
     meaningful only when ``problems`` stays empty (see :func:`accept_pair`).
+
+    With ``max_side``, each pair is downscaled as soon as it is verified, so memory holds
+    one full-size pair at a time (ISIC 2018's 2594 JPEGs decode to tens of GB).
     """
     images: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
@@ -520,8 +529,35 @@ def read_and_verify_pairs(
         accept_pair(
             sample, image, mask, root=root, dataset_name=dataset_name, problems=problems,
             duplicates=duplicates, images=images, masks=masks, rows=rows, mask_word=mask_word,
+            max_side=max_side,
         )
+    if max_side is not None:
+        shrunk = sum(1 for row in rows if max(row["height"], row["width"]) == max_side)
+        logger.info("kept images with their longer side at most %d px (%d at the limit)",
+                    max_side, shrunk)
     return images, masks, rows
+
+
+def limit_side(image: np.ndarray, mask: np.ndarray,
+               max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Downscale an image and its label mask so the longer side is at most ``max_side``.
+
+    The image is area-averaged (no aliasing), the mask takes the nearest label (labels
+    are never blended). Pairs already small enough are returned as they are.
+    """
+    import cv2
+
+    if max_side < 1:
+        raise ValueError(f"max_side must be >= 1, got {max_side}")
+    height, width = mask.shape
+    if max(height, width) <= max_side:
+        return image, mask
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2: (W, H)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    if small.ndim == 2:  # cv2 drops a trailing channel axis of size 1
+        small = small[..., None]
+    return small, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
 
 
 def finish_ingestion(

@@ -210,7 +210,8 @@ def _binary_from_instances(annotation: np.ndarray) -> np.ndarray:
     return rgb.any(axis=-1).astype(np.uint8)
 
 
-def load_glas(root: Path, dataset_name: str = "glas") -> IngestedDataset:
+def load_glas(root: Path, dataset_name: str = "glas",
+              max_side: int | None = None) -> IngestedDataset:
     """Read and verify a complete GlaS download.
 
     Checks, all before returning: layout and pairs, every image decodable and RGB(A)
@@ -244,6 +245,7 @@ def load_glas(root: Path, dataset_name: str = "glas") -> IngestedDataset:
         dataset_name=dataset_name,
         problems=problems,
         mask_word="annotation",
+        max_side=max_side,
     )
 
     return finish_ingestion("GlaS", data_dir, problems, rows, images, masks)

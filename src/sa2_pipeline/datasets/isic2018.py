@@ -8,7 +8,8 @@ Layout, as the two training archives unpack (``root`` holds both folders)::
 The archives' ``LICENSE.txt`` / ``ATTRIBUTION.txt`` are ignored. Masks are 8-bit with 0 =
 background and 255 = lesion; the canonical mask is ``{0, 1}``, any other value is an
 error. Images are RGB uint8 JPEGs of varying size (up to about 6000x4000), kept at native
-resolution here (resizing is data_processing's job).
+resolution unless ``max_side`` asks for a cap (resizing for the model is data_processing's
+job).
 
 Official split (the protocol the paper follows): the training set sorted by id, the first
 1815 images ``"train"``, the next 259 ``"val"``, the last 520 ``"test"``. A folder with a
@@ -186,7 +187,8 @@ def _binary_mask(path: Path) -> np.ndarray:
     return (mask == 255).astype(np.uint8)
 
 
-def load_isic2018(root: Path, dataset_name: str = "isic2018") -> IngestedDataset:
+def load_isic2018(root: Path, dataset_name: str = "isic2018",
+                  max_side: int | None = None) -> IngestedDataset:
     """Read and verify the ISIC 2018 task 1 training set with its official split.
 
     Checks, all before returning: layout and pairs, every JPEG decodable as RGB uint8,
@@ -197,6 +199,8 @@ def load_isic2018(root: Path, dataset_name: str = "isic2018") -> IngestedDataset
         root: Folder holding ``ISIC2018_Task1-2_Training_Input/`` and
             ``ISIC2018_Task1_Training_GroundTruth/``.
         dataset_name: Value of the manifest's ``dataset`` column.
+        max_side: Keep each image (and mask) downscaled to this longer side at most, as it
+            is read; ``None`` keeps native resolution (the full set then needs tens of GB).
 
     Returns:
         Manifest (sorted by id; split train / val / test by the official index split),
@@ -212,7 +216,7 @@ def load_isic2018(root: Path, dataset_name: str = "isic2018") -> IngestedDataset
 
     images, masks, rows = read_and_verify_pairs(
         samples, _rgb_image, _binary_mask, root=root,
-        dataset_name=dataset_name, problems=problems,
+        dataset_name=dataset_name, problems=problems, max_side=max_side,
     )
 
     return finish_ingestion("ISIC 2018", root, problems, rows, images, masks)

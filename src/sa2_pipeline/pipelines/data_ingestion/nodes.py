@@ -57,7 +57,8 @@ def ingest_raw_dataset(
     from sa2_pipeline.datasets.registry import load_raw_dataset
 
     cfg = parse(IngestionConfig, params, "data_ingestion")
-    ingested = load_raw_dataset(cfg.format, raw_dir, dataset_name=cfg.dataset)
+    ingested = load_raw_dataset(cfg.format, raw_dir, dataset_name=cfg.dataset,
+                                max_side=cfg.max_side)
     counts = ingested.manifest["split"].value_counts().to_dict()
     logger.info("ingested %d images from %s: %s", len(ingested.manifest), raw_dir, counts)
     return ingested.manifest, ingested.images, ingested.masks
