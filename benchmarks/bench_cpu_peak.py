@@ -9,8 +9,8 @@ Three measurements, then one bound:
    (VDPBF16PS) and fp16 FMA, for the instructions /proc/cpuinfo lists.
 2. **Matrix-multiply throughput** through torch (oneDNN/MKL) with ``--threads`` threads, per
    dtype: what a well-blocked kernel reaches.
-3. **FLOPs of one full-model training step** (SA2-Net C = 64, 224², batch 4): three times the
-   training-mode forward (deep-supervision heads included) counted by ``torch.utils.flop_counter``.
+3. **FLOPs of one full-model training step** (SA2-Net C = 64, 224², batch 4): three forwards
+   of the batch, the forward counted by ``torch.utils.flop_counter`` (as bench_training does).
 
 The bound: step FLOPs / best matmul throughput = the shortest step this precision can take
 on this machine, whatever the implementation. It is compared with ``--release-seconds``
@@ -34,19 +34,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_training import machine_info  # noqa: E402  (sibling script, not a package)
+from _machine import cpu_flags  # noqa: E402  (sibling modules, not a package)
+from bench_training import forward_flops, machine_info  # noqa: E402
 
 DTYPES = ("fp32", "bf16")
-
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def isa_throughput(iterations: int) -> dict | None:
@@ -94,29 +85,22 @@ def matmul_throughput(dtype_name: str, n: int, repeats: int) -> float:
 
 
 def training_step_flops(base_channels: int, size: int, batch: int) -> tuple[float, float]:
-    """(forward FLOPs per image, FLOPs of one training step = 3 x the training forward).
+    """(forward FLOPs per image, FLOPs of one training step), as bench_training counts them.
 
     The backward of a convolution costs two forwards (input and weight gradients), so a step
-    is three forwards of the batch in training mode (deep-supervision heads included); the
-    only thing this overcounts is the first layer's input gradient, which is never computed.
-    torch's FlopCounterMode is not used for the backward: it counts a grouped convolution's
-    weight gradient as if the convolution were dense (a depthwise 64-channel 3x3 layer comes
-    out 64x too expensive), which would put the step at ~1.5 TFLOP instead of ~0.8.
+    is three forwards of the batch; the only thing this overcounts is the first layer's
+    input gradient, which is never computed. torch's FlopCounterMode is not used for the
+    backward: it counts a grouped convolution's weight gradient as if the convolution were
+    dense (a depthwise 64-channel 3x3 layer comes out 64x too expensive), which would put
+    the full model's step at ~1.5 TFLOP instead of ~0.8.
     """
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from sa2_pipeline.models import create_model
 
     model = create_model("sa2net", base_channels=base_channels)
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
-    forward = float(counter.get_total_flops())
-    model.train()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(batch, 3, size, size))
-    return forward, 3.0 * float(counter.get_total_flops())
+    forward = forward_flops(model, size, torch.device("cpu"))
+    return forward, 3.0 * batch * forward
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,15 +40,9 @@ CONFIGS = {
 
 def machine_info(threads: int) -> dict:
     import torch
+    from _machine import cpu_model
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     preload = os.environ.get("LD_PRELOAD", "")
     info = {
         "cpu": cpu,

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,8 @@ __all__ = [
     "read_raster",
     "sha256_array",
     "sha256_file",
-    "warn_ignored",
+    "duplicate_ids",
+    "warn_unread",
 ]
 
 #: ``(path, reason)``: one entry of a :class:`DatasetValidationError`.
@@ -336,9 +337,23 @@ def list_files(folder: Path, suffixes: Iterable[str]) -> dict[str, list[Path]]:
     return dict(found)
 
 
-def warn_ignored(name: str, root: Path, ignored: Iterable[Path]) -> None:
-    """Log (warning) files in the dataset's folders that the adapter does not read."""
-    ignored = sorted(ignored)
+def warn_unread(
+    name: str,
+    root: Path,
+    folders: Iterable[Path],
+    used: Collection[Path],
+    skip: Callable[[Path], bool] = lambda path: False,
+) -> None:
+    """Log (warning) the files in the dataset's ``folders`` that the adapter does not read:
+    not in ``used``, not hidden (``.DS_Store``...) and not ``skip``-ped (licence files)."""
+    ignored = sorted(
+        path
+        for folder in set(folders)
+        if folder.is_dir()
+        for path in folder.iterdir()
+        if path.is_file() and path not in used and not path.name.startswith(".")
+        and not skip(path)
+    )
     if ignored:
         logger.warning(
             "%s at %s: ignored %d file(s) that are not image/annotation files: %s",
@@ -348,6 +363,18 @@ def warn_ignored(name: str, root: Path, ignored: Iterable[Path]) -> None:
             ", ".join(p.relative_to(root).as_posix() for p in ignored[:10])
             + (" ..." if len(ignored) > 10 else ""),
         )
+
+
+def duplicate_ids(items: Iterable[tuple[str, Path]]) -> list[Problem]:
+    """One problem per ``(id, image path)`` whose id an earlier item already has."""
+    first: dict[str, Path] = {}
+    problems: list[Problem] = []
+    for item_id, path in items:
+        if item_id in first:
+            problems.append((str(path), f"duplicate id {item_id!r} (also {first[item_id]})"))
+        else:
+            first[item_id] = path
+    return problems
 
 
 def read_raster(path: Path) -> np.ndarray:
@@ -532,9 +559,7 @@ def read_and_verify_pairs(
             max_side=max_side,
         )
     if max_side is not None:
-        shrunk = sum(1 for row in rows if max(row["height"], row["width"]) == max_side)
-        logger.info("kept images with their longer side at most %d px (%d at the limit)",
-                    max_side, shrunk)
+        logger.info("images and masks kept with their longer side at most %d px", max_side)
     return images, masks, rows
 
 

@@ -57,11 +57,12 @@ from sa2_pipeline.datasets.base import (
     Problem,
     RawSample,
     accept_pair,
+    duplicate_ids,
     finish_ingestion,
     label_image_2d,
     list_files,
     read_raster,
-    warn_ignored,
+    warn_unread,
 )
 
 logger = logging.getLogger(__name__)
@@ -230,25 +231,9 @@ def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
                 problems.append(
                     (str(paths[0]), f"mask without image: no '{stem}.<ext>' in {image_dir}")
                 )
-    by_id: dict[str, RawSample] = {}
-    for sample in samples:
-        if sample.id in by_id:
-            problems.append(
-                (
-                    str(sample.image_path),
-                    f"duplicate id {sample.id!r} (also {by_id[sample.id].image_path})",
-                )
-            )
-        by_id.setdefault(sample.id, sample)
-    folders = [f / sub for _, f in groups for sub in ("images", "masks")]
-    ignored = [
-        p
-        for folder in folders
-        if folder.is_dir()
-        for p in folder.iterdir()
-        if p.is_file() and p not in used and not p.name.startswith(".")
-    ]
-    warn_ignored("image folder", root, ignored)
+    problems += duplicate_ids((s.id, s.image_path) for s in samples)
+    warn_unread("image folder", root,
+                [f / sub for _, f in groups for sub in ("images", "masks")], used)
     return samples, problems
 
 

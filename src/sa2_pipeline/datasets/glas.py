@@ -40,7 +40,7 @@ from sa2_pipeline.datasets.base import (
     list_files,
     read_and_verify_pairs,
     read_raster,
-    warn_ignored,
+    warn_unread,
 )
 
 logger = logging.getLogger(__name__)
@@ -127,12 +127,7 @@ def _scan_layout(root: Path) -> _Found:
             counts,
             _PUBLISHED_COUNTS,
         )
-    ignored = [
-        p
-        for p in data_dir.iterdir()
-        if p.is_file() and p not in used and p.name != GRADE_FILE and not p.name.startswith(".")
-    ]
-    warn_ignored("GlaS", root, ignored)
+    warn_unread("GlaS", root, [data_dir], used, skip=lambda path: path.name == GRADE_FILE)
     return _Found(data_dir, samples, problems)
 
 

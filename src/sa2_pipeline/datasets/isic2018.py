@@ -37,7 +37,7 @@ from sa2_pipeline.datasets.base import (
     proportional_counts,
     read_and_verify_pairs,
     read_raster,
-    warn_ignored,
+    warn_unread,
 )
 
 logger = logging.getLogger(__name__)
@@ -131,17 +131,8 @@ def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
             problems.append(
                 (str(mask_path), f"mask without image (expected {image_dir / sample_id}.jpg)")
             )
-    ignored = [
-        p
-        for folder in (image_dir, mask_dir)
-        if folder.is_dir()
-        for p in folder.iterdir()
-        if p.is_file()
-        and p not in used
-        and p.suffix.lower() != ".txt"
-        and not p.name.startswith(".")
-    ]
-    warn_ignored("ISIC 2018", root, ignored)
+    warn_unread("ISIC 2018", root, (image_dir, mask_dir), used,
+                skip=lambda path: path.suffix.lower() == ".txt")  # LICENSE, ATTRIBUTION
     return samples, problems
 
 

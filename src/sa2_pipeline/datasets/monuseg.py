@@ -50,8 +50,10 @@ from sa2_pipeline.datasets.base import (
     DatasetValidationError,
     IngestedDataset,
     RawSample,
+    duplicate_ids,
     sha256_array,
     sha256_file,
+    warn_unread,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,37 +161,14 @@ def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
                         f"annotation without image (expected {image_dir / (stem + '.tif')})",
                     )
                 )
-    folders = {train_images_dir, train_xml_dir, test_dir}
-    ignored = sorted(
-        path
-        for folder in folders
-        if folder.is_dir()
-        for path in folder.iterdir()
-        if path.is_file() and path not in used
-    )
     if not train_present:
         logger.warning(
             "MoNuSeg at %s: no training folder '%s'; test split only", root, TRAIN_IMAGE_DIR
         )
     if not test_present:
         logger.warning("MoNuSeg at %s: no test folder '%s'; training split only", root, TEST_DIR)
-    if ignored:
-        logger.warning(
-            "MoNuSeg at %s: ignored %d file(s) that are not image/annotation files: %s",
-            root,
-            len(ignored),
-            ", ".join(str(p.relative_to(root)) for p in ignored[:10])
-            + (" ..." if len(ignored) > 10 else ""),
-        )
-
-    by_id: dict[str, list[RawSample]] = defaultdict(list)
-    for sample in samples:
-        by_id[sample.id].append(sample)
-    for sample_id, same in by_id.items():
-        for other in same[1:]:
-            problems.append(
-                (str(other.image_path), f"duplicate id {sample_id!r} (also {same[0].image_path})")
-            )
+    warn_unread("MoNuSeg", root, (train_images_dir, train_xml_dir, test_dir), used)
+    problems += duplicate_ids((s.id, s.image_path) for s in samples)
     return samples, problems
 
 

@@ -44,6 +44,7 @@ from sa2_pipeline.datasets.base import (
     DuplicateFinder,
     IngestedDataset,
     Problem,
+    duplicate_ids,
     finish_ingestion,
     label_image_2d,
     list_files,
@@ -51,7 +52,7 @@ from sa2_pipeline.datasets.base import (
     read_raster,
     sha256_array,
     sha256_file,
-    warn_ignored,
+    warn_unread,
 )
 
 logger = logging.getLogger(__name__)
@@ -169,25 +170,8 @@ def _scan_layout(root: Path) -> tuple[list[_Image], list[Problem]]:
                 )
         found += images.values()
 
-    by_id: dict[str, _Image] = {}
-    for image in found:
-        if image.id in by_id:
-            problems.append(
-                (
-                    str(image.image_path),
-                    f"duplicate id {image.id!r} (also {by_id[image.id].image_path})",
-                )
-            )
-        by_id.setdefault(image.id, image)
-    folders = [f / sub for _, f in groups for sub in ("x", "y")]
-    ignored = [
-        p
-        for folder in folders
-        if folder.is_dir()
-        for p in folder.iterdir()
-        if p.is_file() and p not in used and not p.name.startswith(".")
-    ]
-    warn_ignored("SegPC", root, ignored)
+    problems += duplicate_ids((image.id, image.image_path) for image in found)
+    warn_unread("SegPC", root, [f / sub for _, f in groups for sub in ("x", "y")], used)
     return found, problems
 
 

@@ -156,7 +156,7 @@ def register_and_promote(
     digest = bundle_digest(bundle)
     existing = _identical_version(client, model_name, digest, test_set_id)
     if existing is not None:
-        return _unchanged_record(client, existing, model_name, test_set_id, metric,
+        return _unchanged_record(client, existing, model_name, test_set_id, digest, metric,
                                  candidate, margin)
     info = log_model_bundle(bundle, input_example_size=input_example_size)
     mv = mlflow.register_model(info.model_uri, model_name)
@@ -192,14 +192,22 @@ def register_and_promote(
                 "promoted to champion" if decision.promote else "kept as challenger",
                 decision.reason)
     aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
+    return _record(model_name, version, info.model_uri, info.run_id, test_set_id, digest,
+                   aliases, decision, unchanged=False)
+
+
+def _record(model_name: str, version: str, model_uri: str, run_id: str, test_set_id: str,
+            digest: str, aliases: list[str], decision: PromotionDecision, *,
+            unchanged: bool) -> dict[str, Any]:
+    """The registration record ``register_and_promote`` returns (model_registration.json)."""
     return {
         "model_name": model_name,
         "version": version,
-        "model_uri": info.model_uri,
-        "run_id": info.run_id,
+        "model_uri": model_uri,
+        "run_id": run_id,
         "test_set_id": test_set_id,
         "bundle_digest": digest,
-        "unchanged": False,
+        "unchanged": unchanged,
         "aliases": aliases,
         **{f"decision_{k}": v for k, v in asdict(decision).items()},
     }
@@ -220,7 +228,8 @@ def _identical_version(client: Any, model_name: str, digest: str, test_set_id: s
 
 
 def _unchanged_record(client: Any, existing: Any, model_name: str, test_set_id: str,
-                      metric: str, candidate: float, margin: float) -> dict[str, Any]:
+                      digest: str, metric: str, candidate: float,
+                      margin: float) -> dict[str, Any]:
     """The registration record of a run whose model is already registered, unchanged."""
     from mlflow.exceptions import MlflowException
 
@@ -238,17 +247,8 @@ def _unchanged_record(client: Any, existing: Any, model_name: str, test_set_id: 
     decision = PromotionDecision(False, reason, metric, candidate,
                                  None if recorded is None else float(recorded),
                                  champion_version, margin)
-    return {
-        "model_name": model_name,
-        "version": version,
-        "model_uri": f"models:/{model_name}/{version}",
-        "run_id": existing.run_id,
-        "test_set_id": test_set_id,
-        "bundle_digest": (existing.tags or {}).get(f"{TAG_PREFIX}bundle_digest"),
-        "unchanged": True,
-        "aliases": aliases,
-        **{f"decision_{k}": v for k, v in asdict(decision).items()},
-    }
+    return _record(model_name, version, f"models:/{model_name}/{version}", existing.run_id,
+                   test_set_id, digest, aliases, decision, unchanged=True)
 
 
 def _champion_score(
