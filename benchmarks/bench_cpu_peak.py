@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     forward, step = training_step_flops(args.base_channels, args.size, args.batch)
     report["model"] = {"base_channels": args.base_channels, "size": args.size,
                        "batch": args.batch, "gmacs_forward_per_image": round(forward / 2e9, 2),
-                       "gflop_training_step": round(step / 1e9, 1)}
+                       "gflop_training_step": round(step / 1e9, 4)}
     print(f"model  C={args.base_channels} {args.size}^2 batch {args.batch}: forward "
           f"{forward / 2e9:.2f} GMACs/image, training step {step / 1e9:.0f} GFLOP")
 
