@@ -114,3 +114,20 @@ def test_summarise():
     assert not any(key.startswith("image_id") for key in summary)
     with pytest.raises(ValueError, match="numeric"):
         summarise(frame[["image_id"]])
+
+
+def test_score_binary_and_multiclass_keys():
+    from sa2_pipeline.metrics import score
+
+    assert score(PRED, TARGET, 1) == pytest.approx(
+        dict(zip(("dice", "iou"), dice_iou(PRED, TARGET), strict=True)))
+    pred = np.array([[0, 1, 1], [2, 2, 0]])
+    target = np.array([[0, 1, 0], [2, 2, 2]])
+    scores = score(pred, target, 3)
+    assert list(scores) == ["dice", "iou", "dice_class_1", "iou_class_1",
+                            "dice_class_2", "iou_class_2"]
+    per_class = per_class_dice_iou(pred, target, 3)
+    assert scores["dice"] == per_class["dice_mean"] and scores["iou"] == per_class["iou_mean"]
+    assert scores["dice_class_2"] == pytest.approx(4 / (5 + 1e-5))
+    with pytest.raises(ValueError, match="num_classes"):
+        score(pred, target, 0)

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-__all__ = ["batch_dice_from_logits", "dice_iou", "per_class_dice_iou", "summarise"]
+__all__ = [
+    "batch_dice_from_logits",
+    "dice_iou",
+    "per_class_dice_iou",
+    "score",
+    "summarise",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +115,38 @@ def per_class_dice_iou(
     result["dice_mean"] = float(np.mean(dices))
     result["iou_mean"] = float(np.mean(ious))
     return result
+
+
+def score(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, float]:
+    """Dice and IoU of one predicted mask, binary or multi-class, under one set of keys.
+
+    This is the one scoring rule shared by validation during training and by test
+    evaluation, so both read the same numbers from the same masks.
+
+    Args:
+        pred: Predicted mask ``(H, W)``: binary (nonzero = foreground) when
+            ``num_classes == 1``, class indices otherwise.
+        truth: Target mask of the same shape and kind.
+        num_classes: Model output classes: 1 for a binary model, ``>= 2`` (background
+            included) for a multi-class one.
+
+    Returns:
+        ``{"dice": ..., "iou": ...}``; multi-class adds ``dice_class_<k>`` and
+        ``iou_class_<k>`` for each foreground class ``k`` and ``dice``/``iou`` are their
+        means (background left out).
+
+    Raises:
+        ValueError: On a shape mismatch, ``num_classes < 1`` or labels out of range.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if num_classes == 1:
+        dice, iou = dice_iou(pred, truth)
+        return {"dice": dice, "iou": iou}
+    scores = per_class_dice_iou(pred, truth, num_classes)
+    out = {"dice": scores["dice_mean"], "iou": scores["iou_mean"]}
+    out.update({k: v for k, v in scores.items() if "_class_" in k})
+    return out
 
 
 def batch_dice_from_logits(

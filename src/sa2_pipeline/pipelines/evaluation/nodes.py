@@ -97,15 +97,9 @@ def _resized_truth(image: np.ndarray, truth: np.ndarray, side: int) -> np.ndarra
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, n_classes: int, suffix: str) -> dict:
-    from sa2_pipeline.metrics.segmentation import dice_iou, per_class_dice_iou
+    from sa2_pipeline.metrics import score
 
-    if n_classes == 1:
-        dice, iou = dice_iou(pred, truth)
-        return {f"dice{suffix}": dice, f"iou{suffix}": iou}
-    scores = per_class_dice_iou(pred, truth, n_classes)
-    out = {f"dice{suffix}": scores["dice_mean"], f"iou{suffix}": scores["iou_mean"]}
-    out.update({f"{k}{suffix}": v for k, v in scores.items() if "_class_" in k})
-    return out
+    return {f"{k}{suffix}": v for k, v in score(pred, truth, n_classes).items()}
 
 
 def _summarise(per_image: pd.DataFrame, primary: str) -> dict[str, Any]:
