@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from sa2_pipeline.models import create_model
+from sa2_pipeline.models.layers import LayerNorm2d
 from sa2_pipeline.models.sa2net import SA2Net
-from sa2_pipeline.models.sa2net.blocks import LayerNorm2d
 
 PAPER_PARAMETERS = 19_296_596  # used by the release's forward pass (in=3, n=1, C=64)
 
@@ -83,7 +83,7 @@ def test_intermediate_shapes_follow_the_spec_tables():
 
 
 def test_eval_computes_no_auxiliary_path(monkeypatch):
-    import sa2_pipeline.models.sa2net.model as model_module
+    import sa2_pipeline.models.base as model_module
 
     model = create_model("sa2net", base_channels=8)
     used = []

@@ -12,6 +12,11 @@ weights rebuilds the exact network::
     model = create_model(ckpt["model_name"], **ckpt["init_kwargs"])
     model.load_state_dict(ckpt["state_dict"])
 
+Layout: ``layers`` holds the blocks every model shares (CBR, LayerNorm2d, padding and
+input checks), ``base.SegmentationModel`` the common tail (pad, features, 1x1 heads, crop
+back), ``unet`` and ``sa2net/`` the networks (``sa2net/`` keeps only SA2-specific parts),
+``bundle`` the portable weights-plus-settings record.
+
 Importing this package is cheap: it does not import torch. Built-in models are registered
 as ``"module:attribute"`` strings and imported on first use.
 """

@@ -11,22 +11,14 @@ from __future__ import annotations
 from itertools import pairwise
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sa2_pipeline.models import register_model
-from sa2_pipeline.models.sa2net.blocks import (
-    ConvBNReLU,
-    check_input,
-    check_positive_ints,
-    crop_to,
-    pad_to_multiple,
-    pointwise_conv,
-)
+from sa2_pipeline.models.base import SegmentationModel
+from sa2_pipeline.models.layers import ConvBNReLU
 
 __all__ = ["UNet"]
 
-SIZE_DIVISOR = 16
 UPSAMPLING_MODES = ("transpose", "bilinear")
 
 
@@ -61,7 +53,7 @@ class UpBlock(nn.Module):
 
 
 @register_model("unet")
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """Standard 4-level U-Net.
 
     Args:
@@ -80,6 +72,9 @@ class UNet(nn.Module):
         a tuple of four such tensors in training mode with deep supervision.
     """
 
+    #: Four 2x poolings; inputs are padded to a multiple of 16.
+    size_divisor = 16
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -88,26 +83,14 @@ class UNet(nn.Module):
         deep_supervision: bool = False,
         upsampling: str = "transpose",
     ) -> None:
-        super().__init__()
-        check_positive_ints(
-            "UNet", in_channels=in_channels, num_classes=num_classes,
-            base_channels=base_channels,
+        super().__init__(
+            in_channels=in_channels, num_classes=num_classes, base_channels=base_channels,
+            deep_supervision=deep_supervision, upsampling=upsampling,
         )
         if upsampling not in UPSAMPLING_MODES:
             raise ValueError(
                 f"UNet: upsampling must be one of {', '.join(UPSAMPLING_MODES)}; got {upsampling!r}"
             )
-        self.init_kwargs = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "base_channels": base_channels,
-            "deep_supervision": bool(deep_supervision),
-            "upsampling": upsampling,
-        }
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.deep_supervision = bool(deep_supervision)
-
         widths = [base_channels * 2**i for i in range(5)]  # C, 2C, 4C, 8C, 16C
         self.encoder = nn.ModuleList(
             [DoubleConv(in_channels, widths[0])] + [DoubleConv(a, b) for a, b in pairwise(widths)]
@@ -117,19 +100,10 @@ class UNet(nn.Module):
         self.decoder = nn.ModuleList(
             UpBlock(widths[i + 1], widths[i], upsampling) for i in range(4)
         )
-        self.head = nn.Conv2d(widths[0], num_classes, kernel_size=1)
-        self.aux_heads = (
-            nn.ModuleList(nn.Conv2d(widths[i], num_classes, kernel_size=1) for i in (1, 2, 3))
-            if self.deep_supervision
-            else None
-        )
+        self.build_heads(widths[0], widths[1:4])  # aux heads at 1/2, 1/4, 1/8
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        check_input(x, self.in_channels, SIZE_DIVISOR, "UNet")
-        size = x.shape[-2:]
-        x, offset = pad_to_multiple(x, SIZE_DIVISOR)
-        full = x.shape[-2:]
-
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder outputs of the padded input: [full, 1/2, 1/4, 1/8] resolution."""
         skips = []
         for i, stage in enumerate(self.encoder):
             x = stage(x if i == 0 else self.pool(x))
@@ -139,24 +113,4 @@ class UNet(nn.Module):
         for block in reversed(self.decoder):
             x = block(x, skips.pop())
             decoded.append(x)
-        # decoded = [1/8, 1/4, 1/2, full]
-
-        main = crop_to(pointwise_conv(decoded[-1], self.head.weight, self.head.bias), offset, size)
-        if not (self.training and self.aux_heads is not None):
-            return main
-        # 1x1 head before the bilinear upsampling: same result (both linear, bilinear
-        # weights sum to 1), 4-64x cheaper.
-        aux = (
-            crop_to(
-                F.interpolate(
-                    pointwise_conv(d, head.weight, head.bias),
-                    size=full,
-                    mode="bilinear",
-                    align_corners=False,
-                ),
-                offset,
-                size,
-            )
-            for head, d in zip(self.aux_heads, decoded[-2::-1], strict=True)
-        )
-        return (main, *aux)
+        return decoded[::-1]

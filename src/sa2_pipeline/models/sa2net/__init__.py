@@ -1,7 +1,8 @@
 """SA2-Net (scale-aware attention network), built from ``docs/SA2NET_SPEC.md``.
 
-``blocks`` holds the layers, ``model`` the network, ``checkpoint`` the importer for the
-authors' released weights.
+``blocks`` holds the SA2-specific blocks (MSFN, conv-MLP, AuA), ``model`` the network,
+``checkpoint`` the importer for the authors' released weights. The layers SA2-Net shares
+with the U-Net live in :mod:`sa2_pipeline.models.layers`.
 """
 
 from sa2_pipeline.models.sa2net.checkpoint import (

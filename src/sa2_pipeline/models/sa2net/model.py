@@ -16,29 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sa2_pipeline.models import register_model
-from sa2_pipeline.models.sa2net.blocks import (
-    AdaptiveUpAttention,
-    ConvBNReLU,
-    ConvMlpBlock,
-    MixedScaleFFN,
-    check_input,
-    check_positive_ints,
-    crop_to,
-    pad_to_multiple,
-    pointwise_conv,
-)
+from sa2_pipeline.models.base import SegmentationModel
+from sa2_pipeline.models.layers import ConvBNReLU, resize_bilinear
+from sa2_pipeline.models.sa2net.blocks import AdaptiveUpAttention, ConvMlpBlock, MixedScaleFFN
 
 __all__ = ["SA2Module", "SA2Net", "SA2NetDecoder", "SA2NetEncoder"]
-
-#: Total downsampling of the encoder; inputs are padded to a multiple of it.
-SIZE_DIVISOR = 16
-
-
-def _resize(x: torch.Tensor, size: torch.Size | tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False); a no-op when the size already matches."""
-    if x.shape[-2:] == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -130,7 +112,7 @@ class SA2Module(nn.Module):
         """Map encoder features [x1, x2, x3, x4] to skips [S1, S2, S3, S4]."""
         e = [side(x) for side, x in zip(self.side_convs, features, strict=True)]
         ref_size = e[self.reference_scale].shape[-2:]
-        s = [msfn(_resize(e_i, ref_size)) for msfn, e_i in zip(self.msfns, e, strict=True)]
+        s = [msfn(resize_bilinear(e_i, ref_size)) for msfn, e_i in zip(self.msfns, e, strict=True)]
 
         f = F.gelu(self.fuse_conv(self.fuse_norm(torch.cat(s, dim=1))))
         q, g = f.split([self.channels, self.num_scales], dim=1)
@@ -139,7 +121,7 @@ class SA2Module(nn.Module):
         skips = []
         for i, (mlp, out_conv) in enumerate(zip(self.mlps, self.out_convs, strict=True)):
             t = s[i] * (g[:, i : i + 1] * q)
-            u = _resize(t, e[i].shape[-2:]) + e[i]
+            u = resize_bilinear(t, e[i].shape[-2:]) + e[i]
             skips.append(out_conv(mlp(u)))
         return skips
 
@@ -177,7 +159,7 @@ class SA2NetDecoder(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------
 @register_model("sa2net")
-class SA2Net(nn.Module):
+class SA2Net(SegmentationModel):
     """SA2-Net returning logits.
 
     Args:
@@ -198,9 +180,12 @@ class SA2Net(nn.Module):
     and channels-last inputs): every block keeps that layout, and oneDNN's convolutions are
     much faster on it (a training step took ~1.4x less CPU time than in NCHW). Several
     steps are computed in a cheaper but mathematically equivalent order (see the comments
-    in ``blocks``); ``tests/models/test_sa2net.py`` checks the result against a literal
-    implementation of the spec.
+    in ``blocks`` and :mod:`sa2_pipeline.models.base`); ``tests/models/test_sa2net.py``
+    checks the result against a literal implementation of the spec.
     """
+
+    #: Total downsampling of the encoder; inputs are padded to a multiple of it.
+    size_divisor = 16
 
     def __init__(
         self,
@@ -209,51 +194,18 @@ class SA2Net(nn.Module):
         base_channels: int = 64,
         deep_supervision: bool = True,
     ) -> None:
-        super().__init__()
-        check_positive_ints(
-            "SA2Net", in_channels=in_channels, num_classes=num_classes,
-            base_channels=base_channels,
+        super().__init__(
+            in_channels=in_channels, num_classes=num_classes, base_channels=base_channels,
+            deep_supervision=deep_supervision,
         )
-        self.init_kwargs = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "base_channels": base_channels,
-            "deep_supervision": bool(deep_supervision),
-        }
-        self.in_channels = in_channels
-        self.num_classes = num_classes
-        self.deep_supervision = bool(deep_supervision)
-
         self.encoder = SA2NetEncoder(in_channels, base_channels)
         self.sa2 = SA2Module(self.encoder.out_channels, base_channels)
         self.decoder = SA2NetDecoder(base_channels)
-        d1, d2, d3, d4 = self.decoder.out_channels
-        self.head = nn.Conv2d(d1, num_classes, kernel_size=1)
-        self.aux_heads = (
-            nn.ModuleList(nn.Conv2d(ch, num_classes, kernel_size=1) for ch in (d2, d3, d4))
-            if self.deep_supervision
-            else None
-        )
+        d1, *deeper = self.decoder.out_channels
+        self.build_heads(d1, deeper)  # aux heads on d2, d3, d4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        check_input(x, self.in_channels, SIZE_DIVISOR, "SA2Net")
-        size = x.shape[-2:]
-        x, offset = pad_to_multiple(x, SIZE_DIVISOR)
-
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder features [d1, d2, d3, d4] of the padded input."""
         features = self.encoder(x)
         skips = self.sa2(features[:4])
-        d1, *deeper = self.decoder(features[4], skips)
-
-        main = crop_to(pointwise_conv(d1, self.head.weight, self.head.bias), offset, size)
-        if not (self.training and self.aux_heads is not None):
-            return main
-        # The spec resizes d2..d4 to full resolution and then applies the 1x1 head. Both
-        # steps are linear per channel and bilinear weights sum to 1 (so the bias passes
-        # through): applying the head at low resolution and upsampling the n-class logits
-        # is the same function up to float round-off, and far cheaper.
-        full = x.shape[-2:]
-        aux = (
-            crop_to(_resize(pointwise_conv(d, head.weight, head.bias), full), offset, size)
-            for head, d in zip(self.aux_heads, deeper, strict=True)
-        )
-        return (main, *aux)
+        return self.decoder(features[4], skips)
