@@ -14,7 +14,7 @@ Three measurements, then one bound:
 
 The bound: step FLOPs / best matmul throughput = the shortest step this precision can take
 on this machine, whatever the implementation. It is compared with ``--release-seconds``
-(the release's measured step, SA2NET_SPEC.md) divided by the speed-up asked for.
+(the release's measured step, docs/network.md) divided by the speed-up asked for.
 ``--json`` writes everything to a file (benchmarks/results/ keeps this machine's).
 """
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--release-seconds", type=float, nargs=2, default=(9.0, 12.5),
                         metavar=("FAST", "SLOW"),
-                        help="the release's measured step on this machine (SA2NET_SPEC.md)")
+                        help="the release's measured step on this machine (docs/network.md)")
     parser.add_argument("--speedup", type=float, default=3.0,
                         help="speed-up over the release to test against the bound")
     parser.add_argument("--json", type=Path)

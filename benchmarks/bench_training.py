@@ -11,7 +11,7 @@ format and compilation asked for, and records the machine it ran on.
 Figures are medians over ``--steps`` timed steps after ``--warmup`` steps. The full model is
 SA2-Net at C = 64, 224², batch 4 (the paper's setting); ``default`` is conf/base's
 (C = 16, 128² patches, batch 8). Compare only numbers taken on the same machine with the
-same allocator: glibc's malloc makes large CPU runs 2-4x noisier (ENVIRONMENT.md).
+same allocator: glibc's malloc makes large CPU runs 2-4x noisier (docs/environment.md).
 
 Each combination runs in a fresh Python process (``--in-process`` turns that off), so its
 peak memory is its own: on CUDA the allocator's peak (``max_memory_allocated``), on CPU the

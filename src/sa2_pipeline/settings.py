@@ -17,7 +17,7 @@ def _env(key: str, default: str | None = None) -> str | None:
     """``${sa2.env:NAME,default}``: environment variables in any config file.
 
     Kedro only allows ``oc.env`` in credentials; the tracking URI must also be
-    overridable by ``MLFLOW_TRACKING_URI`` (DESIGN.md), so mlflow.yml uses this.
+    overridable by ``MLFLOW_TRACKING_URI`` (docs/architecture.md), so mlflow.yml uses this.
     """
     return os.environ.get(key, default)
 

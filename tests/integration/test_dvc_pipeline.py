@@ -188,7 +188,9 @@ def test_dvc_yaml_is_in_step_with_the_kedro_pipelines_and_catalog(tmp_path):
     stages = _resolved_stages(REPO_ROOT, tmp_path)
     assert set(stages) == {f"{name}@{dataset}" for name in STAGES for dataset in datasets}
     versioned = [n for n, entry in _catalog_config("x").items() if _is_versioned(entry)]
-    assert not versioned, f"Kedro versioning on DVC-tracked paths (DESIGN.md): {versioned}"
+    assert not versioned, (
+        f"Kedro versioning on DVC-tracked paths (docs/architecture.md): {versioned}"
+    )
     for dataset in datasets:
         _check_dataset_stages(stages, dataset)
 

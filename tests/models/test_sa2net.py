@@ -1,7 +1,7 @@
-"""SA2-Net specifics: size, intermediate shapes, and the math against the spec.
+"""SA2-Net specifics: size, intermediate shapes, and the math against docs/network.md.
 
-The reference below re-implements SA2NET_SPEC.md step by step with ``torch.nn.functional``
-calls on the model's own tensors, in the spec's literal order (nearest upsampling before
+The reference below re-implements docs/network.md step by step with ``torch.nn.functional``
+calls on the model's own tensors, in that page's literal order (nearest upsampling before
 the LayerNorm, channel halves split and concatenated in the MSFN, heads applied after the
 bilinear resize); the model computes the same function with cheaper orderings.
 """
@@ -111,7 +111,7 @@ def test_constructor_rejects_bad_sizes():
 
 
 # --------------------------------------------------------------------------------------
-# Reference implementation of the spec, step by step
+# Reference implementation of docs/network.md, step by step
 # --------------------------------------------------------------------------------------
 def _conv(p: dict, name: str, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
     w = p[f"{name}.weight"]

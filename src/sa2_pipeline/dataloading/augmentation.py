@@ -2,7 +2,7 @@
 
 Names:
     ``"none"``: no augmentation (``None``).
-    ``"paper"``: the release's augmentation (REPRODUCTION.md), see :class:`ReleaseRotFlipRotate`.
+    ``"paper"``: the release's augmentation (docs/protocol.md), see :class:`ReleaseRotFlipRotate`.
     ``"default"``: a histopathology set for training at native resolution: D4 symmetry, mild
     affine, brightness/contrast, colour (HSV or H&E stain) jitter, light blur or noise.
 

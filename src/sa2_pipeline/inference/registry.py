@@ -1,6 +1,6 @@
 """Log a model bundle as an MLflow pyfunc, register it and run the promotion gate.
 
-Conventions (DESIGN.md): one registered model per dataset (``sa2net-<dataset>``); every
+Conventions (docs/architecture.md): one registered model per dataset (``sa2net-<dataset>``); every
 registered version gets the alias ``challenger``; ``champion`` moves to it only when it
 beats the current champion on the same frozen test set by ``margin``. The decision and
 both scores are written on the version as tags. The champion alias is the very last thing

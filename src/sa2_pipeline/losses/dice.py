@@ -1,6 +1,6 @@
 """Soft Dice loss on logits, binary (sigmoid) and multi-class (softmax).
 
-The binary form is the release's definition (REPRODUCTION.md): per image
+The binary form is the release's definition (docs/protocol.md): per image
 ``1 - (2 * sum(p * t) + eps) / (sum(p**2) + sum(t**2) + eps)`` on ``p = sigmoid(logits)``,
 then averaged over the batch.
 """

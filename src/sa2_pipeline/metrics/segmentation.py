@@ -1,6 +1,6 @@
 """Overlap metrics for segmentation masks: Dice and IoU per image, per class, and summaries.
 
-Definitions follow the release (REPRODUCTION.md): per image ``Dice = 2|P ∩ T| / (|P| + |T| + s)``
+Definitions follow the release (docs/protocol.md): per image ``Dice = 2|P ∩ T| / (|P| + |T| + s)``
 and ``IoU = |P ∩ T| / (|P ∪ T| + s)`` with ``s = 1e-5`` (one release script uses ``s = 1``),
 averaged over images afterwards.
 

@@ -1,4 +1,4 @@
-"""SA2-Net (scale-aware attention network), built from ``docs/SA2NET_SPEC.md``.
+"""SA2-Net (scale-aware attention network), built from ``docs/network.md``.
 
 ``blocks`` holds the SA2-specific blocks (MSFN, conv-MLP, AuA), ``model`` the network,
 ``checkpoint`` the importer for the authors' released weights. The layers SA2-Net shares

@@ -1,6 +1,6 @@
 """SA2-Net: scale-aware attention network for microscopic image segmentation.
 
-Built from ``SA2NET_SPEC.md`` (BMVC 2023, arXiv 2309.16661, checked against the authors'
+Built from ``docs/network.md`` (BMVC 2023, arXiv 2309.16661, checked against the authors'
 release). Reads top to bottom: encoder, SA2 module, decoder, the model.
 
 Shapes below are for a 224 x 224 input and base width ``C`` (64 in the paper); the model
@@ -181,7 +181,7 @@ class SA2Net(SegmentationModel):
     much faster on it (a training step took ~1.4x less CPU time than in NCHW). Several
     steps are computed in a cheaper but mathematically equivalent order (see the comments
     in ``blocks`` and :mod:`sa2_pipeline.models.base`); ``tests/models/test_sa2net.py``
-    checks the result against a literal implementation of the spec.
+    checks the result against a literal implementation of docs/network.md.
     """
 
     #: Total downsampling of the encoder; inputs are padded to a multiple of it.
