@@ -1,0 +1,243 @@
+"""What a segmented slide leaves behind: the mask file, its object statistics, an overlay.
+
+Masks arrive as bands of rows, top to bottom, at the slide's full size (level 0); nothing
+here holds the whole mask unless it is small.
+
+- **Mask file.** Up to :data:`PNG_MAX_PIXELS` pixels: one PNG. Larger: a tiled (512 x 512),
+  deflate-compressed, pyramidal TIFF (tifffile): level 0 at the slide's size and
+  half-size levels as SubIFDs, each made by taking every second row and column of the
+  level above. Binary masks are stored as 0/255 (viewable), multi-class masks as class
+  indices.
+- **Objects.** 8-connected components of the foreground (mask > 0), found band by band
+  and joined across band edges with a union-find; areas in pixels (level 0) and, when the
+  slide's pixel size is known, in square microns.
+- **Overlay.** A thumbnail of the slide with the foreground tinted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+#: Masks up to this many pixels are written as PNG; larger ones as pyramidal TIFF.
+PNG_MAX_PIXELS = 4096 * 4096
+TIFF_TILE = 512
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary sibling of ``final`` to write; renamed onto ``final`` on success.
+
+    The name follows :func:`sa2_pipeline.io_utils.atomic_write_bytes` (``.<name>.<pid>-*.tmp``)
+    so the leftovers of a killed writer are cleaned up by the next write of the same file.
+    """
+    from sa2_pipeline.io_utils import remove_stale_temporaries
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-", suffix=".tmp",
+                                dir=final.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(final)
+
+
+class ObjectCounter:
+    """8-connected foreground components of a mask given band by band (module docstring)."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = [0]
+        self.areas: list[int] = [0]
+        self.previous: np.ndarray | None = None  # global labels of the last row seen
+        self.foreground = 0
+        self.pixels = 0
+
+    def _find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def add(self, band: np.ndarray) -> None:
+        """Add rows ``(h, W)`` of the mask (any value > 0 is foreground)."""
+        from scipy import ndimage
+
+        fg = band > 0
+        self.pixels += fg.size
+        self.foreground += int(fg.sum())
+        labels, count = ndimage.label(fg, structure=np.ones((3, 3), dtype=bool))
+        offset = len(self.parent)
+        self.parent.extend(range(offset, offset + count))
+        self.areas.extend(np.bincount(labels.ravel(), minlength=count + 1)[1:].tolist())
+        glob = np.where(labels > 0, labels + (offset - 1), 0)
+        if self.previous is not None and count:
+            self._join(self.previous, glob[0])
+        self.previous = glob[-1].copy()
+
+    def _join(self, above: np.ndarray, below: np.ndarray) -> None:
+        pairs = []
+        for shift in (-1, 0, 1):  # 8-connectivity across the band edge
+            a = above[max(shift, 0) : len(above) + min(shift, 0)]
+            b = below[max(-shift, 0) : len(below) + min(-shift, 0)]
+            both = (a > 0) & (b > 0)
+            pairs.append(np.stack([a[both], b[both]], axis=1))
+        for i, j in np.unique(np.concatenate(pairs), axis=0):
+            ri, rj = self._find(int(i)), int(self._find(int(j)))
+            if ri != rj:
+                self.parent[rj] = ri
+                self.areas[ri] += self.areas[rj]
+                self.areas[rj] = 0
+
+    def object_areas(self) -> np.ndarray:
+        """Area (px) of every object, in order of first appearance."""
+        roots = [i for i in range(1, len(self.parent)) if self._find(i) == i]
+        return np.asarray([self.areas[i] for i in roots], dtype=np.int64)
+
+
+class ThumbnailMask:
+    """A nearest-neighbour thumbnail of the mask, filled as bands of rows pass."""
+
+    def __init__(self, size: tuple[int, int], thumb_size: tuple[int, int]) -> None:
+        width, height = size
+        tw, th = thumb_size
+        self.rows = np.minimum(((np.arange(th) + 0.5) * height / th).astype(np.int64), height - 1)
+        self.cols = np.minimum(((np.arange(tw) + 0.5) * width / tw).astype(np.int64), width - 1)
+        self.mask = np.zeros((th, tw), dtype=np.uint8)
+
+    def add(self, first_row: int, band: np.ndarray) -> None:
+        inside = (self.rows >= first_row) & (self.rows < first_row + band.shape[0])
+        if inside.any():
+            self.mask[inside] = band[self.rows[inside] - first_row][:, self.cols]
+
+
+def overlay_png(thumbnail: np.ndarray, mask: np.ndarray) -> bytes:
+    """PNG bytes of ``thumbnail`` (RGB) with ``mask > 0`` tinted green and outlined."""
+    import cv2
+
+    image = thumbnail.astype(np.float32)
+    fg = mask > 0
+    image[fg] = 0.55 * image[fg] + 0.45 * np.array([0, 255, 0], dtype=np.float32)
+    out = np.clip(image, 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    out = np.ascontiguousarray(out)
+    cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RuntimeError("could not encode the overlay")
+    return png.tobytes()
+
+
+def mask_file_name(stem: str, size: tuple[int, int]) -> str:
+    """``<stem>.png`` for a small mask, ``<stem>.tif`` for a large one."""
+    return f"{stem}.png" if size[0] * size[1] <= PNG_MAX_PIXELS else f"{stem}.tif"
+
+
+def write_mask(path: Path, bands: Iterator[tuple[int, np.ndarray]], size: tuple[int, int],
+               *, mpp: float | None = None) -> None:
+    """Write the mask (uint8 rows, top to bottom) atomically: PNG or pyramidal TIFF."""
+    with atomic_path(path) as tmp:
+        if path.suffix == ".png":
+            _write_png(tmp, bands, size)
+        else:
+            _write_pyramid(tmp, bands, size, mpp)
+
+
+def _write_png(tmp: Path, bands: Iterator[tuple[int, np.ndarray]], size: tuple[int, int]):
+    import cv2
+
+    width, height = size
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for first, band in bands:
+        mask[first : first + band.shape[0]] = band
+    ok, png = cv2.imencode(".png", mask)
+    if not ok:
+        raise RuntimeError(f"could not encode a {width}x{height} mask as PNG")
+    tmp.write_bytes(png.tobytes())
+
+
+def _pyramid_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """Half-size levels (``ceil``) while the level is larger than one tile, at most 6."""
+    sizes = []
+    width, height = size
+    while max(width, height) > TIFF_TILE and len(sizes) < 6:
+        width, height = -(-width // 2), -(-height // 2)
+        sizes.append((width, height))
+    return sizes
+
+
+def _write_pyramid(tmp: Path, bands, size: tuple[int, int], mpp: float | None) -> None:
+    import tifffile
+
+    width, height = size
+    levels = _pyramid_sizes(size)
+    resolution = None if mpp is None else (1e4 / mpp, 1e4 / mpp)  # px per cm
+    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".pyramid-") as scratch:
+        level_files = [Path(scratch, f"level{k + 1}.raw") for k in range(len(levels))]
+        handles = [open(f, "wb") for f in level_files]  # noqa: SIM115 - closed below
+        try:
+            tiles = _level0_tiles(bands, width, handles)
+            with tifffile.TiffWriter(tmp, bigtiff=width * height > 2**31) as tif:
+                options = {"tile": (TIFF_TILE, TIFF_TILE), "compression": "zlib",
+                           "photometric": "minisblack"}
+                res = {} if resolution is None else {"resolution": resolution,
+                                                     "resolutionunit": "CENTIMETER"}
+                tif.write(tiles, shape=(height, width), dtype=np.uint8, subifds=len(levels),
+                          **options, **res)
+                for handle in handles:
+                    handle.close()
+                for k, (lw, lh) in enumerate(levels):
+                    tif.write(_raw_tiles(level_files[k], lw, lh), shape=(lh, lw),
+                              dtype=np.uint8, subfiletype=1, **options)
+        finally:
+            for handle in handles:
+                handle.close()
+
+
+def _level0_tiles(bands, width: int, level_handles: list) -> Iterator[np.ndarray]:
+    """Tiles of level 0 in row-major order; each full band of tile rows also feeds the
+    smaller levels (every second row and column), appended to their raw files."""
+    buffer = np.zeros((TIFF_TILE, width), dtype=np.uint8)
+    filled = 0
+
+    def flush(rows: np.ndarray) -> Iterator[np.ndarray]:
+        level = rows
+        for handle in level_handles:
+            level = level[::2, ::2]
+            handle.write(np.ascontiguousarray(level).tobytes())
+        for x in range(0, width, TIFF_TILE):
+            yield rows[:, x : x + TIFF_TILE].copy()  # the buffer is reused
+
+    for _, band in bands:
+        start = 0
+        while start < band.shape[0]:
+            take = min(TIFF_TILE - filled, band.shape[0] - start)
+            buffer[filled : filled + take] = band[start : start + take]
+            filled += take
+            start += take
+            if filled == TIFF_TILE:
+                yield from flush(buffer)
+                filled = 0
+    if filled:
+        yield from flush(buffer[:filled])
+
+
+def _raw_tiles(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
+    """Tiles of a level stored as raw uint8 rows, read one band of tile rows at a time."""
+    with open(path, "rb") as handle:
+        for y in range(0, height, TIFF_TILE):
+            rows = min(TIFF_TILE, height - y)
+            band = np.frombuffer(handle.read(rows * width), dtype=np.uint8).reshape(rows, width)
+            for x in range(0, width, TIFF_TILE):
+                yield band[:, x : x + TIFF_TILE]

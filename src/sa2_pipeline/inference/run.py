@@ -1,0 +1,215 @@
+"""Segment many inputs into one output folder, resumably; shared by Kedro and the CLI.
+
+Output folder layout (``out_dir``, e.g.
+``data/07_model_output/<dataset>/inference/<model-version>/``)::
+
+    <name>.mask.png | <name>.mask.tif    label mask at the input's full size
+    <name>.overlay.png                   thumbnail with the foreground tinted
+    <name>.csv                           one-row summary (foreground, objects, areas)
+    <name>.objects.csv                   one row per object: area in px and um^2
+    records/<sha256>.json                one record per finished input
+    manifest.json                        the run: model, settings, every record, failures
+
+``<name>`` is the input's path relative to its folder (the full file name, extension
+included, so ``a.png`` and ``a.tif`` never write the same file).
+
+Resuming: an input whose SHA-256 already has a record made with the same model version and
+settings, and whose outputs are all present, is skipped. Records are written atomically
+after the outputs, so a run killed at any point redoes at most the input it was on.
+
+Splitting: with ``num_parts = N`` and ``part_id = K`` this process takes the inputs whose
+position in the sorted list is ``K`` modulo ``N``; parts can run on different machines
+over a shared folder (each writes only its own inputs' records; the manifest is rebuilt
+from all records present).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sa2_pipeline.inference.segment import SegmentSettings, segment_file
+from sa2_pipeline.inference.slides import SUPPORTED_SUFFIXES, UnreadableImageError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "sa2-pipeline/inference-manifest/1"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input and the name its outputs take."""
+
+    path: Path
+    name: str
+
+
+@dataclass
+class RunResult:
+    """What a run did."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """The number of failed inputs (capped at 100), 0 when all succeeded."""
+        return min(len(self.failed), 100)
+
+
+def collect_inputs(items: Iterable[str | Path]) -> list[InputFile]:
+    """Expand files, folders (recursively, supported extensions) and glob patterns.
+
+    A named file is kept whatever its extension (so an unsupported one is reported, not
+    silently dropped); a missing file is kept too and reported as missing.
+
+    Raises:
+        ValueError: Two inputs would write outputs of the same name.
+    """
+    found: list[InputFile] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()
+                                and p.suffix.lower() in SUPPORTED_SUFFIXES
+                                and not p.name.startswith(".")):
+                found.append(InputFile(child, child.relative_to(path).as_posix()))
+        elif glob.has_magic(str(item)) and not path.exists():
+            for match in sorted(glob.glob(str(item), recursive=True)):
+                if Path(match).is_file():
+                    found.append(InputFile(Path(match), Path(match).name))
+        else:
+            found.append(InputFile(path, path.name))
+    by_name: dict[str, Path] = {}
+    for entry in found:
+        other = by_name.setdefault(entry.name, entry.path)
+        if other != entry.path:
+            raise ValueError(f"{other} and {entry.path} would both write outputs named "
+                             f"{entry.name!r}: segment them into different folders")
+    return list({e.path: e for e in found}.values())
+
+
+def select_part(inputs: list[InputFile], num_parts: int, part_id: int) -> list[InputFile]:
+    """The inputs of part ``part_id`` of ``num_parts`` (round robin over sorted names)."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise ValueError(f"need num_parts >= 1 and 0 <= part_id < num_parts; got "
+                         f"num_parts={num_parts}, part_id={part_id}")
+    ordered = sorted(inputs, key=lambda e: e.name)
+    return [e for i, e in enumerate(ordered) if i % num_parts == part_id]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _settings_key(model: dict[str, Any], settings: SegmentSettings) -> str:
+    text = json.dumps({"model": model, "settings": settings.as_dict()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _already_done(record_path: Path, key: str, out_dir: Path) -> bool:
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("key") == key and all(
+        (out_dir / name).is_file() for name in record.get("outputs", {}).values())
+
+
+def segment_inputs(inputs: list[InputFile], predictor: Any, settings: SegmentSettings,
+                   out_dir: Path, *, model: dict[str, Any], progress: bool = True
+                   ) -> RunResult:
+    """Segment ``inputs`` into ``out_dir``; a bad input is recorded and the rest go on.
+
+    Args:
+        inputs: From :func:`collect_inputs` (and :func:`select_part`).
+        predictor: A :class:`~sa2_pipeline.inference.predict.Predictor`.
+        settings: The mask-changing settings.
+        out_dir: The output folder (module docstring).
+        model: What identifies the model (name, concrete version, URI): recorded, and part
+            of the resume key with the settings.
+        progress: tqdm bars per folder and per slide (on stderr).
+    """
+    from tqdm.auto import tqdm
+
+    key = _settings_key(model, settings)
+    result = RunResult()
+    bar = tqdm(inputs, desc="inputs", unit="image", disable=not progress)
+    for entry in bar:
+        bar.set_postfix_str(entry.name[-40:])
+        try:
+            status = _segment_one(entry, predictor, settings, out_dir, key, model, progress)
+        except UnreadableImageError as err:
+            reason = str(err).removeprefix(f"{entry.path}: ")
+            result.failed[entry.name] = reason
+            logger.error("%s: %s", entry.path, reason)
+            continue
+        except (ValueError, RuntimeError, MemoryError, OSError) as err:
+            result.failed[entry.name] = f"{type(err).__name__}: {err}"
+            logger.error("%s: %s: %s", entry.path, type(err).__name__, err)
+            continue
+        (result.skipped if status == "skipped" else result.done).append(entry.name)
+    write_manifest(out_dir, model, settings, result)
+    return result
+
+
+def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
+                 model: dict[str, Any], progress: bool) -> str:
+    from tqdm.auto import tqdm
+
+    from sa2_pipeline.io_utils import atomic_write_text
+
+    if not entry.path.is_file():
+        reason = "no such file" if not entry.path.exists() else "not a file"
+        raise UnreadableImageError(f"{entry.path}: {reason}")
+    digest = sha256_file(entry.path)
+    record_path = out_dir / "records" / f"{digest}.json"
+    if _already_done(record_path, key, out_dir):
+        logger.info("%s: already segmented with this model and settings, skipped", entry.path)
+        return "skipped"
+    with tqdm(desc=entry.name[-30:], unit="tile row", leave=False,
+              disable=not progress) as bar:
+        def on_row(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        record = segment_file(entry.path, predictor, settings, out_dir, entry.name, on_row)
+    record.update({"input": str(entry.path), "name": entry.name, "sha256": digest,
+                   "key": key, "model": model, "settings": settings.as_dict()})
+    atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True))
+    logger.info("%s -> %s (foreground %.1f%%, %d objects)", entry.path,
+                out_dir / record["outputs"]["mask"], 100 * record["foreground_fraction"],
+                record["object_count"])
+    return "done"
+
+
+def write_manifest(out_dir: Path, model: dict[str, Any], settings: SegmentSettings,
+                   result: RunResult) -> Path:
+    """``manifest.json``: the model, the settings, every record present (by input SHA-256),
+    and this run's failures."""
+    from sa2_pipeline.io_utils import atomic_write_text
+
+    records = {}
+    for path in sorted((out_dir / "records").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        records[record["sha256"]] = {k: record[k] for k in
+                                     ("input", "name", "outputs", "model", "settings", "key")}
+    manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings.as_dict(),
+                "inputs": records, "failed": result.failed,
+                "this_run": {"done": result.done, "skipped": result.skipped}}
+    return atomic_write_text(out_dir / "manifest.json",
+                             json.dumps(manifest, indent=2, sort_keys=True))

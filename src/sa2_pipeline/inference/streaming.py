@@ -1,0 +1,183 @@
+"""Gaussian-weighted sliding window over a slide in streaming order, in bounded memory.
+
+The tiles and their weights are those of the in-memory window
+(:func:`sa2_pipeline.inference.sliding_window.predict_sliding_window`): the same start
+offsets (:func:`~sa2_pipeline.inference.sliding_window.sliding_window_starts`), the same
+Gaussian (sigma = patch / 8), the same centred reflect padding of a side shorter than the
+patch. Tiles are visited one row of tiles at a time. After row ``i`` no later tile touches
+the image rows above the next row's start, so those rows are final: they are divided by
+their weights, thresholded and handed on, and the accumulator moves down. The accumulator
+holds ``num_classes x patch x width`` floats, so memory grows with the width times the
+tile size, never with the slide's height.
+
+Tiles whose box holds no tissue (thumbnail mask, :func:`~sa2_pipeline.inference.slides.tissue_mask`)
+are not run; pixels that only such tiles cover get probability 0 (background). With no
+tile skipped the probabilities equal the in-memory window's (tested).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Forward = Callable[["object"], "object"]  # torch (B, 3, p, p) -> (B, C, p, p) probabilities
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """Sliding-window settings."""
+
+    patch: int = 256
+    overlap: float = 0.5
+    batch_size: int = 8
+    num_classes: int = 1
+
+
+def reflect_indices(length: int, before: int, after: int) -> np.ndarray:
+    """numpy-'reflect' indices (edge not repeated) padding ``length`` by any amount."""
+    indices = np.arange(-before, length + after)
+    if length == 1:
+        return np.zeros_like(indices)
+    period = 2 * (length - 1)
+    indices = np.remainder(indices, period)
+    return np.where(indices >= length, period - indices, indices)
+
+
+class _PaddedReader:
+    """Regions of one level in padded coordinates (centred reflect padding to the patch)."""
+
+    def __init__(self, read: Callable[[int, int, int, int], np.ndarray],
+                 width: int, height: int, patch: int) -> None:
+        self.read_level = read
+        self.width, self.height = width, height
+        pad_w, pad_h = max(patch - width, 0), max(patch - height, 0)
+        self.left, self.top = pad_w // 2, pad_h // 2
+        self.padded_w, self.padded_h = width + pad_w, height + pad_h
+        self.cols = reflect_indices(width, self.left, pad_w - self.left) if pad_w else None
+        self.rows = reflect_indices(height, self.top, pad_h - self.top) if pad_h else None
+
+    def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """``uint8 (h, w, 3)`` of the padded image."""
+        if self.rows is None:
+            ry, rh, row_take = y, h, None
+        else:
+            ry, rh, row_take = 0, self.height, self.rows[y : y + h]
+        if self.cols is None:
+            rx, rw, col_take = x, w, None
+        else:
+            rx, rw, col_take = 0, self.width, self.cols[x : x + w]
+        region = self.read_level(rx, ry, rw, rh)
+        if row_take is not None:
+            region = region[row_take]
+        if col_take is not None:
+            region = region[:, col_take]
+        return region
+
+
+def _to_tensor(tiles: list[np.ndarray]):
+    import torch
+
+    batch = np.stack(tiles)  # (B, p, p, 3) uint8
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def stream_probabilities(
+    read: Callable[[int, int, int, int], np.ndarray],
+    size: tuple[int, int],
+    forward: Forward,
+    spec: WindowSpec,
+    *,
+    has_tissue: Callable[[int, int, int, int], bool] | None = None,
+    on_row: Callable[[int, int], None] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(first_row, probabilities (C, rows, width) float32)`` top to bottom.
+
+    Args:
+        read: ``read(x, y, w, h) -> uint8 (h, w, 3)`` RGB of the level being segmented.
+        size: ``(width, height)`` of that level.
+        forward: Tile probabilities, see :data:`Forward`.
+        spec: Patch, overlap, batch size, number of classes.
+        has_tissue: ``has_tissue(x, y, w, h)`` in level coordinates; a tile for which it is
+            False is skipped. ``None``: run every tile.
+        on_row: ``on_row(done, total)`` after each row of tiles (progress bars).
+    """
+    import torch
+
+    from sa2_pipeline.inference.sliding_window import (
+        gaussian_importance_map,
+        sliding_window_starts,
+    )
+
+    width, height = size
+    patch = spec.patch
+    reader = _PaddedReader(read, width, height, patch)
+    ys = sliding_window_starts(reader.padded_h, patch, spec.overlap)
+    xs = sliding_window_starts(reader.padded_w, patch, spec.overlap)
+    gauss = gaussian_importance_map((patch, patch))
+    acc = torch.zeros((spec.num_classes, patch, reader.padded_w), dtype=torch.float32)
+    wsum = torch.zeros((patch, reader.padded_w), dtype=torch.float32)
+    emitted = 0  # padded rows handed on so far
+    for i, top in enumerate(ys):
+        _run_tile_row(reader, top, xs, forward, spec, gauss, acc, wsum, has_tissue)
+        end = ys[i + 1] if i + 1 < len(ys) else reader.padded_h
+        final = end - top
+        probs = torch.where(wsum[:final] > 0, acc[:, :final] / wsum[:final].clamp_min(1e-30),
+                            torch.zeros(()))
+        rows = _crop(probs, top, end, reader)
+        if rows is not None:
+            yield emitted, rows
+            emitted += rows.shape[1]
+        acc[:, : patch - final] = acc[:, final:].clone()
+        acc[:, patch - final :] = 0
+        wsum[: patch - final] = wsum[final:].clone()
+        wsum[patch - final :] = 0
+        if on_row is not None:
+            on_row(i + 1, len(ys))
+
+
+def _crop(probs, top: int, end: int, reader: _PaddedReader) -> np.ndarray | None:
+    """The image (unpadded) part of padded rows ``[top, end)``, or None when all padding."""
+    first = max(top, reader.top)
+    last = min(end, reader.top + reader.height)
+    if last <= first:
+        return None
+    block = probs[:, first - top : last - top, reader.left : reader.left + reader.width]
+    return np.ascontiguousarray(block.numpy())
+
+
+def _run_tile_row(reader, top, xs, forward, spec, gauss, acc, wsum, has_tissue) -> None:
+    """Add one row of tiles (Gaussian-weighted) to the accumulator whose row 0 is ``top``."""
+    import torch
+
+    patch = spec.patch
+    lefts = [x for x in xs if has_tissue is None or has_tissue(
+        x - reader.left, top - reader.top, patch, patch)]
+    if not lefts:
+        return
+    band = _read_runs(reader, top, lefts, patch)
+    with torch.inference_mode():
+        for first in range(0, len(lefts), spec.batch_size):
+            chunk = lefts[first : first + spec.batch_size]
+            tiles = _to_tensor([band[x] for x in chunk])
+            probs = forward(tiles)
+            for left, tile_probs in zip(chunk, probs, strict=True):
+                acc[:, :, left : left + patch] += tile_probs * gauss
+                wsum[:, left : left + patch] += gauss
+
+
+def _read_runs(reader: _PaddedReader, top: int, lefts: list[int], patch: int) -> dict:
+    """Tiles ``{left: uint8 (patch, patch, 3)}``, reading each run of touching tiles once."""
+    tiles: dict[int, np.ndarray] = {}
+    run: list[int] = []
+    for left in [*lefts, None]:
+        if run and (left is None or left > run[-1] + patch):
+            x0 = run[0]
+            region = reader.read(x0, top, run[-1] + patch - x0, patch)
+            for x in run:
+                tiles[x] = region[:, x - x0 : x - x0 + patch]
+            run = []
+        if left is not None:
+            run.append(left)
+    return tiles
