@@ -51,3 +51,22 @@ def test_disjoint_images_are_an_error():
     b = _frame("b", [0.5], [1.0]).assign(id="other")
     with pytest.raises(ValueError, match="share no test image"):
         compare_models(a, b, ["dice"])
+
+
+def test_add_uncertainty_to_an_evaluation_summary():
+    a = _frame("sa2net", [0.9, 0.8, 0.7, 0.6], [1.0, 1.0, 1.0, 1.0]).assign(member="ensemble")
+    b = _frame("unet", [0.8, 0.7, 0.6, 0.5], [2.0, 2.0, 2.0, 2.0])
+    per_image = pd.concat([a, a.assign(member="fold0", dice=0.0), b], ignore_index=True)
+    summary = {
+        "primary_model": "sa2net",
+        "models": {"sa2net": {"final_member": "ensemble"}, "unet": {"final_member": "fold0"}},
+    }
+    from sa2_pipeline.metrics.comparison import add_uncertainty
+
+    add_uncertainty(summary, per_image, n_resamples=999)
+    # The ensemble rows, not fold0's zeros, are the primary model's final scores.
+    assert summary["models"]["sa2net"]["intervals"]["dice"]["estimate"] == pytest.approx(0.75)
+    assert summary["test_dice_n"] == 4
+    assert summary["test_dice_ci_low"] < 0.75 < summary["test_dice_ci_high"]
+    assert list(summary["comparisons"]) == ["unet"]
+    assert summary["comparisons"]["unet"]["dice"]["delta"] == pytest.approx(0.1)

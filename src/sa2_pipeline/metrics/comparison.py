@@ -88,3 +88,42 @@ def compare_models(
         )
         result[c] = {**comparison.as_dict(), "higher_is_better": higher_is_better(c)}
     return result
+
+
+def add_uncertainty(
+    summary: dict[str, Any],
+    per_image: pd.DataFrame,
+    confidence: float = 0.95,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Add intervals and paired comparisons to an evaluation summary, in place.
+
+    ``summary`` is evaluation's: ``primary_model`` and ``models[name]["final_member"]``.
+    Adds ``models[name]["intervals"]`` (every metric column of the final member),
+    ``comparisons[baseline]`` (primary - baseline, every shared metric) and, for the primary
+    model, flat ``test_<metric>_ci_low`` / ``_ci_high`` / ``_n`` entries.
+
+    Returns:
+        The same ``summary``.
+    """
+    columns = metric_columns(per_image)
+    finals: dict[str, pd.DataFrame] = {}
+    for name, entry in summary["models"].items():
+        rows = per_image[
+            (per_image["model"] == name) & (per_image["member"] == entry["final_member"])
+        ]
+        finals[name] = rows
+        entry["intervals"] = intervals(rows, columns, confidence, n_resamples, seed)
+    primary = summary["primary_model"]
+    for metric, ci in summary["models"][primary]["intervals"].items():
+        summary[f"test_{metric}_ci_low"] = ci["low"]
+        summary[f"test_{metric}_ci_high"] = ci["high"]
+        summary[f"test_{metric}_n"] = ci["n"]
+    summary["comparisons"] = {
+        name: compare_models(finals[primary], rows, columns, confidence, n_resamples, seed)
+        for name, rows in finals.items()
+        if name != primary
+    }
+    summary["confidence"] = confidence
+    return summary
