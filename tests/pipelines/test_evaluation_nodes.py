@@ -1,33 +1,14 @@
 """Scoring of every fold model and of each model's fold ensemble on the test set."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from sa2_pipeline.inference.predict import Predictor
+from sa2_pipeline.metrics.summary import frozen_test_set_id
 from sa2_pipeline.models import create_model
 from sa2_pipeline.models.bundle import make_bundle
-from sa2_pipeline.pipelines.evaluation.nodes import (
-    _summarise,
-    evaluate_models,
-    frozen_test_set_id,
-)
-
-
-def test_summary_reports_fold_mean_std_and_the_ensemble():
-    rows = []
-    for member, scores in (("fold0", (0.6, 0.8)), ("fold1", (0.8, 1.0)), ("ensemble", (0.9, 0.9))):
-        for image_id, d in zip(("a", "b"), scores, strict=True):
-            rows.append({"model": "sa2net", "member": member, "id": image_id, "dice": d})
-    rows += [{"model": "unet", "member": "fold0", "id": i, "dice": 0.5} for i in ("a", "b")]
-    summary = _summarise(pd.DataFrame(rows), "sa2net")
-    sa2 = summary["models"]["sa2net"]
-    assert sa2["fold_mean"]["dice"] == pytest.approx(0.8)      # folds 0.7 and 0.9
-    assert sa2["fold_std"]["dice"] == pytest.approx(0.1)
-    assert sa2["final_member"] == "ensemble" and sa2["final"]["dice"] == pytest.approx(0.9)
-    assert summary["test_dice"] == pytest.approx(0.9)           # the gate scores the ensemble
-    assert summary["models"]["unet"]["final_member"] == "fold0"
+from sa2_pipeline.pipelines.evaluation.nodes import evaluate_models
 
 
 def _bundle(seed: int, fold: int, resize_to=None):
@@ -72,9 +53,3 @@ def test_missing_primary_model_is_an_error():
     with pytest.raises(KeyError, match="no trained model named 'sa2net'"):
         evaluate_models({"unet-fold0": _bundle(1, 0)}, {"images": {}, "masks": {}},
                         {"name": "sa2net"}, {})
-
-
-def test_frozen_test_set_id_changes_with_the_masks():
-    masks = {"a": np.zeros((2, 2), np.uint8)}
-    changed = {"a": np.ones((2, 2), np.uint8)}
-    assert frozen_test_set_id({"masks": masks}) != frozen_test_set_id({"masks": changed})

@@ -8,9 +8,9 @@ from sklearn.model_selection import KFold
 from sa2_pipeline.pipelines.data_processing.nodes import (
     build_model_inputs,
     compute_fingerprint,
-    fold_ids,
     split_dataset,
 )
+from sa2_pipeline.splits import fold_ids
 
 
 def _manifest(n_train=10, n_test=4):

@@ -44,6 +44,28 @@ def comparison_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def primary_bundle(trained_models: Mapping[str, Mapping[str, Any]],
+                   primary: str) -> Mapping[str, Any]:
+    """The first (in key order) trained bundle of the primary model."""
+    return next(b for _, b in sorted(trained_models.items()) if b["model_name"] == primary)
+
+
+def model_description(bundle: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's "Model" rows: name, constructor arguments, input order, resize size."""
+    return {"model": bundle["model_name"], **bundle["init_kwargs"],
+            "input": bundle.get("input_convention", {}).get("channel_order", "rgb"),
+            "resize_to": bundle.get("resize_to")}
+
+
+def runs_table(trained_models: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per trained (model, fold) bundle: best epoch, validation Dice, resume..."""
+    keys = ("best_epoch", "best_val_dice", "epochs_run", "stopped_early", "resumed_from_epoch")
+    return pd.DataFrame([
+        {"run": key, **{k: b["metadata"].get(k) for k in keys}}
+        for key, b in sorted(trained_models.items())
+    ])
+
+
 def build_report(
     *,
     title: str,
@@ -64,44 +86,52 @@ def build_report(
             as data URIs.
     """
     summary_rows = [(k, _fmt(v)) for k, v in test_summary.items() if k != "models"]
-    comparison = comparison_table(test_summary)
     model_rows = [(k, _fmt(v)) for k, v in model_desc.items()]
     model_rows += [(k, _fmt(model_meta[k])) for k in
                    ("best_epoch", "best_val_dice", "epochs_run", "stopped_early",
                     "resumed_from_epoch", "mlflow_run_id") if k in model_meta]
     reg_rows = [(k, _fmt(v)) for k, v in registration.items()]
     sections = [
-        ("Model", _table(model_rows)),
-        ("Test set (held out; never used for model selection)", _table(summary_rows)),
-        ("Registry", _table(reg_rows)),
+        ("Model", model_rows),
+        ("Test set (held out; never used for model selection)", summary_rows),
+        ("Registry", reg_rows),
     ]
+    tables = [(heading, frame) for heading, frame in (
+        ("Model comparison (same data, folds and budget)", comparison_table(test_summary)),
+        ("Training runs (selected on validation data only)", runs),
+    ) if frame is not None and not frame.empty]
+    return (_render_markdown(title, sections, tables, figures, per_image),
+            _render_html(title, sections, tables, figures, per_image))
+
+
+_Sections = list[tuple[str, list[tuple[str, str]]]]
+_Tables = list[tuple[str, pd.DataFrame]]
+
+
+def _render_markdown(title: str, sections: _Sections, tables: _Tables,
+                     figures: Mapping[str, Any], per_image: pd.DataFrame) -> str:
     md = [f"# {title}", ""]
-    for heading, body in sections:
-        md += [f"## {heading}", "", body, ""]
-    if not comparison.empty:
-        md += ["## Model comparison (same data, folds and budget)", "",
-               _markdown_table(comparison), ""]
-    if runs is not None and not runs.empty:
-        md += ["## Training runs (selected on validation data only)", "",
-               _markdown_table(runs), ""]
+    for heading, rows in sections:
+        md += [f"## {heading}", "", _table(rows), ""]
+    for heading, frame in tables:
+        md += [f"## {heading}", "", _markdown_table(frame), ""]
     md += ["## Figures", ""]
     md += [f"![{name}](figures/{name}.png)\n" for name in figures]
     md += ["## Per-image test metrics", "", _markdown_table(per_image), ""]
-    markdown = "\n".join(md)
+    return "\n".join(md)
 
+
+def _render_html(title: str, sections: _Sections, tables: _Tables,
+                 figures: Mapping[str, Any], per_image: pd.DataFrame) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>"]
-    for heading, rows in (("Model", model_rows),
-                          ("Test set (held out; never used for model selection)", summary_rows),
-                          ("Registry", reg_rows)):
+    for heading, rows in sections:
         cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                         for k, v in rows)
         parts.append(f"<h2>{html.escape(heading)}</h2><table>{cells}</table>")
-    if not comparison.empty:
-        parts.append("<h2>Model comparison (same data, folds and budget)</h2>")
-        parts.append(comparison.to_html(index=False))
-    if runs is not None and not runs.empty:
-        parts.append("<h2>Training runs (selected on validation data only)</h2>")
-        parts.append(runs.to_html(index=False, float_format=lambda x: f"{x:.4f}"))
+    for heading, frame in tables:
+        parts.append(f"<h2>{heading}</h2>")
+        # The comparison table holds preformatted strings; the runs table raw numbers.
+        parts.append(frame.to_html(index=False, float_format=lambda x: f"{x:.4f}"))
     parts.append("<h2>Figures</h2>")
     for name, fig in figures.items():
         data = base64.b64encode(figure_png(fig)).decode()
@@ -113,9 +143,8 @@ def build_report(
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
              "text-align:left}img{max-width:100%}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
-    return markdown, page
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
@@ -22,10 +21,8 @@ def evaluate_models(
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
     """Predict the held-out test set with every fold model and every model's fold ensemble.
 
-    Each member is scored per image (Dice, IoU) at native resolution; members trained on
-    resized images (the paper's protocol) are also scored as the release does, on the
-    resized masks (``dice_224``...). The ensemble averages the folds' probabilities and
-    thresholds at ``evaluation.threshold``.
+    Scoring is :func:`sa2_pipeline.metrics.evaluate.evaluate_test_set`, the summary
+    :func:`sa2_pipeline.metrics.summary.summarise_test_set`.
 
     Returns:
         ``(test_predictions, per_image, summary, mlflow_metrics)``: the primary model's
@@ -34,106 +31,30 @@ def evaluate_models(
         ensemble (what the promotion gate compares); the same as flat MLflow metrics.
     """
     from sa2_pipeline.engine.runtime import select_device
-    from sa2_pipeline.inference.predict import (
-        Predictor,
-        probabilities_to_mask,
-        resize_probabilities,
-    )
+    from sa2_pipeline.metrics.evaluate import evaluate_test_set
+    from sa2_pipeline.metrics.summary import flat_metrics, frozen_test_set_id, summarise_test_set
 
     cfg = parse(EvaluationConfig, params, "evaluation")
     primary = str(model_params["name"])
-    device = select_device(cfg.device)
-    by_model: dict[str, list[tuple[str, dict]]] = {}
-    for key in sorted(trained_models):
-        bundle = trained_models[key]
-        by_model.setdefault(bundle["model_name"], []).append(
-            (f"fold{bundle['metadata'].get('fold', 0)}", bundle))
-    if primary not in by_model:
-        raise KeyError(f"no trained model named {primary!r} among {sorted(trained_models)}")
-
-    images, masks = model_input_test["images"], model_input_test["masks"]
-    rows: list[dict[str, Any]] = []
-    predictions: dict[str, np.ndarray] = {}
-    for name, members in by_model.items():
-        predictor = Predictor([b for _, b in members], device=device, tta=cfg.tta,
-                              overlap=cfg.overlap, batch_size=cfg.batch_size,
-                              patch_size=cfg.patch_size)
-        n_classes = predictor.num_classes
-        side = members[0][1].get("resize_to")
-        for image_id in sorted(images):
-            image, truth = images[image_id], masks[image_id]
-            height, width = truth.shape
-            work = predictor.member_probabilities(image, native=False)
-            native = [resize_probabilities(p, height, width) for p in work]
-            labelled = [(label, w, n) for (label, _), w, n in zip(members, work, native,
-                                                                    strict=True)]
-            if len(members) > 1:
-                labelled.append(("ensemble", np.mean(work, axis=0), np.mean(native, axis=0)))
-            truth_small = _resized_truth(image, truth, side) if side else None
-            for member, probs_work, probs_native in labelled:
-                pred = probabilities_to_mask(probs_native, cfg.threshold)
-                row = {"model": name, "member": member, "id": image_id,
-                       **_scores(pred, truth, n_classes, "")}
-                if side:
-                    row.update(_scores(probabilities_to_mask(probs_work, cfg.threshold),
-                                       truth_small, n_classes, f"_{side}"))
-                rows.append(row)
-                if name == primary and member == labelled[-1][0]:
-                    predictions[image_id] = pred
-    per_image = pd.DataFrame(rows)
-    summary = _summarise(per_image, primary)
+    predictions, per_image = evaluate_test_set(
+        trained_models, model_input_test["images"], model_input_test["masks"],
+        primary=primary, threshold=cfg.threshold,
+        predictor_options={"device": select_device(cfg.device), "tta": cfg.tta,
+                           "overlap": cfg.overlap, "batch_size": cfg.batch_size,
+                           "patch_size": cfg.patch_size},
+    )
+    summary = summarise_test_set(per_image, primary)
     summary["test_set_id"] = frozen_test_set_id(model_input_test)
-    summary["n_images"] = len(images)
+    summary["n_images"] = len(model_input_test["images"])
     logger.info("test set (primary %s): %s", primary,
                 {k: round(v, 4) for k, v in summary.items() if isinstance(v, float)})
-    return predictions, per_image, summary, _flat_metrics(summary)
-
-
-def _resized_truth(image: np.ndarray, truth: np.ndarray, side: int) -> np.ndarray:
-    from sa2_pipeline.dataloading.dataset import resize_pair
-
-    mode = "bilinear_threshold" if int(truth.max(initial=0)) <= 1 else "nearest"
-    return resize_pair(image, truth, side, mask_mode=mode)[1]
+    return predictions, per_image, summary, flat_metrics(summary)
 
 
 def _scores(pred: np.ndarray, truth: np.ndarray, n_classes: int, suffix: str) -> dict:
     from sa2_pipeline.metrics import score
 
     return {f"{k}{suffix}": v for k, v in score(pred, truth, n_classes).items()}
-
-
-def _summarise(per_image: pd.DataFrame, primary: str) -> dict[str, Any]:
-    metrics = [c for c in per_image.columns if c.startswith(("dice", "iou"))]
-    summary: dict[str, Any] = {"primary_model": primary, "models": {}}
-    for name, frame in per_image.groupby("model", sort=False):
-        means = frame.groupby("member")[metrics].mean()
-        folds = means.loc[[m for m in means.index if m != "ensemble"]]
-        final = "ensemble" if "ensemble" in means.index else folds.index[0]
-        entry = {
-            "members": {m: {c: float(v) for c, v in means.loc[m].items()} for m in means.index},
-            "fold_mean": {c: float(folds[c].mean()) for c in metrics},
-            "fold_std": {c: float(folds[c].std(ddof=0)) for c in metrics},
-            "final_member": final,
-            "final": {c: float(means.loc[final, c]) for c in metrics},
-        }
-        summary["models"][name] = entry
-        if name == primary:
-            final_rows = frame[frame["member"] == final]
-            for c in metrics:
-                summary[f"test_{c}"] = float(final_rows[c].mean())
-                summary[f"test_{c}_std"] = float(final_rows[c].std(ddof=0))
-                summary[f"test_{c}_median"] = float(final_rows[c].median())
-    return summary
-
-
-def _flat_metrics(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
-    flat = {k: v for k, v in summary.items() if isinstance(v, float)}
-    for name, entry in summary["models"].items():
-        for member, values in entry["members"].items():
-            flat.update({f"{name}.{member}.{c}": v for c, v in values.items()})
-        flat.update({f"{name}.folds.{c}_mean": v for c, v in entry["fold_mean"].items()})
-        flat.update({f"{name}.folds.{c}_std": v for c, v in entry["fold_std"].items()})
-    return {k: {"value": float(v), "step": 0} for k, v in flat.items()}
 
 
 def register_model(
@@ -199,12 +120,3 @@ def register_model(
         score_champion=score_champion,
     )
     return {"registered": True, **record}
-
-
-def frozen_test_set_id(model_input_test: dict) -> str:
-    """A short hash of the test images' ids and masks: "the same frozen test set"."""
-    h = hashlib.sha256()
-    for image_id in sorted(model_input_test["masks"]):
-        h.update(image_id.encode())
-        h.update(np.ascontiguousarray(model_input_test["masks"][image_id]).data)
-    return h.hexdigest()[:16]

@@ -32,20 +32,13 @@ def plot_test_overlays(
     params: dict[str, Any],
 ):
     """The primary model's predictions vs ground truth, test images from worst to best."""
+    from sa2_pipeline.metrics.summary import primary_rows
     from sa2_pipeline.reporting.figures import plot_overlays
 
     cfg = parse(ReportingConfig, params, "reporting")
     return plot_overlays(model_input_test["images"], model_input_test["masks"],
                          test_predictions, primary_rows(test_metrics_per_image, test_summary),
                          n=cfg.n_overlays)
-
-
-def primary_rows(per_image: pd.DataFrame, test_summary: dict[str, Any]) -> pd.DataFrame:
-    """Per-image rows of the primary model's final member (its fold ensemble)."""
-    primary = test_summary["primary_model"]
-    final = test_summary["models"][primary]["final_member"]
-    rows = per_image[(per_image["model"] == primary) & (per_image["member"] == final)]
-    return rows.drop(columns=["model", "member"]).reset_index(drop=True)
 
 
 def build_report(
@@ -63,27 +56,18 @@ def build_report(
     Returns:
         ``(report_markdown, report_html)``.
     """
-    from sa2_pipeline.reporting.report import build_report as build
+    from sa2_pipeline.metrics.summary import primary_rows
+    from sa2_pipeline.reporting import report
 
     cfg = parse(ReportingConfig, params, "reporting")
-    primary = test_summary["primary_model"]
-    bundle = next(b for _, b in sorted(trained_models.items()) if b["model_name"] == primary)
-    desc = {"model": primary, **bundle["init_kwargs"],
-            "input": bundle.get("input_convention", {}).get("channel_order", "rgb"),
-            "resize_to": bundle.get("resize_to")}
-    runs = pd.DataFrame([
-        {"run": key, **{k: b["metadata"].get(k) for k in
-                        ("best_epoch", "best_val_dice", "epochs_run", "stopped_early",
-                         "resumed_from_epoch")}}
-        for key, b in sorted(trained_models.items())
-    ])
-    return build(
+    bundle = report.primary_bundle(trained_models, test_summary["primary_model"])
+    return report.build_report(
         title=cfg.title,
         model_meta={"mlflow_run_id": bundle.get("metadata", {}).get("mlflow_run_id")},
-        model_desc=desc,
+        model_desc=report.model_description(bundle),
         test_summary=test_summary,
         per_image=primary_rows(test_metrics_per_image, test_summary),
-        runs=runs,
+        runs=report.runs_table(trained_models),
         registration=model_registration,
         figures={"learning_curves": learning_curves,
                  "metric_distribution": metric_distribution,

@@ -49,7 +49,7 @@ def fit_models(
         columns, and the MLflow run that recorded them.
     """
     from sa2_pipeline.engine.fit import fit_segmentation_model
-    from sa2_pipeline.pipelines.data_processing.nodes import fold_ids
+    from sa2_pipeline.splits import fold_ids
 
     models = parse_models(model_params, baseline_params)
     train_cfg = parse(TrainingConfig, training_params, "training")

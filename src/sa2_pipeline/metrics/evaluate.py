@@ -1,0 +1,119 @@
+"""Score every trained model on a test set: each fold member and each model's fold ensemble.
+
+Each member is scored per image with :func:`sa2_pipeline.metrics.score` at native
+resolution; members trained on resized images (the paper's protocol, ``resize_to`` in the
+bundle) are also scored as the release does, on the resized masks (``dice_224``...). The
+ensemble averages its folds' probabilities before thresholding.
+
+numpy and pandas at import; the predictor (torch) is imported when a test set is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sa2_pipeline.metrics.segmentation import score
+
+__all__ = ["evaluate_test_set", "group_members"]
+
+
+def group_members(
+    trained_models: Mapping[str, dict[str, Any]], primary: str
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """``{model_name: [("fold<k>", bundle), ...]}`` in sorted key order.
+
+    Raises:
+        KeyError: If no bundle is named ``primary``.
+    """
+    by_model: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for key in sorted(trained_models):
+        bundle = trained_models[key]
+        by_model.setdefault(bundle["model_name"], []).append(
+            (f"fold{bundle['metadata'].get('fold', 0)}", bundle))
+    if primary not in by_model:
+        raise KeyError(f"no trained model named {primary!r} among {sorted(trained_models)}")
+    return by_model
+
+
+def evaluate_test_set(
+    trained_models: Mapping[str, dict[str, Any]],
+    images: Mapping[str, np.ndarray],
+    masks: Mapping[str, np.ndarray],
+    *,
+    primary: str,
+    threshold: float,
+    predictor_options: Mapping[str, Any],
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """Predict and score every image with every member of every model.
+
+    Args:
+        trained_models: Model bundles by key; grouped by ``model_name``.
+        images: Test images (H, W, C) uint8 by id.
+        masks: Their true masks (H, W) by id.
+        primary: The model whose final member's masks are returned.
+        threshold: Foreground probability threshold (binary models).
+        predictor_options: Keyword arguments of
+            :class:`sa2_pipeline.inference.predict.Predictor` (device, tta, overlap,
+            batch_size, patch_size).
+
+    Returns:
+        ``(predictions, per_image)``: the primary model's final-member masks by id, and
+        one row per (model, member, image) with columns ``model``, ``member``, ``id``
+        and the scores.
+    """
+    from sa2_pipeline.inference.predict import Predictor
+
+    by_model = group_members(trained_models, primary)
+    rows: list[dict[str, Any]] = []
+    predictions: dict[str, np.ndarray] = {}
+    for name, members in by_model.items():
+        predictor = Predictor([b for _, b in members], **predictor_options)
+        for image_id in sorted(images):
+            scored = _score_image(predictor, members, images[image_id], masks[image_id],
+                                  threshold)
+            for member, scores, _ in scored:
+                rows.append({"model": name, "member": member, "id": image_id, **scores})
+            if name == primary:
+                predictions[image_id] = scored[-1][2]
+    return predictions, pd.DataFrame(rows)
+
+
+def _score_image(
+    predictor: Any,
+    members: Sequence[tuple[str, dict[str, Any]]],
+    image: np.ndarray,
+    truth: np.ndarray,
+    threshold: float,
+) -> list[tuple[str, dict[str, float], np.ndarray]]:
+    """``[(member, scores, native mask)]`` for each member, then the ensemble if any."""
+    from sa2_pipeline.inference.predict import probabilities_to_mask, resize_probabilities
+
+    n_classes = predictor.num_classes
+    side = members[0][1].get("resize_to")
+    height, width = truth.shape
+    work = predictor.member_probabilities(image, native=False)
+    native = [resize_probabilities(p, height, width) for p in work]
+    labelled = [(label, w, n) for (label, _), w, n in zip(members, work, native, strict=True)]
+    if len(members) > 1:
+        labelled.append(("ensemble", np.mean(work, axis=0), np.mean(native, axis=0)))
+    truth_small = _resized_truth(image, truth, side) if side else None
+    out = []
+    for member, probs_work, probs_native in labelled:
+        pred = probabilities_to_mask(probs_native, threshold)
+        scores = score(pred, truth, n_classes)
+        if side:
+            small = score(probabilities_to_mask(probs_work, threshold), truth_small, n_classes)
+            scores.update({f"{k}_{side}": v for k, v in small.items()})
+        out.append((member, scores, pred))
+    return out
+
+
+def _resized_truth(image: np.ndarray, truth: np.ndarray, side: int) -> np.ndarray:
+    from sa2_pipeline.dataloading.dataset import resize_pair
+
+    mode = "bilinear_threshold" if int(truth.max(initial=0)) <= 1 else "nearest"
+    return resize_pair(image, truth, side, mask_mode=mode)[1]
