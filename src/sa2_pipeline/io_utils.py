@@ -20,6 +20,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "apply_umask",
     "atomic_directory",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -39,6 +40,50 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _fsync_renamed(directory: Path) -> None:
+    """Flush the directory after a rename: the new output is already complete and in place,
+    so a failure here is reported (a power loss could still undo the rename), not raised."""
+    try:
+        _fsync_directory(directory)
+    except OSError as exc:
+        logger.warning("%s: could not flush the directory after a rename (%s)", directory, exc)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it, then restore
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give ``path`` the mode an ordinary ``open``/``mkdir`` would (0666/0777 less the umask).
+
+    ``mkstemp`` and ``mkdtemp`` create private files (0600) and folders (0700); the final
+    outputs must be as readable as any other file the user creates, so a team sharing a
+    project (group-readable umask) can read each other's models and figures.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def named_os_error(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """The same error (same errno, hence same subclass) naming the final ``path``.
+
+    A disk-full or read-only error raised while writing a temporary file names nothing
+    (``write``) or only the temporary; the user needs the output it was writing.
+    """
+    if exc.filename == str(path):
+        return exc
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return OSError(exc.errno, f"{reason} (while writing {path})", str(path))
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` so that the file is either absent/old or complete.
 
@@ -51,8 +96,21 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
     Returns:
         The final path.
+
+    Raises:
+        OSError: the write failed (disk full, read-only, permission); the error keeps its
+            errno and names ``path``, and the previous file is left as it was.
     """
     final = Path(path)
+    try:
+        _write_then_rename(final, data)
+    except OSError as exc:
+        raise named_os_error(exc, final) from exc
+    remove_stale_temporaries(final)
+    return final
+
+
+def _write_then_rename(final: Path, data: bytes) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     # The writer's process id is part of the temporary name, so a later write can tell the
     # leftovers of a killed writer (removed) from a live concurrent one (left alone).
@@ -61,6 +119,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     )
     tmp = Path(tmp_name)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -69,9 +128,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(final.parent)
-    remove_stale_temporaries(final)
-    return final
+    _fsync_renamed(final.parent)
 
 
 def process_alive(pid: int) -> bool:
@@ -181,15 +238,27 @@ def atomic_directory(final: str | os.PathLike[str], overwrite: bool = False) -> 
     Raises:
         FileExistsError: ``final`` exists, is not an empty directory, and ``overwrite``
             is False.
+        OSError: writing or renaming failed (disk full, read-only); the error keeps its
+            errno and names ``final``, which is left as it was.
     """
     final = Path(final)
     if final.exists() and not overwrite and not _is_empty_dir(final):
         raise FileExistsError(f"{final}: already exists and is not empty; not overwriting")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+        apply_umask(tmp, directory=True)
+    except OSError as exc:
+        raise named_os_error(exc, final) from exc
     try:
         yield tmp
         _commit_directory(tmp, final, overwrite)
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise named_os_error(exc, final) from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -215,8 +284,8 @@ def _commit_directory(tmp: Path, final: Path, overwrite: bool) -> None:
         except BaseException:
             os.rename(trash, final)  # put the old content back
             raise
-        _fsync_directory(final.parent)
+        _fsync_renamed(final.parent)
         shutil.rmtree(trash, ignore_errors=True)
         return
     os.rename(tmp, final)
-    _fsync_directory(final.parent)
+    _fsync_renamed(final.parent)

@@ -1,8 +1,11 @@
-"""Custom Kedro datasets for arrays, image folders and model bundles.
+"""Custom Kedro datasets for arrays, image folders, model bundles, tables, JSON and text.
 
 Every save is atomic (temporary sibling, then rename: :mod:`sa2_pipeline.io_utils`), so a
-run killed mid-save leaves the previous complete output, never a torn one -- which is also
-what lets ``dvc repro`` trust what it finds on disk.
+run killed mid-save, or a save that fails with a full or read-only disk, leaves the
+previous complete output, never a torn one -- which is also what lets ``dvc repro`` trust
+what it finds on disk. The CSV, JSON and text datasets are kedro-datasets' own (same load
+and save arguments) with the save replaced: the content is rendered in memory first, then
+written through :func:`~sa2_pipeline.io_utils.atomic_write_bytes`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from typing import Any
 
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
+from kedro.io.core import get_filepath_str
+from kedro_datasets.json import JSONDataset
+from kedro_datasets.pandas import CSVDataset
+from kedro_datasets.text import TextDataset
 
 from sa2_pipeline.io_utils import atomic_directory, atomic_write_bytes
 
@@ -90,8 +97,10 @@ class ImageFolderDataset(AbstractDataset[dict, dict]):
                 arr = np.asarray(arr)
                 if arr.ndim == 3:
                     arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-                if not cv2.imwrite(str(tmp / f"{name}.png"), arr):
+                ok, png = cv2.imencode(".png", arr)  # encode first: disk errors are OSErrors
+                if not ok:
                     raise DatasetError(f"{self._path}: could not encode {name!r} as PNG")
+                (tmp / f"{name}.png").write_bytes(png.tobytes())
 
     def _exists(self) -> bool:
         return self._path.is_dir()
@@ -181,10 +190,45 @@ class ModelBundleFolderDataset(AbstractDataset[dict, dict]):
 
         with atomic_directory(self._path, overwrite=True) as tmp:
             for key, bundle in data.items():
-                torch.save(bundle, tmp / f"{key}.pt")
+                buffer = io.BytesIO()  # serialise first: a disk error is then an OSError
+                torch.save(bundle, buffer)
+                (tmp / f"{key}.pt").write_bytes(buffer.getbuffer())
 
     def _exists(self) -> bool:
         return self._path.is_dir()
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path)}
+
+
+def _atomic_local_save(dataset: Any, payload: bytes) -> None:
+    """Write a kedro-datasets dataset's rendered ``payload`` atomically to its save path."""
+    if dataset._protocol not in ("file", "local"):
+        raise DatasetError(f"{dataset._filepath}: atomic saves need a local path")
+    atomic_write_bytes(get_filepath_str(dataset._get_save_path(), dataset._protocol), payload)
+    dataset._invalidate_cache()
+
+
+class AtomicCSVDataset(CSVDataset):
+    """kedro-datasets' ``pandas.CSVDataset`` whose save is atomic."""
+
+    def save(self, data: Any) -> None:
+        encoding = self._save_args.get("encoding") or "utf-8"
+        text = data.to_csv(path_or_buf=None, **self._save_args)
+        _atomic_local_save(self, text.encode(encoding))
+
+
+class AtomicJSONDataset(JSONDataset):
+    """kedro-datasets' ``json.JSONDataset`` whose save is atomic."""
+
+    def save(self, data: Any) -> None:
+        import json
+
+        _atomic_local_save(self, json.dumps(data, **self._save_args).encode("utf-8"))
+
+
+class AtomicTextDataset(TextDataset):
+    """kedro-datasets' ``text.TextDataset`` whose save is atomic."""
+
+    def save(self, data: str) -> None:
+        _atomic_local_save(self, data.encode("utf-8"))
