@@ -3,6 +3,8 @@
     sa2-pipeline import-release CHECKPOINT --dataset monuseg   # release weights -> registry
     sa2-pipeline segment IMAGE... --model models:/sa2net-synthetic@champion --out masks/
     sa2-pipeline make-synthetic-data data/01_raw/synthetic     # the embedded dataset
+    sa2-pipeline retrain --env monuseg      # retrain on new slides, gated promotion
+    sa2-pipeline rollback --model sa2net-monuseg --to-version 3
 
 The pipelines themselves run with ``kedro run``.
 """
@@ -10,6 +12,7 @@ The pipelines themselves run with ``kedro run``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -170,6 +173,80 @@ def segment(**kwargs) -> None:
 def make_synthetic_data(**kwargs) -> None:
     """Write the embedded synthetic dataset (a folder holding any file is kept)."""
     raise SystemExit(_make_synthetic(argparse.Namespace(**kwargs)))
+
+
+_RETRAIN_EPILOG = """Exit codes: 0 retrained (promoted or not) or nothing to do; 1 a step
+failed (champion unchanged; rerun to resume); 3 a raw file failed verification (nothing
+written); 4 the change touches the frozen test set (see --change-test-set); 75 another
+retrain of this dataset holds its lock."""
+
+_ENV = click.option("--env", required=True, help="The dataset's Kedro environment.")
+_PROJECT = click.option("--project-dir", default=".", show_default=True,
+                        help="The project checkout.")
+
+
+@cli.command("retrain", epilog=_RETRAIN_EPILOG)
+@_ENV
+@_PROJECT
+@click.option("--params", default="", help='Kedro --params for the run, "training.epochs=3".')
+@click.option("--change-test-set", is_flag=True,
+              help="Allow new or changed slides in the test split (champion re-scored).")
+def retrain_command(**kwargs) -> None:
+    """Retrain on new annotated slides; promote only if truly better."""
+    raise SystemExit(_retrain(argparse.Namespace(detect_only=False, **kwargs)))
+
+
+@cli.command("detect")
+@_ENV
+@_PROJECT
+@click.option("--params", default="", help="Kedro --params (retraining.min_new_images=...).")
+@click.option("--change-test-set", is_flag=True, help="As for retrain.")
+def detect_command(**kwargs) -> None:
+    """Say (one JSON line) whether a retrain would run; changes nothing."""
+    raise SystemExit(_retrain(argparse.Namespace(detect_only=True, **kwargs)))
+
+
+@cli.command("retrain-report")
+@_ENV
+@_PROJECT
+def retrain_report_command(**kwargs) -> None:
+    """Print the latest retraining record of the dataset."""
+    raise SystemExit(_retrain_report(argparse.Namespace(**kwargs)))
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    """Detect, verify, version, retrain, gate and promote (sa2_pipeline.retraining)."""
+    from sa2_pipeline.pipelines.retraining.config import build_request
+    from sa2_pipeline.retraining.orchestrate import retrain
+
+    request = build_request(Path(args.project_dir), args.env, params=args.params or "",
+                            change_test_set=args.change_test_set or None,
+                            detect_only=args.detect_only)
+    outcome = retrain(request)
+    if args.detect_only:
+        print(json.dumps({"dataset": request.dataset, "retrain": outcome.retrain,
+                          "code": outcome.code, "message": outcome.message}))
+    else:
+        print(outcome.message)
+    return outcome.code
+
+
+def _retrain_report(args: argparse.Namespace) -> int:
+    """Print the dataset's latest retraining record."""
+    from sa2_pipeline.pipelines.retraining.config import build_request
+
+    request = build_request(Path(args.project_dir), args.env)
+    folder = request.project_dir / "data" / "08_reporting" / request.dataset / "retraining"
+    latest = folder / "latest.md"
+    if not latest.is_file():
+        print(f"no retraining record in {folder} yet")
+        return 0
+    print(latest.read_text())
+    return 0
+
+
+
+
 
 
 def main(argv: list[str] | None = None) -> int:

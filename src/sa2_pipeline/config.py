@@ -237,6 +237,42 @@ class RegistryConfig:
     promotion_metric: str = "test_dice"
     promotion_margin: float = 0.0
     input_example_size: int = 64
+    #: The statistical gate (sa2_pipeline.retraining.gate): confidence of the one-sided
+    #: lower bound of the paired bootstrap, the largest drop of any class's mean Dice
+    #: allowed, and the bootstrap's resamples and seed.
+    gate_confidence: float = 0.95
+    class_tolerance: float = 0.02
+    gate_resamples: int = 9999
+    gate_seed: int = 0
+    #: The data version the model trained on (``sa2-pipeline retrain`` sets it from DVC);
+    #: recorded on the model version as ``sa2.data_version``.
+    data_version: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.gate_confidence < 1.0:
+            raise ConfigError(f"registry.gate_confidence must be in (0, 1), "
+                              f"got {self.gate_confidence}")
+        if self.class_tolerance < 0 or self.gate_resamples < 1:
+            raise ConfigError("registry.class_tolerance must be >= 0 and "
+                              "registry.gate_resamples >= 1")
+
+
+@dataclass(frozen=True)
+class RetrainingConfig:
+    """``params:retraining``: ``sa2-pipeline retrain`` and its schedule (docs/retraining.md)."""
+
+    #: New or changed images needed before a retrain starts.
+    min_new_images: int = 1
+    #: Let a change touch the frozen test set (the champion is then re-scored on it).
+    change_test_set: bool = False
+    #: Airflow schedule of the dataset's DAG (deploy/airflow), e.g. "@daily", a cron
+    #: expression, or null (triggered by hand only).
+    schedule: str | None = "@daily"
+
+    def __post_init__(self) -> None:
+        if self.min_new_images < 1:
+            raise ConfigError(f"retraining.min_new_images must be >= 1, "
+                              f"got {self.min_new_images}")
 
 
 @dataclass(frozen=True)

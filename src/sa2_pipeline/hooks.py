@@ -55,3 +55,22 @@ class ContinueModelRunHook:
             return
         os.environ["MLFLOW_RUN_ID"] = run_id
         logger.info("continuing MLflow run %s of the model being evaluated", run_id)
+
+
+class RetrainingRunHook:
+    """Give the retraining pipeline's node this run's environment and ``--params``.
+
+    ``kedro run --pipelines retraining --env <dataset>`` retrains the environment's dataset
+    with the same overrides; a node cannot see either, so this hook puts them in the
+    catalog as ``kedro_run`` for pipelines that ask for it.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:
+        if "kedro_run" not in pipeline.inputs():
+            return
+        catalog["kedro_run"] = {
+            "env": run_params.get("env"),
+            "project_path": str(run_params.get("project_path")),
+            "runtime_params": run_params.get("runtime_params") or {},
+        }

@@ -1,0 +1,1 @@
+"""``kedro run --pipelines retraining --env <dataset>``: the retraining sequence as a pipeline."""

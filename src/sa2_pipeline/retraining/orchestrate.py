@@ -1,0 +1,175 @@
+"""``sa2-pipeline retrain``: the whole retraining sequence for one dataset.
+
+1. take the dataset's lock (another retrain: exit :data:`EXIT_LOCK_HELD` at once);
+2. detect new or changed annotated slides (:mod:`.detect`); nothing new: exit 0 without
+   opening an MLflow run; fewer than ``retraining.min_new_images``: exit 0 too;
+3. the adapter has verified every raw file by then: a bad one stops here
+   (:data:`EXIT_BAD_DATA`), with nothing written;
+4. the frozen test set: a change that touches a test image needs ``change_test_set``
+   (:data:`EXIT_TEST_SET_CHANGED` otherwise);
+5. version the raw data (:mod:`.versioning`: ``dvc repro data_ingestion@<env>``, push);
+6. ``kedro run --env <env>`` trains the challenger (resumable), evaluates it on the frozen
+   test set and registers it; the registry's statistical gate decides on ``champion``;
+7. the retraining record (:mod:`.record`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sa2_pipeline.retraining.detect import Detection, detect_changes, write_inventory
+from sa2_pipeline.retraining.locks import LockHeldError, dataset_lock_path, exclusive_lock
+from sa2_pipeline.retraining.versioning import (
+    StageFailedError,
+    run_command,
+    tool,
+    version_raw_data,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Exit codes of ``sa2-pipeline retrain`` (docs/retraining.md).
+EXIT_OK = 0              # retrained (promoted or not), or nothing to do
+EXIT_FAILED = 1          # a step failed (the message says which); the champion is unchanged
+EXIT_BAD_DATA = 3        # a new or changed raw file failed verification; nothing written
+EXIT_TEST_SET_CHANGED = 4  # the change touches the frozen test set; needs --change-test-set
+EXIT_LOCK_HELD = 75      # another retrain of this dataset holds the lock (EX_TEMPFAIL)
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """Everything one retrain needs (the CLI and the Kedro node build it)."""
+
+    project_dir: Path
+    env: str
+    dataset: str
+    raw_dir: str
+    build_manifest: Callable[[], Any] = field(repr=False)
+    min_new_images: int = 1
+    change_test_set: bool = False
+    warm_start: bool = False
+    #: Kedro ``--params`` for the training run (``"training.epochs=2,..."``), or "".
+    params: str = ""
+    detect_only: bool = False
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    code: int
+    message: str
+    record: dict[str, Any] | None = None
+    retrain: bool = False
+
+
+def _paths(req: RetrainRequest) -> dict[str, Path]:
+    root = req.project_dir / "data"
+    return {
+        "manifest": root / "02_intermediate" / req.dataset / "manifest.csv",
+        "inventory": root / "02_intermediate" / req.dataset / "raw_inventory.json",
+        "registration": root / "08_reporting" / req.dataset / "model_registration.json",
+        "summary": root / "08_reporting" / req.dataset / "test_summary.json",
+        "reports": root / "08_reporting" / req.dataset,
+        "records": root / "08_reporting" / req.dataset / "retraining",
+    }
+
+
+def retrain(req: RetrainRequest) -> RetrainOutcome:
+    """Run the sequence; never raises for the expected failures (see the exit codes)."""
+    from sa2_pipeline.datasets.base import DatasetValidationError
+
+    lock = dataset_lock_path(req.project_dir, req.dataset)
+    try:
+        with exclusive_lock(lock, what=f"retrain of {req.dataset}"):
+            return _locked(req)
+    except LockHeldError as err:
+        return RetrainOutcome(EXIT_LOCK_HELD, str(err))
+    except DatasetValidationError as err:
+        return RetrainOutcome(EXIT_BAD_DATA, f"verification failed, nothing was written and "
+                              f"the current data version is kept:\n{err}")
+    except StageFailedError as err:
+        return RetrainOutcome(EXIT_FAILED, f"{err}; the champion is unchanged. Run the same "
+                              "command again to resume (finished epochs are kept).")
+
+
+def _locked(req: RetrainRequest) -> RetrainOutcome:
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    paths = _paths(req)
+    detection = detect_changes(req.raw_dir if Path(req.raw_dir).is_absolute()
+                               else req.project_dir / req.raw_dir,
+                               paths["manifest"], paths["inventory"], req.build_manifest)
+    changes = detection.changes
+    if changes.nothing_new:
+        how = "unchanged inventory" if detection.fast_path else "verified, same content"
+        return RetrainOutcome(EXIT_OK, f"nothing new in {req.raw_dir} ({len(detection.inventory)} "
+                              f"files, {how}): no retraining, no MLflow run")
+    summary = (f"{len(changes.new)} new, {len(changes.changed)} changed, "
+               f"{len(changes.removed)} removed image(s) in {req.raw_dir}")
+    if changes.n_new_images < req.min_new_images and not changes.removed:
+        return RetrainOutcome(EXIT_OK, f"{summary}: fewer than retraining.min_new_images = "
+                              f"{req.min_new_images}; waiting for more")
+    if changes.test_affected and not req.change_test_set:
+        return RetrainOutcome(
+            EXIT_TEST_SET_CHANGED,
+            f"{summary}: the frozen test set would change ({list(changes.test_affected)[:10]}); "
+            "new slides join training only. Move them to the training folder, or pass "
+            "--change-test-set (the champion is then re-scored on the new test set)")
+    if req.detect_only:
+        return RetrainOutcome(EXIT_OK, f"{summary}: a retrain would run", retrain=True)
+    return _retrain(req, detection, summary, started, paths)
+
+
+def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: str,
+             paths: dict[str, Path]) -> RetrainOutcome:
+    logger.info("%s: retraining", summary)
+    data = version_raw_data(req.project_dir, req.env, req.raw_dir, detection.raw_digest)
+    write_inventory(paths["inventory"], detection.inventory, paths["manifest"])
+    for stale in (paths["registration"],):  # never read a previous run's result
+        stale.unlink(missing_ok=True)
+    params = [p for p in (req.params, f"registry.data_version={data['data_version']}",
+                          "retraining.warm_start=true" if req.warm_start else "") if p]
+    run_command([tool("kedro"), "run", "--env", req.env, "--params", ",".join(params)],
+                req.project_dir)
+    registration = json.loads(paths["registration"].read_text())
+    test_summary = json.loads(paths["summary"].read_text())
+    record = _record(req, detection, data, registration, test_summary, started)
+    from sa2_pipeline.retraining.record import append_to_report, write_record
+
+    write_record(paths["records"], record)
+    append_to_report(paths["reports"], record)
+    return RetrainOutcome(EXIT_OK, f"{summary}: {record['decision']}: {record['reason']}",
+                          record=record, retrain=True)
+
+
+def _record(req: RetrainRequest, detection: Detection, data: dict, registration: dict,
+            test_summary: dict, started: str) -> dict[str, Any]:
+    promote = registration.get("decision_promote")
+    if registration.get("unchanged"):
+        decision = "unchanged"
+    else:
+        decision = "promoted" if promote else "rejected"
+    return {
+        "dataset": req.dataset,
+        "env": req.env,
+        "started": started,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "changes": detection.changes.as_dict(),
+        "data": data,
+        "params": req.params,
+        "warm_start": req.warm_start,
+        "change_test_set": req.change_test_set,
+        "test_set_id": test_summary.get("test_set_id"),
+        "n_test_images": test_summary.get("n_images"),
+        "test_dice": test_summary.get("test_dice"),
+        "registration": {k: registration.get(k) for k in
+                         ("model_name", "version", "run_id", "model_uri", "aliases",
+                          "unchanged")},
+        "gate": registration.get("gate"),
+        "decision": decision,
+        "reason": registration.get("decision_reason"),
+    }
