@@ -14,7 +14,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from sa2_pipeline.datasets.registry import FORMATS
+
 T = TypeVar("T")
+
+#: ``data_ingestion.format``: the keys of the one adapter table
+#: (:data:`sa2_pipeline.datasets.registry.ADAPTERS`).
+RawFormat = Literal[FORMATS]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -38,7 +44,7 @@ class IngestionConfig:
     """``params:data_ingestion``: which dataset, in which raw format, where."""
 
     dataset: str = "synthetic"
-    format: Literal["monuseg", "glas", "isic2018", "segpc2021", "acdc", "folder"] = "monuseg"
+    format: RawFormat = "monuseg"
     raw_dir: str = "data/01_raw/synthetic"
     synthetic: SyntheticDataConfig | None = None
     #: Downscale images (and masks) as they are read so the longer side is at most this;

@@ -8,7 +8,7 @@ import pytest
 from raw_dataset_writers import Expected, H, W, write_acdc, write_nifti
 
 from sa2_pipeline.datasets.acdc import acdc_patient_splits, load_acdc, scale_to_uint8
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS, DatasetValidationError
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS, DatasetValidationError
 
 SLICES_PER_PATIENT = 2 * 3  # two frames (ED, ES) of three slices
 

@@ -14,8 +14,8 @@ from raw_dataset_writers import (
     write_segpc2021,
 )
 
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS, SPLITS, IngestedDataset
 from sa2_pipeline.datasets.registry import ADAPTERS, load_raw_dataset
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS, SPLITS, IngestedDataset
 from sa2_pipeline.datasets.synthetic import generate_synthetic_monuseg
 
 

@@ -15,8 +15,8 @@ from raw_dataset_writers import (
     write_rgb,
 )
 
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS, DatasetValidationError
 from sa2_pipeline.datasets.folder import canonical_mask, load_image_folder, to_rgb_uint8
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS, DatasetValidationError
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from raw_dataset_writers import Expected, random_rgb, write_glas, write_grey, write_rgb
 
-from sa2_pipeline.datasets.base import (
+from sa2_pipeline.datasets.glas import load_glas, scan_glas
+from sa2_pipeline.datasets.schema import (
     MANIFEST_COLUMNS,
     DatasetValidationError,
     sha256_array,
     sha256_file,
 )
-from sa2_pipeline.datasets.glas import load_glas, scan_glas
 
 
 @pytest.fixture

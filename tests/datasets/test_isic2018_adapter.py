@@ -16,8 +16,8 @@ from raw_dataset_writers import (
     write_rgb,
 )
 
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS, DatasetValidationError
 from sa2_pipeline.datasets.isic2018 import isic_split_counts, load_isic2018
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS, DatasetValidationError
 
 N = 10
 

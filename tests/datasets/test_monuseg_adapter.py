@@ -8,12 +8,6 @@ import numpy as np
 import pytest
 import tifffile
 
-from sa2_pipeline.datasets.base import (
-    MANIFEST_COLUMNS,
-    DatasetValidationError,
-    sha256_array,
-    sha256_file,
-)
 from sa2_pipeline.datasets.monuseg import (
     format_aperio_xml,
     load_monuseg,
@@ -21,6 +15,12 @@ from sa2_pipeline.datasets.monuseg import (
     polygons_to_mask,
     read_aperio_polygons,
     scan_monuseg,
+)
+from sa2_pipeline.datasets.schema import (
+    MANIFEST_COLUMNS,
+    DatasetValidationError,
+    sha256_array,
+    sha256_file,
 )
 
 TRAIN_IMAGES = Path("MoNuSeg 2018 Training Data/Tissue Images")

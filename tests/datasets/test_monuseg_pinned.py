@@ -19,20 +19,20 @@ import pytest
 import tifffile
 from skimage.draw import polygon as draw_polygon
 
-from sa2_pipeline.datasets import monuseg
-from sa2_pipeline.datasets.base import DatasetValidationError, sha256_array
 from sa2_pipeline.datasets.monuseg import (
     TEST_DIR,
     TRAIN_ANNOTATION_DIR,
     TRAIN_IMAGE_DIR,
-    _AnnotationError,
-    _parse_aperio_fast,
-    _parse_aperio_tree,
     format_aperio_xml,
     load_monuseg,
     polygons_to_instances,
     polygons_to_mask,
 )
+from sa2_pipeline.datasets.monuseg import convert as monuseg
+from sa2_pipeline.datasets.monuseg.aperio import AnnotationError as _AnnotationError
+from sa2_pipeline.datasets.monuseg.aperio import parse_aperio_fast as _parse_aperio_fast
+from sa2_pipeline.datasets.monuseg.aperio import parse_aperio_tree as _parse_aperio_tree
+from sa2_pipeline.datasets.schema import DatasetValidationError, sha256_array
 from sa2_pipeline.datasets.synthetic import generate_synthetic_monuseg
 
 WIDTH, HEIGHT = 52, 46

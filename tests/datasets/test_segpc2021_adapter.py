@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from raw_dataset_writers import Expected, H, W, segpc_cell, write_grey, write_segpc2021
 
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS, DatasetValidationError
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS, DatasetValidationError
 from sa2_pipeline.datasets.segpc2021 import CYTOPLASM, NUCLEUS, load_segpc2021
 
 

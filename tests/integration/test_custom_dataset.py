@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS = REPO_ROOT / "docs" / "datasets.md"

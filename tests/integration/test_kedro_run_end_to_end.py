@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sa2_pipeline.datasets.base import MANIFEST_COLUMNS
+from sa2_pipeline.datasets.schema import MANIFEST_COLUMNS
 
 # MLflow's SQL store triggers a SQLAlchemy deprecation warning of its own.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")

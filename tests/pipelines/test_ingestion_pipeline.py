@@ -9,7 +9,7 @@ from kedro.io import DataCatalog
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import CSVDataset
 
-from sa2_pipeline.datasets.base import DatasetValidationError
+from sa2_pipeline.datasets.schema import DatasetValidationError
 from sa2_pipeline.kedro_io import ImageFolderDataset
 from sa2_pipeline.pipelines.data_ingestion import create_pipeline
 

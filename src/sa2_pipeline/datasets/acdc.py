@@ -48,17 +48,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from sa2_pipeline.datasets.base import (
+from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
-    DuplicateFinder,
     IngestedDataset,
     Problem,
-    finish_ingestion,
-    manifest_row,
+    RawSample,
     proportional_counts,
     sha256_array,
     sha256_file,
 )
+from sa2_pipeline.datasets.verify import PairSpec, Verification
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +163,8 @@ def _read_info(patient_dir: Path, frames: set[str]) -> None:
         )
 
 
-def _scan_layout(root: Path) -> tuple[list[_Frame], list[Problem]]:
+def _patient_folders(root: Path) -> tuple[list[Path], dict[str, str], list[Problem]]:
+    """The patient folders of the layout found and each patient's split, or why none."""
     base = _find_base(root)
     expected = (
         f"looked for 'patientNNN/' folders holding 'patientNNN_frameMM.nii.gz' + "
@@ -172,11 +172,11 @@ def _scan_layout(root: Path) -> tuple[list[_Frame], list[Problem]]:
         f"or directly in '{base}'"
     )
     if not root.is_dir():
-        return [], [(str(root), f"raw dataset folder does not exist; {expected}")]
+        return [], {}, [(str(root), f"raw dataset folder does not exist; {expected}")]
     flat = _patient_dirs(base)
     training, testing = _patient_dirs(base / "training"), _patient_dirs(base / "testing")
     if flat and (training or testing):
-        return [], [
+        return [], {}, [
             (
                 str(base),
                 "patient folders both directly in the root and in training/ or testing/; "
@@ -184,15 +184,87 @@ def _scan_layout(root: Path) -> tuple[list[_Frame], list[Problem]]:
             )
         ]
     if not flat and not training and not testing:
-        return [], [(str(base), f"no ACDC patient folders found; {expected}")]
+        return [], {}, [(str(base), f"no ACDC patient folders found; {expected}")]
     if testing and not training:
         logger.warning("ACDC at %s: no training/ patients; test split only", base)
     splits = acdc_patient_splits(
         [p.name for p in (flat or training)], [p.name for p in testing] if testing else None
     )
-    patient_dirs = (flat or training) + testing
+    return (flat or training) + testing, splits, []
 
+
+def _frame_files(
+    patient_dir: Path,
+) -> tuple[dict[str, Path], dict[str, Path], list[Problem]]:
+    """``frame -> image``, ``frame -> ground truth`` of one patient folder, and problems."""
+    patient = patient_dir.name
+    images: dict[str, Path] = {}
+    labels: dict[str, Path] = {}
     problems: list[Problem] = []
+    ignored: list[Path] = []
+    for path in sorted(patient_dir.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.name == INFO_FILE:
+            continue
+        match = _FRAME.match(path.name)
+        if match is None:
+            if not _CINE.match(path.name):
+                ignored.append(path)
+            continue
+        if match["patient"] != patient:
+            problems.append(
+                (str(path), f"file of {match['patient']} inside the folder of {patient}")
+            )
+            continue
+        chosen = labels if match["gt"] else images
+        if match["frame"] in chosen:
+            problems.append((str(path), f"same frame as {chosen[match['frame']]}; keep one file"))
+            continue
+        chosen[match["frame"]] = path
+    if ignored:
+        logger.warning(
+            "ACDC: ignored %d file(s) in %s: %s",
+            len(ignored),
+            patient_dir,
+            ", ".join(p.name for p in ignored[:10]),
+        )
+    return images, labels, problems
+
+
+def _patient_frames(patient_dir: Path, split: str) -> tuple[list[_Frame], list[Problem]]:
+    """The labelled frames of one patient folder and its problems."""
+    patient = patient_dir.name
+    images, labels, problems = _frame_files(patient_dir)
+    if not images and not labels:
+        problems.append(
+            (
+                str(patient_dir),
+                f"no frames found: expected '{patient}_frameMM.nii.gz' with "
+                f"'{patient}_frameMM_gt.nii.gz'",
+            )
+        )
+        return [], problems
+    frames: list[_Frame] = []
+    for frame, image_path in images.items():
+        if frame not in labels:
+            expected_gt = patient_dir / f"{patient}_{frame}_gt.nii.gz"
+            problems.append((str(image_path), f"missing ground truth {expected_gt}"))
+            continue
+        frames.append(_Frame(patient, frame, split, image_path, labels[frame]))
+    for frame, label_path in labels.items():
+        if frame not in images:
+            problems.append(
+                (
+                    str(label_path),
+                    f"ground truth without image (expected "
+                    f"{patient_dir / f'{patient}_{frame}.nii.gz'})",
+                )
+            )
+    _read_info(patient_dir, set(images))
+    return frames, problems
+
+
+def _scan_layout(root: Path) -> tuple[list[_Frame], list[Problem]]:
+    patient_dirs, splits, problems = _patient_folders(root)
     frames: list[_Frame] = []
     seen: dict[str, Path] = {}
     for patient_dir in patient_dirs:
@@ -201,61 +273,9 @@ def _scan_layout(root: Path) -> tuple[list[_Frame], list[Problem]]:
             problems.append((str(patient_dir), f"duplicate patient id (also {seen[patient]})"))
             continue
         seen[patient] = patient_dir
-        images: dict[str, Path] = {}
-        labels: dict[str, Path] = {}
-        ignored: list[Path] = []
-        for path in sorted(patient_dir.iterdir()):
-            if not path.is_file() or path.name.startswith(".") or path.name == INFO_FILE:
-                continue
-            match = _FRAME.match(path.name)
-            if match is None:
-                if not _CINE.match(path.name):
-                    ignored.append(path)
-                continue
-            if match["patient"] != patient:
-                problems.append(
-                    (str(path), f"file of {match['patient']} inside the folder of {patient}")
-                )
-                continue
-            chosen = labels if match["gt"] else images
-            if match["frame"] in chosen:
-                problems.append(
-                    (str(path), f"same frame as {chosen[match['frame']]}; keep one file")
-                )
-                continue
-            chosen[match["frame"]] = path
-        if ignored:
-            logger.warning(
-                "ACDC: ignored %d file(s) in %s: %s",
-                len(ignored),
-                patient_dir,
-                ", ".join(p.name for p in ignored[:10]),
-            )
-        if not images and not labels:
-            problems.append(
-                (
-                    str(patient_dir),
-                    f"no frames found: expected '{patient}_frameMM.nii.gz' with "
-                    f"'{patient}_frameMM_gt.nii.gz'",
-                )
-            )
-            continue
-        for frame, image_path in images.items():
-            if frame not in labels:
-                expected_gt = patient_dir / f"{patient}_{frame}_gt.nii.gz"
-                problems.append((str(image_path), f"missing ground truth {expected_gt}"))
-                continue
-            frames.append(_Frame(patient, frame, splits[patient], image_path, labels[frame]))
-        for frame, label_path in labels.items():
-            if frame not in images:
-                problems.append(
-                    (
-                        str(label_path),
-                        f"ground truth without image (expected "
-                        f"{patient_dir / f'{patient}_{frame}.nii.gz'})",
-                    )
-                )
-        _read_info(patient_dir, set(images))
+        found, more = _patient_frames(patient_dir, splits[patient])
+        frames += found
+        problems += more
     return frames, problems
 
 
@@ -336,62 +356,54 @@ def load_acdc(root: Path, dataset_name: str = "acdc") -> IngestedDataset:
     frames, problems = _scan_layout(root)
     if not frames:
         raise DatasetValidationError(problems, root)
-
-    images: dict[str, np.ndarray] = {}
-    masks: dict[str, np.ndarray] = {}
-    rows: list[dict[str, object]] = []
-    duplicates = DuplicateFinder()
+    verification = Verification(PairSpec(root, dataset_name, "ACDC"), problems)
     for frame in frames:
-        volume: np.ndarray | None = None
-        labels: np.ndarray | None = None
-        try:
-            volume = _read_volume(frame.image_path)
-        except ValueError as err:
-            problems.append((str(frame.image_path), str(err)))
-        try:
-            labels = _check_labels(_read_volume(frame.label_path))
-        except ValueError as err:
-            problems.append((str(frame.label_path), str(err)))
-        if volume is not None and labels is not None and labels.shape != volume.shape:
-            problems.append(
-                (
-                    str(frame.label_path),
-                    f"ground truth shape {labels.shape} differs from its image's "
-                    f"{volume.shape} ({frame.image_path.name})",
-                )
-            )
-            labels = None
-        if volume is not None:
-            duplicate = duplicates.check(sha256_array(volume), frame.image_path)
-            if duplicate:
-                problems.append((str(frame.image_path), duplicate.replace("pixels", "voxels")))
-                continue
-        if volume is None or labels is None or problems:
+        volume, labels = _read_frame(frame, verification)
+        if volume is None or labels is None or verification.problems:
             continue  # keep verifying; nothing is returned once a problem exists
+        _keep_slices(frame, volume, labels, verification)
+    return verification.finish(detail=f"slices of {len(frames)} volumes")
 
-        scaled = scale_to_uint8(volume)
-        image_sha256 = sha256_file(frame.image_path)
-        for k in range(volume.shape[2]):
-            sample_id = f"{frame.patient}_{frame.frame}_slice{k:02d}"
-            grey = scaled[:, :, k].T
-            image = np.ascontiguousarray(np.repeat(grey[:, :, np.newaxis], 3, axis=2))
-            mask = np.ascontiguousarray(labels[:, :, k].T)
-            images[sample_id], masks[sample_id] = image, mask
-            rows.append(
-                manifest_row(
-                    sample_id=sample_id,
-                    dataset=dataset_name,
-                    split=frame.split,
-                    root=root,
-                    image_path=frame.image_path,
-                    annotation_paths=[frame.label_path],
-                    image=image,
-                    mask=mask,
-                    image_sha256=image_sha256,
-                    group=frame.patient,
-                )
-            )
 
-    return finish_ingestion(
-        "ACDC", root, problems, rows, images, masks, detail=f"slices of {len(frames)} volumes"
-    )
+def _read_frame(
+    frame: _Frame, verification: Verification
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A frame's volume and labels (None where unreadable, mismatched or duplicated); every
+    problem goes to ``verification``."""
+    volume: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    try:
+        volume = _read_volume(frame.image_path)
+    except ValueError as err:
+        verification.report(frame.image_path, str(err))
+    try:
+        labels = _check_labels(_read_volume(frame.label_path))
+    except ValueError as err:
+        verification.report(frame.label_path, str(err))
+    if volume is not None and labels is not None and labels.shape != volume.shape:
+        verification.report(
+            frame.label_path,
+            f"ground truth shape {labels.shape} differs from its image's "
+            f"{volume.shape} ({frame.image_path.name})",
+        )
+        labels = None
+    if volume is not None and verification.is_duplicate(
+        sha256_array(volume), frame.image_path, noun="voxels"
+    ):
+        return None, None
+    return volume, labels
+
+
+def _keep_slices(
+    frame: _Frame, volume: np.ndarray, labels: np.ndarray, verification: Verification
+) -> None:
+    """Record every slice of a verified frame (image scaled per volume, grey -> RGB)."""
+    scaled = scale_to_uint8(volume)
+    image_sha256 = sha256_file(frame.image_path)
+    sample = RawSample(frame.patient, frame.split, frame.image_path, frame.label_path)
+    for k in range(volume.shape[2]):
+        grey = scaled[:, :, k].T
+        image = np.ascontiguousarray(np.repeat(grey[:, :, np.newaxis], 3, axis=2))
+        mask = np.ascontiguousarray(labels[:, :, k].T)
+        verification.keep(f"{frame.patient}_{frame.frame}_slice{k:02d}", sample, image, mask,
+                          image_sha256=image_sha256, group=frame.patient)

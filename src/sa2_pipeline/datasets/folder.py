@@ -50,18 +50,21 @@ from typing import Literal
 
 import numpy as np
 
-from sa2_pipeline.datasets.base import (
+from sa2_pipeline.datasets.raster import label_image_2d, read_raster
+from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
-    DuplicateFinder,
     IngestedDataset,
     Problem,
     RawSample,
-    accept_pair,
+)
+from sa2_pipeline.datasets.verify import (
+    PairRead,
+    PairSpec,
+    Verification,
     duplicate_ids,
-    finish_ingestion,
-    label_image_2d,
+    first_per_stem,
     list_files,
-    read_raster,
+    pair_by_id,
     warn_unread,
 )
 
@@ -167,7 +170,8 @@ def canonical_mask(mask: np.ndarray, mask_kind: MaskKind = "auto") -> _Mask:
     )
 
 
-def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
+def _split_groups(root: Path) -> tuple[list[tuple[str, Path]], list[Problem]]:
+    """``(split, folder holding images/ and masks/)`` of the layout found, or why none."""
     pooled = [root / "images", root / "masks"]
     split_dirs = [name for name in SPLIT_DIRS if (root / name).is_dir()]
     expected = (
@@ -188,53 +192,79 @@ def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
         ]
     if not has_pool and not split_dirs:
         return [], [(str(root), f"no image folders found; {expected}")]
-    groups = [("train", root)] if has_pool else [(s, root / s) for s in split_dirs]
     if has_pool:
         logger.info(
             "image folder at %s: no split folders, every image is 'train' (no test split)",
             root,
         )
+        return [("train", root)], []
+    return [(s, root / s) for s in split_dirs], []
 
-    problems: list[Problem] = []
+
+def _scan_group(split: str, folder: Path, used: set[Path]) -> tuple[list[RawSample], list[Problem]]:
+    """The image/mask pairs of one split folder and the pairing problems."""
+    image_dir, mask_dir = folder / "images", folder / "masks"
+    images, problems = first_per_stem(list_files(image_dir, IMAGE_SUFFIXES), used)
+    masks, more = first_per_stem(list_files(mask_dir, MASK_SUFFIXES), used)
+    problems += more
+    if not images:
+        where = f"'{image_dir}'" + ("" if image_dir.is_dir() else " (folder missing)")
+        problems.append(
+            (
+                str(image_dir),
+                f"no images found in {where} ({split} split); expected files of type "
+                f"{', '.join(IMAGE_SUFFIXES)} with same-stem masks in '{mask_dir}'",
+            )
+        )
+    samples, more = pair_by_id(
+        images,
+        masks,
+        split=split,
+        expected=lambda stem: mask_dir / f"{stem}.png",
+        missing=lambda stem, path: f"missing mask: no '{stem}.<png|tif|tiff|bmp>' in {mask_dir}",
+        orphan=lambda stem: f"mask without image: no '{stem}.<ext>' in {image_dir}",
+    )
+    return samples, problems + more
+
+
+def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
+    groups, problems = _split_groups(root)
     samples: list[RawSample] = []
     used: set[Path] = set()
     for split, folder in groups:
-        image_dir, mask_dir = folder / "images", folder / "masks"
-        found_images = list_files(image_dir, IMAGE_SUFFIXES)
-        found_masks = list_files(mask_dir, MASK_SUFFIXES)
-        for found in (found_images, found_masks):
-            for paths in found.values():
-                used.update(paths)
-                problems += [
-                    (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
-                ]
-        if not found_images:
-            where = f"'{image_dir}'" + ("" if image_dir.is_dir() else " (folder missing)")
-            problems.append(
-                (
-                    str(image_dir),
-                    f"no images found in {where} ({split} split); expected files of type "
-                    f"{', '.join(IMAGE_SUFFIXES)} with same-stem masks in '{mask_dir}'",
-                )
-            )
-        for stem, paths in found_images.items():
-            if stem in found_masks:
-                mask_path = found_masks[stem][0]
-            else:
-                mask_path = mask_dir / f"{stem}.png"
-                problems.append(
-                    (str(paths[0]), f"missing mask: no '{stem}.<png|tif|tiff|bmp>' in {mask_dir}")
-                )
-            samples.append(RawSample(stem, split, paths[0], mask_path))
-        for stem, paths in found_masks.items():
-            if stem not in found_images:
-                problems.append(
-                    (str(paths[0]), f"mask without image: no '{stem}.<ext>' in {image_dir}")
-                )
+        found, more = _scan_group(split, folder, used)
+        samples += found
+        problems += more
     problems += duplicate_ids((s.id, s.image_path) for s in samples)
-    warn_unread("image folder", root,
-                [f / sub for _, f in groups for sub in ("images", "masks")], used)
+    if groups:
+        warn_unread("image folder", root,
+                    [f / sub for _, f in groups for sub in ("images", "masks")], used)
     return samples, problems
+
+
+def _read_pair(sample: RawSample, mask_kind: MaskKind) -> tuple[PairRead, str | None]:
+    """Read one image/mask pair; the mask convention found (see :class:`_Mask`) or None."""
+    found = PairRead(None, None)
+    try:
+        found.image = to_rgb_uint8(read_raster(sample.image_path))
+    except ValueError as err:
+        found.problems.append((str(sample.image_path), str(err)))
+    kind = None
+    if sample.annotation_path.suffix.lower() in _LOSSY:
+        found.problems.append((
+            str(sample.annotation_path),
+            "JPEG mask: lossy compression alters label values; save masks as PNG or TIFF",
+        ))
+    elif sample.annotation_path.is_file():
+        try:
+            result = canonical_mask(read_raster(sample.annotation_path), mask_kind)
+        except ValueError as err:
+            found.problems.append((str(sample.annotation_path), str(err)))
+        else:
+            found.mask = result.values
+            small_classes = result.kind == "classes" and int(result.values.max(initial=0)) <= 1
+            kind = "binary01" if small_classes else result.kind
+    return found, kind
 
 
 def load_image_folder(
@@ -264,53 +294,20 @@ def load_image_folder(
     samples, problems = _scan_layout(root)
     if not samples:
         raise DatasetValidationError(problems, root)
-
-    images: dict[str, np.ndarray] = {}
-    masks: dict[str, np.ndarray] = {}
-    rows: list[dict[str, object]] = []
+    verification = Verification(PairSpec(root, dataset_name, "image folder"), problems)
     kinds: dict[str, list[Path]] = {"binary255": [], "binary01": [], "classes": []}
-    duplicates = DuplicateFinder()
     for sample in samples:
-        image: np.ndarray | None = None
-        try:
-            image = to_rgb_uint8(read_raster(sample.image_path))
-        except ValueError as err:
-            problems.append((str(sample.image_path), str(err)))
-        mask: np.ndarray | None = None
-        if sample.annotation_path.suffix.lower() in _LOSSY:
-            problems.append(
-                (
-                    str(sample.annotation_path),
-                    "JPEG mask: lossy compression alters label values; save masks as PNG or TIFF",
-                )
-            )
-        elif sample.annotation_path.is_file():
-            try:
-                result = canonical_mask(read_raster(sample.annotation_path), mask_kind)
-            except ValueError as err:
-                problems.append((str(sample.annotation_path), str(err)))
-            else:
-                mask = result.values
-                if result.kind == "classes" and int(mask.max(initial=0)) <= 1:
-                    kinds["binary01"].append(sample.annotation_path)
-                else:
-                    kinds[result.kind].append(sample.annotation_path)
-        accept_pair(
-            sample, image, mask, root=root, dataset_name=dataset_name, problems=problems,
-            duplicates=duplicates, images=images, masks=masks, rows=rows,
-        )
-
+        found, kind = _read_pair(sample, mask_kind)
+        if kind is not None:
+            kinds[kind].append(sample.annotation_path)
+        verification.accept(sample, found)
     if kinds["binary255"] and kinds["classes"]:
         example_255, example_classes = kinds["binary255"][0], kinds["classes"][0]
-        problems.append(
-            (
-                str(root),
-                f"mixed mask conventions: {len(kinds['binary255'])} masks are 0/255 binary "
-                f"(e.g. {example_255.name}) and {len(kinds['classes'])} hold class indices "
-                f"(e.g. {example_classes.name}); use one convention",
-            )
+        verification.report(
+            root,
+            f"mixed mask conventions: {len(kinds['binary255'])} masks are 0/255 binary "
+            f"(e.g. {example_255.name}) and {len(kinds['classes'])} hold class indices "
+            f"(e.g. {example_classes.name}); use one convention",
         )
-    classes = sorted({int(v) for m in masks.values() for v in np.unique(m)})
-    return finish_ingestion(
-        "image folder", root, problems, rows, images, masks, detail=f"mask values {classes}"
-    )
+    classes = sorted({int(v) for m in verification.masks.values() for v in np.unique(m)})
+    return verification.finish(detail=f"mask values {classes}")

@@ -31,15 +31,19 @@ from pathlib import Path
 
 import numpy as np
 
-from sa2_pipeline.datasets.base import (
+from sa2_pipeline.datasets.raster import read_raster, rgb_uint8
+from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
     IngestedDataset,
     Problem,
     RawSample,
-    finish_ingestion,
+)
+from sa2_pipeline.datasets.verify import (
+    PairReader,
+    PairSpec,
+    Verification,
     list_files,
-    read_and_verify_pairs,
-    read_raster,
+    verify_pairs,
     warn_unread,
 )
 
@@ -176,15 +180,11 @@ def _check_grades(data_dir: Path, samples: list[RawSample]) -> None:
 
 def _rgb_image(path: Path) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)``; raises ValueError with the reason otherwise."""
-    image = read_raster(path)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {image.dtype} (shape {image.shape})")
-    if image.ndim != 3 or image.shape[-1] not in (3, 4):
-        raise ValueError(
-            f"expected an RGB or RGBA image (H, W, 3|4), got shape {image.shape}; "
-            "grey images are not accepted for H&E"
-        )
-    return np.ascontiguousarray(image[..., :3])
+    return rgb_uint8(read_raster(path), "; grey images are not accepted for H&E")
+
+
+def _read_annotation(path: Path) -> np.ndarray:
+    return _binary_from_instances(read_raster(path))
 
 
 def _binary_from_instances(annotation: np.ndarray) -> np.ndarray:
@@ -232,15 +232,8 @@ def load_glas(root: Path, dataset_name: str = "glas",
     data_dir = found.data_dir or root  # samples imply a data folder
     _check_grades(data_dir, found.samples)
 
-    images, masks, rows = read_and_verify_pairs(
-        found.samples,
-        _rgb_image,
-        lambda path: _binary_from_instances(read_raster(path)),
-        root=root,
-        dataset_name=dataset_name,
-        problems=problems,
-        mask_word="annotation",
-        max_side=max_side,
-    )
-
-    return finish_ingestion("GlaS", data_dir, problems, rows, images, masks)
+    spec = PairSpec(root, dataset_name, "GlaS", mask_word="annotation", max_side=max_side,
+                    report_root=data_dir)
+    verification = verify_pairs(found.samples, PairReader(_rgb_image, _read_annotation),
+                                Verification(spec, problems))
+    return verification.finish()

@@ -26,17 +26,22 @@ from pathlib import Path
 
 import numpy as np
 
-from sa2_pipeline.datasets.base import (
+from sa2_pipeline.datasets.raster import label_image_2d, read_raster
+from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
     IngestedDataset,
     Problem,
     RawSample,
-    finish_ingestion,
-    label_image_2d,
-    list_files,
     proportional_counts,
-    read_and_verify_pairs,
-    read_raster,
+)
+from sa2_pipeline.datasets.verify import (
+    PairReader,
+    PairSpec,
+    Verification,
+    first_per_stem,
+    list_files,
+    pair_by_id,
+    verify_pairs,
     warn_unread,
 )
 
@@ -66,13 +71,42 @@ def isic_split_counts(n: int) -> tuple[int, int, int]:
     """``(train, val, test)`` counts of the official split for ``n`` sorted images.
 
     Exactly :data:`OFFICIAL_SPLIT_COUNTS` for the full 2594 images; otherwise the same
-    proportions (:func:`~sa2_pipeline.datasets.base.proportional_counts`).
+    proportions (:func:`~sa2_pipeline.datasets.schema.proportional_counts`).
     """
     total = sum(OFFICIAL_SPLIT_COUNTS)
     if n == total:
         return OFFICIAL_SPLIT_COUNTS
     train, val, test = proportional_counts(n, tuple(c / total for c in OFFICIAL_SPLIT_COUNTS))
     return train, val, test
+
+
+def _dataset_files(folder: Path, suffixes: set[str], strip: str) -> dict[str, list[Path]]:
+    """``id -> files`` of the dataset's files in ``folder`` (others are left unread)."""
+    return {
+        stem.removesuffix(strip): paths
+        for stem, paths in list_files(folder, suffixes).items()
+        if stem.endswith(strip) and _ID.match(stem.removesuffix(strip))
+    }
+
+
+def _splits(root: Path, ids: list[str]) -> dict[str, str]:
+    """The official index split of the sorted ``ids`` (warning when it is scaled)."""
+    n_train, n_val, _ = isic_split_counts(len(ids))
+    if ids and len(ids) != sum(OFFICIAL_SPLIT_COUNTS):
+        logger.warning(
+            "ISIC 2018 at %s: %d images instead of the published %d; the official index "
+            "split 1815/259/520 is applied in proportion: %d train, %d val, %d test",
+            root,
+            len(ids),
+            sum(OFFICIAL_SPLIT_COUNTS),
+            n_train,
+            n_val,
+            len(ids) - n_train - n_val,
+        )
+    return {
+        sample_id: "train" if index < n_train else "val" if index < n_train + n_val else "test"
+        for index, sample_id in enumerate(ids)
+    }
 
 
 def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
@@ -86,54 +120,24 @@ def _scan_layout(root: Path) -> tuple[list[RawSample], list[Problem]]:
     if not image_dir.is_dir() and not mask_dir.is_dir():
         return [], [(str(root), f"no ISIC 2018 folders found; {expected}")]
 
-    problems: list[Problem] = []
     used: set[Path] = set()
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    for folder, suffixes, chosen, strip in (
-        (image_dir, _IMAGE_SUFFIXES, images, ""),
-        (mask_dir, {".png"}, masks, _MASK_SUFFIX),
-    ):
-        for stem, paths in list_files(folder, suffixes).items():
-            sample_id = stem.removesuffix(strip)
-            if not stem.endswith(strip) or not _ID.match(sample_id):
-                continue  # not a dataset file; reported as ignored below
-            used.update(paths)
-            problems += [
-                (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
-            ]
-            chosen[sample_id] = paths[0]
+    images, problems = first_per_stem(_dataset_files(image_dir, _IMAGE_SUFFIXES, ""), used)
+    masks, more = first_per_stem(_dataset_files(mask_dir, {".png"}, _MASK_SUFFIX), used)
+    problems += more
     if not images:
         problems.append((str(image_dir), f"no 'ISIC_<id>.jpg' images found; {expected}"))
-
     ids = sorted(images)
-    n_train, n_val, _ = isic_split_counts(len(ids))
-    if ids and len(ids) != sum(OFFICIAL_SPLIT_COUNTS):
-        logger.warning(
-            "ISIC 2018 at %s: %d images instead of the published %d; the official index "
-            "split 1815/259/520 is applied in proportion: %d train, %d val, %d test",
-            root,
-            len(ids),
-            sum(OFFICIAL_SPLIT_COUNTS),
-            n_train,
-            n_val,
-            len(ids) - n_train - n_val,
-        )
-    samples: list[RawSample] = []
-    for index, sample_id in enumerate(ids):
-        split = "train" if index < n_train else "val" if index < n_train + n_val else "test"
-        mask_path = masks.get(sample_id, mask_dir / f"{sample_id}{_MASK_SUFFIX}.png")
-        if sample_id not in masks:
-            problems.append((str(images[sample_id]), f"missing mask {mask_path}"))
-        samples.append(RawSample(sample_id, split, images[sample_id], mask_path))
-    for sample_id, mask_path in masks.items():
-        if sample_id not in images:
-            problems.append(
-                (str(mask_path), f"mask without image (expected {image_dir / sample_id}.jpg)")
-            )
+    samples, more = pair_by_id(
+        {sample_id: images[sample_id] for sample_id in ids},
+        masks,
+        split=_splits(root, ids),
+        expected=lambda sample_id: mask_dir / f"{sample_id}{_MASK_SUFFIX}.png",
+        missing=lambda sample_id, path: f"missing mask {path}",
+        orphan=lambda sample_id: f"mask without image (expected {image_dir / sample_id}.jpg)",
+    )
     warn_unread("ISIC 2018", root, (image_dir, mask_dir), used,
                 skip=lambda path: path.suffix.lower() == ".txt")  # LICENSE, ATTRIBUTION
-    return samples, problems
+    return samples, problems + more
 
 
 def scan_isic2018(root: Path) -> list[RawSample]:
@@ -205,9 +209,7 @@ def load_isic2018(root: Path, dataset_name: str = "isic2018",
     if not samples:
         raise DatasetValidationError(problems, root)
 
-    images, masks, rows = read_and_verify_pairs(
-        samples, _rgb_image, _binary_mask, root=root,
-        dataset_name=dataset_name, problems=problems, max_side=max_side,
-    )
-
-    return finish_ingestion("ISIC 2018", root, problems, rows, images, masks)
+    spec = PairSpec(root, dataset_name, "ISIC 2018", max_side=max_side)
+    verification = verify_pairs(samples, PairReader(_rgb_image, _binary_mask),
+                                Verification(spec, problems))
+    return verification.finish()

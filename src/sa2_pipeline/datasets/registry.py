@@ -1,25 +1,52 @@
-"""Raw-format adapters by name: ``load_raw_dataset(format, root)``."""
+"""Raw-format adapters by name: the one list of formats, and ``load_raw_dataset``.
+
+:data:`ADAPTERS` is the only place a format is named: ``data_ingestion.format`` accepts
+exactly its keys (:data:`FORMATS`, used by :mod:`sa2_pipeline.config`), and what a
+format supports is a field of its :class:`Adapter`. This module imports no adapter (nor
+numpy) until one is loaded, so the configuration can read it cheaply.
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sa2_pipeline.datasets.base import IngestedDataset
+if TYPE_CHECKING:
+    from sa2_pipeline.datasets.schema import IngestedDataset
 
-# format name -> "module:function(root, dataset_name=...) -> IngestedDataset"
-ADAPTERS: dict[str, str] = {
-    "monuseg": "sa2_pipeline.datasets.monuseg:load_monuseg",
-    "glas": "sa2_pipeline.datasets.glas:load_glas",
-    "isic2018": "sa2_pipeline.datasets.isic2018:load_isic2018",
-    "segpc2021": "sa2_pipeline.datasets.segpc2021:load_segpc2021",
-    "acdc": "sa2_pipeline.datasets.acdc:load_acdc",
-    "folder": "sa2_pipeline.datasets.folder:load_image_folder",
+__all__ = ["ADAPTERS", "FORMATS", "SUPPORTS_MAX_SIDE", "Adapter", "load_raw_dataset"]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One raw format.
+
+    Attributes:
+        loader: ``"module:function"``; the function takes ``(root, dataset_name=...)``
+            and returns an :class:`~sa2_pipeline.datasets.schema.IngestedDataset`.
+        max_side: Whether the loader can cap the image size as it reads (``max_side=``).
+    """
+
+    loader: str
+    max_side: bool = False
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "monuseg": Adapter("sa2_pipeline.datasets.monuseg:load_monuseg"),
+    "glas": Adapter("sa2_pipeline.datasets.glas:load_glas", max_side=True),
+    "isic2018": Adapter("sa2_pipeline.datasets.isic2018:load_isic2018", max_side=True),
+    "segpc2021": Adapter("sa2_pipeline.datasets.segpc2021:load_segpc2021"),
+    "acdc": Adapter("sa2_pipeline.datasets.acdc:load_acdc"),
+    "folder": Adapter("sa2_pipeline.datasets.folder:load_image_folder"),
 }
 
+#: The format names, in table order (the values ``data_ingestion.format`` accepts).
+FORMATS: tuple[str, ...] = tuple(ADAPTERS)
 
 #: Formats whose adapter can cap the image size as it reads (``max_side``).
-SUPPORTS_MAX_SIDE = frozenset({"isic2018", "glas"})
+SUPPORTS_MAX_SIDE = frozenset(name for name, adapter in ADAPTERS.items() if adapter.max_side)
 
 
 def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
@@ -37,7 +64,7 @@ def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
     """
     if fmt not in ADAPTERS:
         raise ValueError(f"unknown raw format {fmt!r}; known formats: {sorted(ADAPTERS)}")
-    module, func = ADAPTERS[fmt].split(":")
+    module, func = ADAPTERS[fmt].loader.split(":")
     loader = getattr(importlib.import_module(module), func)
     if max_side is None:
         return loader(Path(root), dataset_name=dataset_name)

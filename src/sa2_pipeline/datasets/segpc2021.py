@@ -39,19 +39,20 @@ from pathlib import Path
 
 import numpy as np
 
-from sa2_pipeline.datasets.base import (
+from sa2_pipeline.datasets.raster import label_image_2d, read_raster
+from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
-    DuplicateFinder,
     IngestedDataset,
     Problem,
-    duplicate_ids,
-    finish_ingestion,
-    label_image_2d,
-    list_files,
-    manifest_row,
-    read_raster,
+    RawSample,
     sha256_array,
-    sha256_file,
+)
+from sa2_pipeline.datasets.verify import (
+    PairSpec,
+    Verification,
+    duplicate_ids,
+    first_per_stem,
+    list_files,
     warn_unread,
 )
 
@@ -91,7 +92,8 @@ class _Instance:
     crop: np.ndarray
 
 
-def _scan_layout(root: Path) -> tuple[list[_Image], list[Problem]]:
+def _split_groups(root: Path) -> tuple[list[tuple[str, Path]], list[Problem]]:
+    """``(split, folder holding x/ and y/)`` of the layout found, or why there is none."""
     expected = (
         f"looked for '<image>.bmp' in '{root / 'train' / 'x'}' and "
         f"'{root / 'validation' / 'x'}' with '<image>_<k>.bmp' cell masks in the sibling "
@@ -112,66 +114,64 @@ def _scan_layout(root: Path) -> tuple[list[_Image], list[Problem]]:
     if not split_layout and not flat_layout:
         return [], [(str(root), f"no SegPC folders found; {expected}")]
     if flat_layout:
-        groups = [("train", root)]
         logger.warning(
             "SegPC at %s: plain x/y layout, every image is 'train'; there is no official "
             "test split (use train/ and validation/ folders for the protocol's split)",
             root,
         )
-    else:
-        groups = [(SPLIT_FOLDERS[name], root / name) for name in split_layout]
-        if (root / _IGNORED_SPLIT_FOLDER).is_dir():
-            logger.warning(
-                "SegPC at %s: ignoring '%s/' (the challenge's final test images have no masks)",
-                root,
-                _IGNORED_SPLIT_FOLDER,
-            )
+        return [("train", root)], []
+    if (root / _IGNORED_SPLIT_FOLDER).is_dir():
+        logger.warning(
+            "SegPC at %s: ignoring '%s/' (the challenge's final test images have no masks)",
+            root,
+            _IGNORED_SPLIT_FOLDER,
+        )
+    return [(SPLIT_FOLDERS[name], root / name) for name in split_layout], []
 
-    problems: list[Problem] = []
+
+def _scan_group(split: str, folder: Path, used: set[Path]) -> tuple[list[_Image], list[Problem]]:
+    """The images of one split folder with their cell masks, and the pairing problems."""
+    x_dir, y_dir = folder / "x", folder / "y"
+    paths, problems = first_per_stem(list_files(x_dir, _SUFFIXES), used)
+    images = {stem: _Image(stem, split, path, y_dir) for stem, path in paths.items()}
+    if not images:
+        problems.append((str(x_dir), f"no '<image>.bmp' images found ({split} split)"))
+    instances: list[tuple[str, int, Path]] = []
+    for stem, found in list_files(y_dir, _SUFFIXES).items():
+        _, more = first_per_stem({stem: found}, used)
+        problems += more
+        match = _INSTANCE.match(stem)
+        if match is None:
+            problems.append(
+                (str(found[0]), "mask name does not follow '<image>_<k>.bmp' (k = 1, 2, ...)")
+            )
+        elif match["image"] not in images:
+            problems.append(
+                (str(found[0]), f"mask without image (expected {x_dir / match['image']}.bmp)")
+            )
+        else:
+            instances.append((match["image"], int(match["k"]), found[0]))
+    for image_id, _, path in sorted(instances):
+        images[image_id].mask_paths.append(path)
+    problems += [
+        (str(image.image_path), f"no cell masks '{y_dir / image.id}_<k>.bmp' found")
+        for image in images.values()
+        if not image.mask_paths
+    ]
+    return list(images.values()), problems
+
+
+def _scan_layout(root: Path) -> tuple[list[_Image], list[Problem]]:
+    groups, problems = _split_groups(root)
     found: list[_Image] = []
     used: set[Path] = set()
     for split, folder in groups:
-        x_dir, y_dir = folder / "x", folder / "y"
-        images: dict[str, _Image] = {}
-        for stem, paths in list_files(x_dir, _SUFFIXES).items():
-            used.update(paths)
-            problems += [
-                (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
-            ]
-            images[stem] = _Image(stem, split, paths[0], y_dir)
-        if not images:
-            problems.append((str(x_dir), f"no '<image>.bmp' images found ({split} split)"))
-        instances: list[tuple[str, int, Path]] = []
-        for stem, paths in list_files(y_dir, _SUFFIXES).items():
-            used.update(paths)
-            problems += [
-                (str(p), f"same stem as {paths[0]}; ids must be unique") for p in paths[1:]
-            ]
-            match = _INSTANCE.match(stem)
-            if match is None:
-                problems.append(
-                    (str(paths[0]), "mask name does not follow '<image>_<k>.bmp' (k = 1, 2, ...)")
-                )
-            elif match["image"] not in images:
-                problems.append(
-                    (
-                        str(paths[0]),
-                        f"mask without image (expected {x_dir / match['image']}.bmp)",
-                    )
-                )
-            else:
-                instances.append((match["image"], int(match["k"]), paths[0]))
-        for image_id, _, path in sorted(instances):
-            images[image_id].mask_paths.append(path)
-        for image in images.values():
-            if not image.mask_paths:
-                problems.append(
-                    (str(image.image_path), f"no cell masks '{y_dir / image.id}_<k>.bmp' found")
-                )
-        found += images.values()
-
+        images, more = _scan_group(split, folder, used)
+        found += images
+        problems += more
     problems += duplicate_ids((image.id, image.image_path) for image in found)
-    warn_unread("SegPC", root, [f / sub for _, f in groups for sub in ("x", "y")], used)
+    if groups:
+        warn_unread("SegPC", root, [f / sub for _, f in groups for sub in ("x", "y")], used)
     return found, problems
 
 
@@ -298,70 +298,59 @@ def load_segpc2021(root: Path, dataset_name: str = "segpc2021") -> IngestedDatas
     found, problems = _scan_layout(root)
     if not found:
         raise DatasetValidationError(problems, root)
-
-    images: dict[str, np.ndarray] = {}
-    instances_of: dict[str, list[_Instance]] = {}
-    all_instances: list[_Instance] = []
-    duplicates = DuplicateFinder()
-    for entry in found:
-        image: np.ndarray | None = None
-        try:
-            image = read_raster(entry.image_path)
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (3, 4):
-                raise ValueError(
-                    f"expected an RGB uint8 image (H, W, 3), got {image.dtype} of shape "
-                    f"{image.shape}"
-                )
-            image = np.ascontiguousarray(image[..., :3])
-        except ValueError as err:
-            problems.append((str(entry.image_path), str(err)))
-            image = None
-        shape = image.shape[:2] if image is not None else None
-        instances: list[_Instance] = []
-        for mask_path in entry.mask_paths:
-            try:
-                instances.append(_read_instance(mask_path, shape))
-            except ValueError as err:
-                problems.append((str(mask_path), str(err)))
-        all_instances += instances
-        if image is None:
-            continue
-        duplicate = duplicates.check(sha256_array(image), entry.image_path)
-        if duplicate:
-            problems.append((str(entry.image_path), duplicate))
-            continue
-        images[entry.id] = image
-        instances_of[entry.id] = instances
-
+    verification = Verification(PairSpec(root, dataset_name, "SegPC 2021"), problems)
+    kept = [_read_image(entry, verification) for entry in found]
+    all_instances = [inst for _, instances in kept for inst in instances]
     levels, level_problems = _derive_levels(all_instances, root)
-    problems += level_problems
-    if problems or levels is None:
-        raise DatasetValidationError(problems, root)
+    verification.problems += level_problems
+    if verification.problems or levels is None:
+        raise DatasetValidationError(verification.problems, root)
+    for entry, (image, instances) in zip(found, kept, strict=True):
+        assert image is not None  # every image was read, or there would be a problem
+        verification.keep(entry.id, _sample(entry), image, _merge(image, instances, levels),
+                          annotation_paths=entry.mask_paths)
+    return verification.finish(detail=f"{len(all_instances)} cells")
 
-    nucleus, cytoplasm = levels
-    masks: dict[str, np.ndarray] = {}
-    rows: list[dict[str, object]] = []
-    for entry in found:
-        image = images[entry.id]
-        mask = np.zeros(image.shape[:2], dtype=np.uint8)
-        for inst in instances_of[entry.id]:
-            window = mask[inst.rows, inst.cols]  # a view: writes go into ``mask``
-            window[inst.crop == cytoplasm] = CYTOPLASM
-            window[inst.crop == nucleus] = NUCLEUS
-        masks[entry.id] = mask
-        rows.append(
-            manifest_row(
-                sample_id=entry.id,
-                dataset=dataset_name,
-                split=entry.split,
-                root=root,
-                image_path=entry.image_path,
-                annotation_paths=entry.mask_paths,
-                image=image,
-                mask=mask,
-                image_sha256=sha256_file(entry.image_path),
+
+def _sample(entry: _Image) -> RawSample:
+    return RawSample(entry.id, entry.split, entry.image_path, entry.mask_paths[0])
+
+
+def _read_image(
+    entry: _Image, verification: Verification
+) -> tuple[np.ndarray | None, list[_Instance]]:
+    """An image (None when unreadable or a duplicate) and its readable cell masks; every
+    problem goes to ``verification``."""
+    image: np.ndarray | None = None
+    try:
+        image = read_raster(entry.image_path)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] not in (3, 4):
+            raise ValueError(
+                f"expected an RGB uint8 image (H, W, 3), got {image.dtype} of shape "
+                f"{image.shape}"
             )
-        )
-    return finish_ingestion(
-        "SegPC 2021", root, problems, rows, images, masks, detail=f"{len(all_instances)} cells"
-    )
+        image = np.ascontiguousarray(image[..., :3])
+    except ValueError as err:
+        verification.report(entry.image_path, str(err))
+        image = None
+    shape = image.shape[:2] if image is not None else None
+    instances: list[_Instance] = []
+    for mask_path in entry.mask_paths:
+        try:
+            instances.append(_read_instance(mask_path, shape))
+        except ValueError as err:
+            verification.report(mask_path, str(err))
+    if image is not None and verification.is_duplicate(sha256_array(image), entry.image_path):
+        image = None
+    return image, instances
+
+
+def _merge(image: np.ndarray, instances: list[_Instance], levels: tuple[int, int]) -> np.ndarray:
+    """One 3-class mask from the cell masks, in order (later cells overwrite)."""
+    nucleus, cytoplasm = levels
+    mask = np.zeros(image.shape[:2], dtype=np.uint8)
+    for inst in instances:
+        window = mask[inst.rows, inst.cols]  # a view: writes go into ``mask``
+        window[inst.crop == cytoplasm] = CYTOPLASM
+        window[inst.crop == nucleus] = NUCLEUS
+    return mask

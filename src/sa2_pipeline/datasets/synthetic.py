@@ -187,6 +187,29 @@ def _quantise(vertices: np.ndarray, size: int) -> np.ndarray:
     return np.round(np.clip(vertices, 0.0, float(size)), _COORD_DECIMALS) + 0.0
 
 
+def _candidates(
+    rng: np.random.Generator, size: int, style: _TileStyle, density: np.ndarray, n_vertices: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One batch of candidate nuclei: ``(centres, radii, kinds, quantised polygons)``."""
+    batch = 32
+    candidates = rng.uniform(-3, size + 3, (batch, 2))
+    cols = np.clip(candidates[:, 0].astype(int), 0, size - 1)
+    rows = np.clip(candidates[:, 1].astype(int), 0, size - 1)
+    candidates = candidates[rng.random(batch) < density[rows, cols]]
+    m = len(candidates)
+    lymphocyte = rng.random(m) < style.lymphocyte_share
+    radius = np.where(
+        lymphocyte,
+        rng.uniform(3.8, 5.2, m),
+        np.clip(style.mean_radius * rng.lognormal(0, 0.22, m), 4.0, 12.0),
+    )
+    roundness = np.where(lymphocyte, rng.uniform(0.8, 1.0, m), rng.uniform(0.4, 0.95, m))
+    vesicular = ~lymphocyte & (radius > 7) & (rng.random(m) < style.vesicular_share)
+    kind = np.where(lymphocyte, 1, np.where(vesicular, 2, 0))
+    shapes = _quantise(_nucleus_polygons(rng, candidates, radius, roundness, n_vertices), size)
+    return candidates, radius, kind, shapes
+
+
 def _place_nuclei(
     rng: np.random.Generator, size: int, style: _TileStyle, gaps: np.ndarray
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
@@ -208,27 +231,12 @@ def _place_nuclei(
     centres = np.empty((capacity, 2))
     radii = np.empty(capacity)
     n_vertices = int(rng.integers(18, 33))
-    batch = 32
     max_batches = 2 * int(target / (np.pi * style.mean_radius**2) + 10)
     for _ in range(max_batches):
         if covered >= target:
             break
-        candidates = rng.uniform(-3, size + 3, (batch, 2))
-        cols = np.clip(candidates[:, 0].astype(int), 0, size - 1)
-        rows = np.clip(candidates[:, 1].astype(int), 0, size - 1)
-        candidates = candidates[rng.random(batch) < density[rows, cols]]
-        m = len(candidates)
-        lymphocyte = rng.random(m) < style.lymphocyte_share
-        radius = np.where(
-            lymphocyte,
-            rng.uniform(3.8, 5.2, m),
-            np.clip(style.mean_radius * rng.lognormal(0, 0.22, m), 4.0, 12.0),
-        )
-        roundness = np.where(lymphocyte, rng.uniform(0.8, 1.0, m), rng.uniform(0.4, 0.95, m))
-        vesicular = ~lymphocyte & (radius > 7) & (rng.random(m) < style.vesicular_share)
-        kind = np.where(lymphocyte, 1, np.where(vesicular, 2, 0))
-        shapes = _quantise(_nucleus_polygons(rng, candidates, radius, roundness, n_vertices), size)
-        for j in range(m):
+        candidates, radius, kind, shapes = _candidates(rng, size, style, density, n_vertices)
+        for j in range(len(candidates)):
             n = len(polygons)
             if covered >= target or n >= capacity:
                 break
@@ -258,6 +266,76 @@ def _stain_vector(rng: np.random.Generator, reference: np.ndarray) -> np.ndarray
     return v / np.linalg.norm(v)
 
 
+def _eosin(
+    rng: np.random.Generator, size: int, style: _TileStyle, gaps: np.ndarray, inside: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eosin concentration (before the nuclei dim it) and the cytoplasm halo."""
+    # Eosin: stroma with slow stain variation and fibres; white gaps; pink cytoplasm halo.
+    low = _smooth_field(rng, size, size / 2.5)
+    eosin = style.eosin * (1 + 0.22 * low) * (0.72 + 0.56 * _fibres(rng, size))
+    eosin *= 1 - 0.92 * gaps
+    halo = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), rng.uniform(2.5, 4.5))
+    eosin += style.eosin * 0.5 * halo
+    for _ in range(style.red_cells):  # red blood cells: dense eosin discs, not annotated
+        cx, cy = rng.integers(0, size, 2)
+        if not inside[cy, cx]:
+            disc = np.zeros((size, size), dtype=np.uint8)
+            cv2.circle(disc, (int(cx), int(cy)), int(rng.integers(4, 7)), 1, -1, cv2.LINE_AA)
+            eosin += disc.astype(np.float32) * rng.uniform(0.5, 0.9)
+    return eosin, halo
+
+
+def _hematoxylin(
+    rng: np.random.Generator,
+    size: int,
+    style: _TileStyle,
+    gaps: np.ndarray,
+    halo: np.ndarray,
+    instances: np.ndarray,
+    kinds: np.ndarray,
+) -> np.ndarray:
+    """Hematoxylin concentration: stroma, smudges, and the nuclei with their texture."""
+    inside = instances > 0
+    # Hematoxylin: faint in stroma (with unannotated smudges), strong in nuclei.
+    hema = 0.06 + 0.04 * _smooth_field(rng, size, size / 3)
+    smudge = 1 / (1 + np.exp(-4 * (_smooth_field(rng, size, 12) - 1.6)))
+    hema += rng.uniform(0.15, 0.35) * smudge * (1 - gaps)
+    hema += rng.uniform(0.0, 0.25) * halo  # basophilic (purple-tinged) cytoplasm
+    n = len(kinds)
+    strength = rng.normal(1.0, 0.14, n + 1).astype(np.float32)
+    pale = rng.random(n + 1) < style.pale_share
+    strength[pale] = rng.uniform(0.3, 0.55, int(pale.sum()))
+    strength[1:][kinds == 1] *= 1.25
+    strength[0] = 0.0
+    chromatin = 0.6 * _blurred_noise(rng, size, 0.8) + 0.4 * _blurred_noise(rng, size, 1.8)
+    edges = find_boundaries(instances, mode="inner")
+    rim = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), 0.7)
+    # Vesicular nuclei: open chromatin, pale centre, dark membrane.
+    depth = cv2.distanceTransform((inside & ~edges).astype(np.uint8), cv2.DIST_L2, 3)
+    vesicular = np.concatenate([[False], kinds == 2])[instances]
+    hollow = np.where(vesicular, 0.55 + 0.45 * np.exp(-depth / 1.5), 1.0)
+    nuclear = (
+        style.hematoxylin
+        * strength[instances]
+        * hollow
+        * (1 + style.chromatin * chromatin + 0.35 * rim)
+    )
+    return np.where(inside, np.maximum(nuclear, 0.05), np.maximum(hema, 0.0))
+
+
+def _stains_to_rgb(
+    rng: np.random.Generator, style: _TileStyle, hema: np.ndarray, eosin: np.ndarray
+) -> np.ndarray:
+    """Beer-Lambert: stain concentrations -> RGB uint8, blurred, with sensor noise."""
+    h_vec = _stain_vector(rng, _HEMATOXYLIN_OD)
+    e_vec = _stain_vector(rng, _EOSIN_OD)
+    od = hema[..., None] * h_vec + eosin[..., None] * e_vec + 0.02
+    od = cv2.GaussianBlur(od.astype(np.float32), (0, 0), style.blur_sigma)
+    rgb = 255.0 * np.exp(-od)
+    rgb += style.noise_sigma * rng.standard_normal(rgb.shape, dtype=np.float32)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
 def render_synthetic_tile(
     rng: np.random.Generator, size: int = 256
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
@@ -277,53 +355,10 @@ def render_synthetic_tile(
     polygons, instances, kinds = _place_nuclei(rng, size, style, gaps)
     inside = instances > 0
 
-    # Eosin: stroma with slow stain variation and fibres; white gaps; pink cytoplasm halo.
-    low = _smooth_field(rng, size, size / 2.5)
-    eosin = style.eosin * (1 + 0.22 * low) * (0.72 + 0.56 * _fibres(rng, size))
-    eosin *= 1 - 0.92 * gaps
-    halo = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), rng.uniform(2.5, 4.5))
-    eosin += style.eosin * 0.5 * halo
-    for _ in range(style.red_cells):  # red blood cells: dense eosin discs, not annotated
-        cx, cy = rng.integers(0, size, 2)
-        if not inside[cy, cx]:
-            disc = np.zeros((size, size), dtype=np.uint8)
-            cv2.circle(disc, (int(cx), int(cy)), int(rng.integers(4, 7)), 1, -1, cv2.LINE_AA)
-            eosin += disc.astype(np.float32) * rng.uniform(0.5, 0.9)
-
-    # Hematoxylin: faint in stroma (with unannotated smudges), strong in nuclei.
-    hema = 0.06 + 0.04 * _smooth_field(rng, size, size / 3)
-    smudge = 1 / (1 + np.exp(-4 * (_smooth_field(rng, size, 12) - 1.6)))
-    hema += rng.uniform(0.15, 0.35) * smudge * (1 - gaps)
-    hema += rng.uniform(0.0, 0.25) * halo  # basophilic (purple-tinged) cytoplasm
-    n = len(polygons)
-    strength = rng.normal(1.0, 0.14, n + 1).astype(np.float32)
-    pale = rng.random(n + 1) < style.pale_share
-    strength[pale] = rng.uniform(0.3, 0.55, int(pale.sum()))
-    strength[1:][kinds == 1] *= 1.25
-    strength[0] = 0.0
-    chromatin = 0.6 * _blurred_noise(rng, size, 0.8) + 0.4 * _blurred_noise(rng, size, 1.8)
-    edges = find_boundaries(instances, mode="inner")
-    rim = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), 0.7)
-    # Vesicular nuclei: open chromatin, pale centre, dark membrane.
-    depth = cv2.distanceTransform((inside & ~edges).astype(np.uint8), cv2.DIST_L2, 3)
-    vesicular = np.concatenate([[False], kinds == 2])[instances]
-    hollow = np.where(vesicular, 0.55 + 0.45 * np.exp(-depth / 1.5), 1.0)
-    nuclear = (
-        style.hematoxylin
-        * strength[instances]
-        * hollow
-        * (1 + style.chromatin * chromatin + 0.35 * rim)
-    )
-    hema = np.where(inside, np.maximum(nuclear, 0.05), np.maximum(hema, 0.0))
+    eosin, halo = _eosin(rng, size, style, gaps, inside)
+    hema = _hematoxylin(rng, size, style, gaps, halo, instances, kinds)
     eosin = np.where(inside, 0.3 * eosin, eosin)
-
-    h_vec = _stain_vector(rng, _HEMATOXYLIN_OD)
-    e_vec = _stain_vector(rng, _EOSIN_OD)
-    od = hema[..., None] * h_vec + eosin[..., None] * e_vec + 0.02
-    od = cv2.GaussianBlur(od.astype(np.float32), (0, 0), style.blur_sigma)
-    rgb = 255.0 * np.exp(-od)
-    rgb += style.noise_sigma * rng.standard_normal(rgb.shape, dtype=np.float32)
-    image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    image = _stains_to_rgb(rng, style, hema, eosin)
     return image, polygons, instances
 
 
@@ -346,6 +381,42 @@ def _remove_empty_tree(root: Path) -> None:
     """Remove a tree of empty directories (``rmdir`` refuses anything non-empty)."""
     for dirpath, _, _ in sorted(os.walk(root), key=lambda item: -len(item[0])):
         os.rmdir(dirpath)
+
+
+def _check_target(root: Path, n_train: int, n_test: int, image_size: int) -> None:
+    """Refuse bad arguments or a ``root`` that holds files; clear a tree of empty folders."""
+    if n_train < 1 or n_test < 0:
+        raise ValueError(
+            f"n_train must be >= 1 and n_test >= 0, got n_train={n_train}, n_test={n_test}"
+        )
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    if _has_files(root):
+        raise ValueError(
+            f"{root}: already contains files; refusing to write synthetic data into it"
+        )
+    if root.exists():
+        _remove_empty_tree(root)
+
+
+def _write_tile(
+    tmp: Path, split: str, index: int, seed: np.random.SeedSequence, image_size: int
+) -> tuple[list[Path], float]:
+    """Render and write one tile + XML under ``tmp``: their relative paths, foreground."""
+    stem = f"SYN-{split.upper()}-{index:03d}"
+    if split == "train":
+        image_rel = TRAIN_IMAGE_DIR / f"{stem}.tif"
+        xml_rel = TRAIN_ANNOTATION_DIR / f"{stem}.xml"
+    else:
+        image_rel = TEST_DIR / f"{stem}.tif"
+        xml_rel = TEST_DIR / f"{stem}.xml"
+    image, polygons, instances = render_synthetic_tile(np.random.default_rng(seed), image_size)
+    (tmp / image_rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp / xml_rel).parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(tmp / image_rel, image, photometric="rgb", metadata=None)
+    xml_text = format_aperio_xml(polygons, decimals=_COORD_DECIMALS)
+    (tmp / xml_rel).write_text(xml_text, encoding="utf-8")
+    return [image_rel, xml_rel], float((instances > 0).mean())
 
 
 def generate_synthetic_monuseg(
@@ -376,19 +447,7 @@ def generate_synthetic_monuseg(
         ValueError: ``root`` already holds files, or an argument is out of range.
     """
     root = Path(root)
-    if n_train < 1 or n_test < 0:
-        raise ValueError(
-            f"n_train must be >= 1 and n_test >= 0, got n_train={n_train}, n_test={n_test}"
-        )
-    if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
-    if _has_files(root):
-        raise ValueError(
-            f"{root}: already contains files; refusing to write synthetic data into it"
-        )
-    if root.exists():
-        _remove_empty_tree(root)
-
+    _check_target(root, n_train, n_test, image_size)
     started = time.perf_counter()
     children = np.random.SeedSequence(seed).spawn(n_train + n_test)
     plan = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
@@ -396,23 +455,9 @@ def generate_synthetic_monuseg(
     fractions: list[float] = []
     with atomic_directory(root) as tmp:
         for (split, index), child in zip(plan, children, strict=True):
-            stem = f"SYN-{split.upper()}-{index:03d}"
-            if split == "train":
-                image_rel = TRAIN_IMAGE_DIR / f"{stem}.tif"
-                xml_rel = TRAIN_ANNOTATION_DIR / f"{stem}.xml"
-            else:
-                image_rel = TEST_DIR / f"{stem}.tif"
-                xml_rel = TEST_DIR / f"{stem}.xml"
-            image, polygons, instances = render_synthetic_tile(
-                np.random.default_rng(child), image_size
-            )
-            fractions.append(float((instances > 0).mean()))
-            (tmp / image_rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / xml_rel).parent.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(tmp / image_rel, image, photometric="rgb", metadata=None)
-            xml_text = format_aperio_xml(polygons, decimals=_COORD_DECIMALS)
-            (tmp / xml_rel).write_text(xml_text, encoding="utf-8")
-            relative += [image_rel, xml_rel]
+            written, fraction = _write_tile(tmp, split, index, child, image_size)
+            relative += written
+            fractions.append(fraction)
     logger.info(
         "Generated synthetic MoNuSeg at %s: %d train + %d test tiles of %dx%d, seed %d, "
         "foreground %.2f-%.2f, in %.1f s",
