@@ -141,8 +141,8 @@ def test_pyramidal_jpeg_tiff_opens_lazily_with_levels_and_pixel_size(tmp_path):
 
 
 def test_sixteen_bit_tiff_is_scaled_as_ingestion_scales_it(tmp_path):
-    from sa2_pipeline.datasets.base import read_raster
     from sa2_pipeline.datasets.folder import to_rgb_uint8
+    from sa2_pipeline.datasets.raster import read_raster
 
     rng = np.random.default_rng(4)
     for name, high in (("dim.tif", 4000), ("full.tif", 65535)):

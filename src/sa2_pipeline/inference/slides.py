@@ -7,7 +7,7 @@ from one pyramid level, never the whole slide at once.
   deflate tiles, decoded by imagecodecs), NDPI, SCN, BIF... -- are read with ``tiffslide``;
   the formats it cannot open (MRXS, VMS, VMU...) with OpenSlide (``openslide-bin``).
 - **Plain images** -- PNG, JPEG, BMP, untiled TIFF, and every 16-bit image -- are decoded
-  whole by the ingestion reader (:func:`sa2_pipeline.datasets.base.read_raster`) and
+  whole by the ingestion reader (:func:`sa2_pipeline.datasets.raster.read_raster`) and
   converted to RGB uint8 by the ingestion function
   (:func:`sa2_pipeline.datasets.folder.to_rgb_uint8`), so a 16-bit image is scaled exactly
   as it was for training. They are limited to :data:`MAX_WHOLE_PIXELS` pixels.
@@ -220,8 +220,8 @@ def _open_openslide(path: Path) -> ImageSource:
 
 
 def _open_plain(path: Path) -> ImageSource:
-    from sa2_pipeline.datasets.base import read_raster
     from sa2_pipeline.datasets.folder import to_rgb_uint8
+    from sa2_pipeline.datasets.raster import read_raster
 
     _check_plain_size(path)
     try:
