@@ -81,7 +81,7 @@ def _paths(req: RetrainRequest) -> dict[str, Path]:
 
 def retrain(req: RetrainRequest) -> RetrainOutcome:
     """Run the sequence; never raises for the expected failures (see the exit codes)."""
-    from sa2_pipeline.datasets.base import DatasetValidationError
+    from sa2_pipeline.datasets.schema import DatasetValidationError
 
     lock = dataset_lock_path(req.project_dir, req.dataset)
     try:
