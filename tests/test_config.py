@@ -1,14 +1,21 @@
 """Parameter schemas reject typos and wrong types, naming the key."""
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from sa2_pipeline.config import (
+    DEFAULT_DATASET,
+    PARAMETER_GROUPS,
     ConfigError,
     IngestionConfig,
     ModelConfig,
     ProcessingConfig,
+    RegistryConfig,
     TrainingConfig,
     parse,
+    parse_models,
 )
 
 
@@ -53,8 +60,6 @@ def test_folds_accept_a_list_or_all():
 
 
 def test_baselines_need_distinct_names():
-    from sa2_pipeline.config import parse_models
-
     models = parse_models({"name": "sa2net"}, [{"name": "unet", "deep_supervision": False}])
     assert [m.name for m in models] == ["sa2net", "unet"]
     with pytest.raises(ConfigError, match="distinct names"):
@@ -71,3 +76,77 @@ def test_model_kwargs_exclude_the_name():
     assert ModelConfig(base_channels=8).kwargs() == {
         "in_channels": 3, "num_classes": 1, "base_channels": 8, "deep_supervision": True,
     }
+
+
+# --------------------------------------------------------------------------------------
+# One source of defaults
+# --------------------------------------------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENVIRONMENTS = sorted(p.name for p in (REPO_ROOT / "conf").iterdir()
+                      if p.is_dir() and p.name != "base")
+
+
+def _parameters(env: str) -> dict:
+    """``conf/base`` soft-merged with ``conf/<env>``, loaded as ``kedro run --env`` does."""
+    from kedro.config import OmegaConfigLoader
+
+    from sa2_pipeline.settings import CONFIG_LOADER_ARGS
+
+    args = {**CONFIG_LOADER_ARGS, "default_run_env": env}
+    return OmegaConfigLoader(conf_source=str(REPO_ROOT / "conf"), **args)["parameters"]
+
+
+def _differences(schema: type, values: dict, where: str) -> list[str]:
+    """``where.key: conf/base <value> != schema default <default>`` for each differing key."""
+    default = schema()
+    parsed = parse(schema, values, where)
+    found = []
+    for key, value in values.items():
+        expected = getattr(default, key)
+        if isinstance(value, dict) and dataclasses.is_dataclass(expected):
+            found += _differences(type(expected), value, f"{where}.{key}")
+        elif getattr(parsed, key) != expected:
+            found.append(f"{where}.{key}: conf/base {value!r} != schema default {expected!r}")
+    return found
+
+
+def test_every_conf_base_value_is_its_schema_default():
+    """The rule (see config.py's docstring): every value in conf/base/parameters_*.yml
+    equals its schema default in sa2_pipeline.config, after resolving conf/base's globals.
+
+    So the defaults are written once, in agreement: a key left out of a YAML file, or a
+    schema parsed from ``{}`` outside Kedro, behaves as a plain ``kedro run``. ``baselines``
+    is a list of further models (choices, not defaults): its entries must parse.
+    """
+    import yaml
+
+    params = _parameters("base")
+    globals_ = yaml.safe_load((REPO_ROOT / "conf" / "base" / "globals.yml").read_text())
+    assert globals_["dataset"] == DEFAULT_DATASET
+    unknown = sorted(set(params) - set(PARAMETER_GROUPS))
+    assert not unknown, f"conf/base groups without a schema in PARAMETER_GROUPS: {unknown}"
+    differences = []
+    for group, values in params.items():
+        if group == "baselines":
+            parse_models(params["model"], values)
+            continue
+        differences += _differences(PARAMETER_GROUPS[group], values, group)
+    assert not differences, "\n".join(differences)
+
+
+def test_a_changed_default_is_caught():
+    differences = _differences(TrainingConfig, {"epochs": 12, "loss": {"dice_weight": 0.7}},
+                               "training")
+    assert differences == ["training.loss.dice_weight: conf/base 0.7 != schema default 0.5"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_every_environment_parses(env):
+    params = _parameters(env)
+    for group, values in params.items():
+        if group == "baselines":
+            parse_models(params["model"], values)
+        else:
+            parse(PARAMETER_GROUPS[group], values, group)
+    dataset = params["data_ingestion"]["dataset"]
+    assert parse(RegistryConfig, params["registry"], "registry").model_name.endswith(dataset)

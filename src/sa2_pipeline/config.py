@@ -4,6 +4,16 @@ Each Kedro node receives its parameters as a plain dict (``params:<group>``, whi
 what kedro-mlflow logs) and parses it once with :func:`parse`. Unknown keys, wrong types and
 illegal values fail at once with a message that names the key, the value and what is allowed,
 so a typo in a YAML file never trains for an hour with a default silently used instead.
+
+One source of defaults. The rule: **every value in ``conf/base/parameters_*.yml`` equals
+its schema default here** (``tests/test_config.py`` checks each one). So ``conf/base`` and
+the code never disagree: a key left out of a YAML file, or a schema parsed from ``{}``
+outside Kedro, gets exactly what a plain ``kedro run`` uses. Values ``conf/base`` derives
+from ``globals.yml`` (``${globals:dataset}``) are compared after resolving it; here they
+derive from :data:`DEFAULT_DATASET`, which must equal ``conf/base/globals.yml``'s
+``dataset``. Dataset environments (``conf/<dataset>/``) override ``globals.dataset`` and
+the keys they change; the defaults stay those of ``conf/base``. A changed default is
+changed in both places, or the test fails.
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ class ConfigError(ValueError):
     """A parameter group does not match its schema."""
 
 
+#: ``dataset`` of ``conf/base/globals.yml``: names the default paths and registered model.
+DEFAULT_DATASET = "synthetic"
+
+
 # --------------------------------------------------------------------------- ingestion
 @dataclass(frozen=True)
 class SyntheticDataConfig:
@@ -43,10 +57,11 @@ class SyntheticDataConfig:
 class IngestionConfig:
     """``params:data_ingestion``: which dataset, in which raw format, where."""
 
-    dataset: str = "synthetic"
+    dataset: str = DEFAULT_DATASET
     format: RawFormat = "monuseg"
-    raw_dir: str = "data/01_raw/synthetic"
-    synthetic: SyntheticDataConfig | None = None
+    raw_dir: str = f"data/01_raw/{DEFAULT_DATASET}"
+    #: null: never generate (a missing folder is an error).
+    synthetic: SyntheticDataConfig | None = field(default_factory=SyntheticDataConfig)
     #: Downscale images (and masks) as they are read so the longer side is at most this;
     #: null keeps native resolution. Formats: isic2018, glas.
     max_side: int | None = None
@@ -80,7 +95,8 @@ class ModelConfig:
     name: str = "sa2net"
     in_channels: int = 3
     num_classes: int = 1
-    base_channels: int = 64
+    #: Sized for a 2-core CPU; the paper's width is 64 (``conf/paper``).
+    base_channels: int = 16
     deep_supervision: bool = True
 
     def kwargs(self) -> dict[str, Any]:
@@ -178,10 +194,10 @@ class DistributedConfig:
 class TrainingConfig:
     """``params:training``: the training engine's settings."""
 
-    epochs: int = 20
-    batch_size: int = 4
+    epochs: int = 12
+    batch_size: int = 8
     patch_size: int = 128
-    samples_per_epoch: int = 64
+    samples_per_epoch: int = 96
     foreground_oversample: float = 0.33
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -195,7 +211,7 @@ class TrainingConfig:
     num_workers: int = 0
     num_threads: int = 0
     val_batch_size: int = 4
-    checkpoint_dir: str = "data/06_models/checkpoints"
+    checkpoint_dir: str = f"data/06_models/{DEFAULT_DATASET}/checkpoints"
     folds: tuple[int, ...] | Literal["all"] = (0,)
     resume: bool = True
     channel_order: Literal["rgb", "bgr"] = "rgb"
@@ -239,7 +255,7 @@ class RegistryConfig:
     """``params:registry``: MLflow model registration and the promotion gate."""
 
     register: bool = True
-    model_name: str = "sa2net-synthetic"
+    model_name: str = f"sa2net-{DEFAULT_DATASET}"
     promotion_metric: str = "test_dice"
     promotion_margin: float = 0.0
     input_example_size: int = 64
@@ -286,7 +302,22 @@ class ReportingConfig:
     """``params:reporting``."""
 
     n_overlays: int = 4
-    title: str = "SA2-Net report"
+    title: str = f"SA2-Net on {DEFAULT_DATASET}"
+
+
+#: The schema of every top-level key of ``conf/*/parameters*.yml``. ``baselines`` is a list
+#: of :class:`ModelConfig` entries (see :func:`parse_models`).
+PARAMETER_GROUPS: dict[str, type] = {
+    "data_ingestion": IngestionConfig,
+    "data_processing": ProcessingConfig,
+    "model": ModelConfig,
+    "baselines": ModelConfig,
+    "training": TrainingConfig,
+    "evaluation": EvaluationConfig,
+    "registry": RegistryConfig,
+    "retraining": RetrainingConfig,
+    "reporting": ReportingConfig,
+}
 
 
 # --------------------------------------------------------------------------- parsing
