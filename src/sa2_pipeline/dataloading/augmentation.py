@@ -133,6 +133,38 @@ def _build_paper(
     )
 
 
+def _colour_jitter(
+    colour: str, hue_shift_limit: float, sat_shift_limit: float, val_shift_limit: float,
+    p: float,
+) -> list[A.BasicTransform]:
+    """The colour step of the default set: HSV jitter, H&E stain jitter, or nothing."""
+    if colour == "hsv":
+        return [
+            A.HueSaturationValue(
+                hue_shift_limit=hue_shift_limit,
+                sat_shift_limit=sat_shift_limit,
+                val_shift_limit=val_shift_limit,
+                p=p,
+            )
+        ]
+    if colour == "he_stain":
+        return [A.HEStain(method="random_preset", p=p)]
+    return []
+
+
+def _blur_or_noise(
+    blur_sigma: tuple[float, float], noise_std: tuple[float, float], p: float
+) -> A.OneOf:
+    """Light Gaussian blur or Gaussian noise, one of the two, with probability ``p``."""
+    return A.OneOf(
+        [
+            A.GaussianBlur(blur_limit=0, sigma_limit=tuple(blur_sigma), p=1.0),
+            A.GaussNoise(std_range=tuple(noise_std), p=1.0),
+        ],
+        p=p,
+    )
+
+
 def _build_default(
     *,
     d4: bool = True,
@@ -176,26 +208,10 @@ def _build_default(
             p=brightness_contrast_p,
         )
     )
-    if colour == "hsv":
-        transforms.append(
-            A.HueSaturationValue(
-                hue_shift_limit=hue_shift_limit,
-                sat_shift_limit=sat_shift_limit,
-                val_shift_limit=val_shift_limit,
-                p=colour_p,
-            )
-        )
-    elif colour == "he_stain":
-        transforms.append(A.HEStain(method="random_preset", p=colour_p))
-    transforms.append(
-        A.OneOf(
-            [
-                A.GaussianBlur(blur_limit=0, sigma_limit=tuple(blur_sigma), p=1.0),
-                A.GaussNoise(std_range=tuple(noise_std), p=1.0),
-            ],
-            p=blur_noise_p,
-        )
+    transforms += _colour_jitter(
+        colour, hue_shift_limit, sat_shift_limit, val_shift_limit, colour_p
     )
+    transforms.append(_blur_or_noise(blur_sigma, noise_std, blur_noise_p))
     return A.Compose(transforms)
 
 

@@ -50,6 +50,30 @@ def _multiclass_target(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return one_hot.movedim(-1, 1).float()
 
 
+def _probabilities_and_targets(
+    logits: torch.Tensor, target: torch.Tensor, *, multiclass: bool, ignore_background: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(probabilities, float targets)``, both ``(N, C, *spatial)``, from float32 logits."""
+    if multiclass:
+        if logits.shape[1] < 2:
+            raise ValueError(
+                f"multi-class Dice needs at least 2 channels, got logits {tuple(logits.shape)}"
+            )
+        probs = torch.softmax(logits, dim=1)
+        target_f = _multiclass_target(logits, target)
+        if ignore_background:
+            probs, target_f = probs[:, 1:], target_f[:, 1:]
+        return probs, target_f
+    if logits.shape[1] != 1:
+        raise ValueError(
+            f"binary Dice expects one logit channel, got logits {tuple(logits.shape)}; "
+            "pass multiclass=True for C > 1"
+        )
+    if ignore_background:
+        raise ValueError("ignore_background only applies to multi-class Dice")
+    return torch.sigmoid(logits), _binary_target(logits, target)
+
+
 def soft_dice_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -86,27 +110,9 @@ def soft_dice_loss(
     if logits.dim() < 3:
         raise ValueError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        logits = logits.float()
-        if multiclass:
-            if logits.shape[1] < 2:
-                raise ValueError(
-                    f"multi-class Dice needs at least 2 channels, got logits {tuple(logits.shape)}"
-                )
-            probs = torch.softmax(logits, dim=1)
-            target_f = _multiclass_target(logits, target)
-            if ignore_background:
-                probs, target_f = probs[:, 1:], target_f[:, 1:]
-        else:
-            if logits.shape[1] != 1:
-                raise ValueError(
-                    f"binary Dice expects one logit channel, got logits {tuple(logits.shape)}; "
-                    "pass multiclass=True for C > 1"
-                )
-            if ignore_background:
-                raise ValueError("ignore_background only applies to multi-class Dice")
-            probs = torch.sigmoid(logits)
-            target_f = _binary_target(logits, target)
-
+        probs, target_f = _probabilities_and_targets(
+            logits.float(), target, multiclass=multiclass, ignore_background=ignore_background
+        )
         spatial = tuple(range(2, probs.dim()))
         intersection = (probs * target_f).sum(dim=spatial)  # (N, C)
         if squared_denominator:
