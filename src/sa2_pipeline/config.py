@@ -239,8 +239,20 @@ class TrainingConfig:
 
 # --------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
+class InstanceConfig:
+    """``params:evaluation.instances``: objects cut out of the predicted probability map
+    (docs/metrics.md); the foreground threshold is ``evaluation.threshold``."""
+
+    method: Literal["watershed", "components"] = "watershed"
+    min_distance: int = 4
+    min_size: int = 10
+    connectivity: int = 1
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
-    """``params:evaluation``: sliding-window prediction of the held-out test set."""
+    """``params:evaluation``: sliding-window prediction of the held-out test set, object
+    and boundary metrics, bootstrap intervals."""
 
     patch_size: int = 256
     overlap: float = 0.5
@@ -248,6 +260,10 @@ class EvaluationConfig:
     tta: bool = False
     threshold: float = 0.5
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
+    boundary_tolerance: float = 2.0
+    bootstrap_resamples: int = 9999
+    bootstrap_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -303,6 +319,7 @@ class ReportingConfig:
 
     n_overlays: int = 4
     title: str = f"SA2-Net on {DEFAULT_DATASET}"
+    dataset: str = DEFAULT_DATASET
 
 
 #: The schema of every top-level key of ``conf/*/parameters*.yml``. ``baselines`` is a list

@@ -1,35 +1,90 @@
-"""Figures are drawn from their inputs and the report embeds them."""
+"""The report: figures drawn from their inputs, tables with intervals, words, provenance."""
 
 import numpy as np
 import pandas as pd
 
-from sa2_pipeline.reporting.figures import pick_overlay_ids, plot_learning_curves, plot_overlays
-from sa2_pipeline.reporting.report import build_report, figure_png
+from sa2_pipeline.reporting.figures import (
+    FN_COLOUR,
+    FP_COLOUR,
+    PRED_OUTLINE,
+    TRUE_OUTLINE,
+    error_map,
+    pick_worst_and_best,
+)
+from sa2_pipeline.reporting.report import build_report, registry_sentence
 
 
-def _history():
-    return pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.8, 0.7],
-                         "val_dice": [0.5, 0.7, 0.6], "val_iou": [0.4, 0.6, 0.5],
-                         "lr": [1e-3, 9e-4, 7e-4], "is_best": [True, True, False]})
+def test_worst_and_best_are_listed_once_each():
+    per_image = pd.DataFrame({"id": list("abcde"), "dice": [0.9, 0.1, 0.5, 0.7, np.nan]})
+    assert pick_worst_and_best(per_image, 2, 1) == [
+        ("b", "worst 1"),
+        ("c", "worst 2"),
+        ("a", "best 1"),
+    ]
+    assert [i for i, _ in pick_worst_and_best(per_image, 3, 3)] == ["b", "c", "d", "a"]
 
 
-def test_overlay_selection_spans_worst_to_best():
-    per_image = pd.DataFrame({"id": list("abcde"), "dice": [0.9, 0.1, 0.5, 0.7, 0.3]})
-    assert pick_overlay_ids(per_image, 3) == ["b", "c", "a"]
-    assert pick_overlay_ids(per_image, 10) == ["b", "e", "c", "d", "a"]
+def test_error_map_colours_fp_fn_and_outlines():
+    image = np.full((12, 12, 3), 128, np.uint8)
+    truth = np.zeros((12, 12), np.uint8)
+    truth[2:6, 2:6] = 1
+    pred = np.zeros_like(truth)
+    pred[7:11, 7:11] = 1
+    out = error_map(image, truth, pred)
+    # The interior of the missed object is tinted blue, of the spurious one red.
+    assert out[3, 3, 2] > out[3, 3, 0] and np.all(out[3, 3] != 128)
+    assert out[8, 8, 0] > out[8, 8, 2]
+    assert tuple(out[2, 2]) == TRUE_OUTLINE and tuple(out[7, 7]) == PRED_OUTLINE
+    assert FP_COLOUR != FN_COLOUR
+    # Instance outlines: two true objects inside one mask region are outlined apart.
+    instances = np.zeros_like(truth, dtype=np.int32)
+    instances[2:6, 2:4], instances[2:6, 4:6] = 1, 2
+    split = error_map(image, truth, truth, true_instances=instances)
+    assert tuple(split[3, 4]) in (TRUE_OUTLINE, PRED_OUTLINE)
+    assert tuple(error_map(image, truth, truth)[3, 4]) == (128, 128, 128)
 
 
-def test_report_embeds_figures_and_tables():
-    per_image = pd.DataFrame({"id": ["x", "y"], "dice": [0.8, 0.6], "iou": [0.7, 0.5]})
-    images = {i: np.full((16, 16, 3), 200, np.uint8) for i in ("x", "y")}
-    masks = {i: np.pad(np.ones((8, 8), np.uint8), 4) for i in ("x", "y")}
-    overlays = plot_overlays(images, masks, masks, per_image, n=2)
-    curves = figure_png(plot_learning_curves(_history()))
-    markdown, html = build_report(
-        title="T", model_meta={"best_epoch": 2}, model_desc={"model": "sa2net"},
-        test_summary={"test_dice": 0.7}, per_image=per_image,
-        registration={"version": "3"}, figures={"learning_curves": curves, "overlays": overlays})
-    assert "![learning_curves](figures/learning_curves.png)" in markdown
-    assert "| test_dice | 0.7000 |" in markdown
-    assert html.count("data:image/png;base64,") == 2
-    assert "<td>3</td>" in html and "best_epoch" in html
+def test_registry_decision_in_words(registration_record):
+    text = registry_sentence(registration_record)
+    assert "version 4 of sa2net-glas" in text and "did not become the champion" in text
+    assert "stays version 2" in text and "decision_" not in text
+    promoted = registry_sentence(
+        {**registration_record, "decision_promote": True, "decision_reason": "no champion yet"}
+    )
+    assert "became the champion: no champion yet" in promoted
+    assert "not registered: no active MLflow run" in registry_sentence(
+        {"registered": False, "reason": "no active MLflow run"}
+    )
+
+
+def test_report_headline_comparison_published_and_provenance(make_report):
+    (markdown, page), summary = make_report("glas")
+    dice = summary["models"]["sa2net"]["intervals"]["dice"]
+    cell = f"{dice['estimate']:.4f} [{dice['low']:.4f}, {dice['high']:.4f}]"
+    assert cell in markdown and cell in page
+    assert "| Dice |" in markdown and "| 6 |" in markdown  # n images behind the number
+    assert "AJI" in page and "PQ" in page and "object F1" in page
+    # SA2-Net is 0.1 better on every image: the paired verdict says so.
+    assert "sa2net vs unet" in markdown and "better" in markdown
+    assert "91.38" in page and "SA2-Net (published)" in page
+    assert 'href="http://127.0.0.1:5000/#/experiments/0/runs/r1"' in page
+    assert "deadbeef" in markdown
+    assert "did not become the champion" in page
+    assert page.count("data:image/png;base64,") == 3
+    assert "![test_overlays](figures/test_overlays.png)" in markdown
+
+
+def test_no_published_table_for_own_data(make_report):
+    (markdown, _), _ = make_report("synthetic")
+    assert "Published numbers" not in markdown
+
+
+def test_empty_summary_still_renders():
+    markdown, page = build_report(
+        title="T",
+        test_summary={"primary_model": "m"},
+        per_image=pd.DataFrame({"id": [], "dice": []}),
+        registration={},
+        figures={},
+    )
+    assert "<h1>T</h1>" in page and markdown.startswith("# T")

@@ -23,18 +23,21 @@ def plot_learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     selected (best validation) epoch of each run is marked."""
     plt = _plt()
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    groups = history.groupby(["model", "fold"], sort=False) if "model" in history else [
-        (("model", 0), history)]
+    groups = (
+        history.groupby(["model", "fold"], sort=False)
+        if "model" in history
+        else [(("model", 0), history)]
+    )
     for k, ((model, fold), run) in enumerate(groups):
         color = f"C{k % 10}"
         label = f"{model} fold {fold}"
-        ax_loss.plot(run["epoch"], run["train_loss"], color=color, marker="o", ms=2,
-                     label=label)
+        ax_loss.plot(run["epoch"], run["train_loss"], color=color, marker="o", ms=2, label=label)
         ax_dice.plot(run["epoch"], run["val_dice"], color=color, marker="o", ms=2, label=label)
         if run["is_best"].any():
             best = run.loc[run["is_best"]].iloc[-1]
-            ax_dice.scatter([best["epoch"]], [best["val_dice"]], color=color, marker="*",
-                            s=90, zorder=3)
+            ax_dice.scatter(
+                [best["epoch"]], [best["val_dice"]], color=color, marker="*", s=90, zorder=3
+            )
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
     ax_dice.set_xlabel("epoch")
@@ -45,13 +48,18 @@ def plot_learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     return fig
 
 
+#: Metrics in [0, 1] drawn in the distribution figure, when the table has them.
+DISTRIBUTION_METRICS = ("dice", "iou", "aji", "pq", "obj_f1", "boundary_f1")
+
+
 def plot_metric_distribution(per_image: pd.DataFrame, title: str = "Test metrics per image"):
     """Box plot with every image as a point: one box per (model, metric) when the table
     has a ``model`` column (each model's final member: its fold ensemble, or its only
     fold), else one per metric column."""
     plt = _plt()
-    cols = [c for c in per_image.columns if c in ("dice", "iou")] or [
-        c for c in per_image.columns if c.startswith(("dice", "iou"))]
+    cols = [c for c in DISTRIBUTION_METRICS if c in per_image.columns] or [
+        c for c in per_image.columns if c.startswith(("dice", "iou"))
+    ]
     if "model" in per_image:
         data, labels = [], []
         for model, frame in per_image.groupby("model", sort=False):
@@ -64,7 +72,7 @@ def plot_metric_distribution(per_image: pd.DataFrame, title: str = "Test metrics
     else:
         data = [per_image[c].dropna().to_numpy() for c in cols]
         labels, n = cols, len(per_image)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(data), 3.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(min(2 + 0.9 * len(data), 16), 3.8), constrained_layout=True)
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(data) + 1), labels)
     rng = np.random.default_rng(0)
@@ -76,42 +84,116 @@ def plot_metric_distribution(per_image: pd.DataFrame, title: str = "Test metrics
     return fig
 
 
-def pick_overlay_ids(per_image: pd.DataFrame, n: int, metric: str = "dice") -> list[str]:
-    """Worst to best, evenly spaced: the report shows failures as well as successes."""
-    ordered = per_image.sort_values(metric)["id"].tolist()
-    if n >= len(ordered):
-        return ordered
-    idx = np.unique(np.linspace(0, len(ordered) - 1, n).round().astype(int))
-    return [ordered[i] for i in idx]
+def pick_worst_and_best(
+    per_image: pd.DataFrame, n_worst: int, n_best: int, metric: str = "dice"
+) -> list[tuple[str, str]]:
+    """``[(id, "worst k" | "best k"), ...]``: the lowest then the highest ``metric`` images.
+
+    Images without a value of ``metric`` (NaN) are skipped; an image is listed once even
+    when the test set is smaller than ``n_worst + n_best``.
+    """
+    ordered = per_image.dropna(subset=[metric]).sort_values([metric, "id"])["id"].tolist()
+    worst = ordered[:n_worst]
+    best = [i for i in reversed(ordered) if i not in worst][:n_best]
+    return [(i, f"worst {k + 1}") for k, i in enumerate(worst)] + [
+        (i, f"best {k + 1}") for k, i in enumerate(best)
+    ]
 
 
-def plot_overlays(
+#: Error-map colours (RGB): false positive, false negative, wrong class, outlines.
+FP_COLOUR = (230, 40, 40)
+FN_COLOUR = (40, 110, 255)
+WRONG_CLASS_COLOUR = (255, 150, 0)
+TRUE_OUTLINE = (0, 220, 0)
+PRED_OUTLINE = (255, 235, 0)
+
+
+def error_map(
+    image: np.ndarray,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    true_instances: np.ndarray | None = None,
+    pred_instances: np.ndarray | None = None,
+) -> np.ndarray:
+    """RGB image with false positives, false negatives and wrong classes tinted, and the
+    outlines of the true (green) and predicted (yellow) objects drawn on top.
+
+    Without instance maps the outlines are those of the masks' regions.
+    """
+    from skimage.segmentation import find_boundaries
+
+    out = np.asarray(image, dtype=np.float32)
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=2)
+    out = out[..., :3].copy()
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    regions = (
+        ((pred > 0) & (truth == 0), FP_COLOUR),
+        ((truth > 0) & (pred == 0), FN_COLOUR),
+        ((truth > 0) & (pred > 0) & (truth != pred), WRONG_CLASS_COLOUR),
+    )
+    for where, colour in regions:
+        out[where] = 0.35 * out[where] + 0.65 * np.asarray(colour, dtype=np.float32)
+    true_labels = truth if true_instances is None else true_instances
+    pred_labels = pred if pred_instances is None else pred_instances
+    out[find_boundaries(true_labels, mode="inner")] = TRUE_OUTLINE
+    out[find_boundaries(pred_labels, mode="inner")] = PRED_OUTLINE
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _caption(scores: pd.Series) -> str:
+    names = ("dice", "aji", "pq", "obj_f1", "hd95")
+    return ", ".join(f"{c} {scores[c]:.3f}" for c in names if c in scores and pd.notna(scores[c]))
+
+
+def _legend(fig) -> None:
+    from matplotlib.patches import Patch
+
+    entries = (
+        (FP_COLOUR, "false positive"),
+        (FN_COLOUR, "false negative"),
+        (WRONG_CLASS_COLOUR, "wrong class"),
+        (TRUE_OUTLINE, "true object outline"),
+        (PRED_OUTLINE, "predicted object outline"),
+    )
+    handles = [Patch(color=np.asarray(c) / 255, label=label) for c, label in entries]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7)
+
+
+def plot_error_maps(
     images: Mapping[str, np.ndarray],
     masks: Mapping[str, np.ndarray],
     predictions: Mapping[str, np.ndarray],
     per_image: pd.DataFrame,
-    n: int = 4,
+    n_worst: int = 2,
+    n_best: int = 2,
+    metric: str = "dice",
+    true_instances: Mapping[str, np.ndarray] | None = None,
+    pred_instances: Mapping[str, np.ndarray] | None = None,
 ):
-    """Image | ground truth outline (green) | prediction outline (magenta), with Dice."""
-    from skimage.segmentation import find_boundaries
-
+    """The worst and best test images by ``metric``: image | error map with outlines."""
     plt = _plt()
-    ids = pick_overlay_ids(per_image, n, "dice" if "dice" in per_image else per_image.columns[1])
+    picked = pick_worst_and_best(per_image, n_worst, n_best, metric)
     scores = per_image.set_index("id")
-    fig, axes = plt.subplots(len(ids), 2, figsize=(7, 3.4 * len(ids)), squeeze=False,
-                             constrained_layout=True)
-    for row, image_id in zip(axes, ids, strict=True):
+    fig, axes = plt.subplots(
+        max(len(picked), 1),
+        2,
+        figsize=(7, 3.4 * max(len(picked), 1) + 0.4),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    for row, (image_id, rank) in zip(axes, picked, strict=False):
         image = images[image_id]
-        truth, pred = masks[image_id], predictions[image_id]
+        true_inst = None if true_instances is None else true_instances.get(image_id)
+        pred_inst = None if pred_instances is None else pred_instances.get(image_id)
         row[0].imshow(image)
-        row[0].set_title(f"{image_id}", fontsize=8)
-        overlay = image.copy()
-        overlay[find_boundaries(truth, mode="inner")] = (0, 220, 0)
-        overlay[find_boundaries(pred, mode="inner")] = (255, 0, 255)
-        row[1].imshow(overlay)
-        label = ", ".join(f"{c} {scores.loc[image_id, c]:.3f}" for c in ("dice", "iou")
-                          if c in scores.columns)
-        row[1].set_title(f"truth (green) vs prediction (magenta): {label}", fontsize=8)
-        for ax in row:
-            ax.set_axis_off()
+        row[0].set_title(f"{rank}: {image_id}", fontsize=8)
+        row[1].imshow(
+            error_map(image, masks[image_id], predictions[image_id], true_inst, pred_inst)
+        )
+        row[1].set_title(_caption(scores.loc[image_id]), fontsize=8)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    _legend(fig)
+    fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
     return fig

@@ -1,14 +1,47 @@
-"""A self-contained report: Markdown (figures beside it) and HTML (figures embedded)."""
+"""The run report, Markdown (figures beside it) and self-contained HTML (figures embedded).
+
+Read top to bottom it answers: how good is the model (headline table with 95 % intervals
+and the number of test images behind each number), is it better than the baselines (paired
+differences on the same images), how does it compare with the paper, where does it fail
+(worst and best images), did it train sensibly, what did the registry do and why, and where
+the numbers come from (provenance).
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
+
+#: Headline metrics, in display order, with their names in the report.
+HEADLINE = {
+    "dice": "Dice",
+    "iou": "IoU",
+    "aji": "AJI",
+    "pq": "PQ",
+    "dq": "DQ",
+    "sq": "SQ",
+    "obj_precision": "object precision",
+    "obj_recall": "object recall",
+    "obj_f1": "object F1 (IoU > 0.5)",
+    "boundary_f1": "boundary F1",
+    "hd95": "HD95 (px, lower is better)",
+}
+
+FIGURE_CAPTIONS = {
+    "test_overlays": "Worst and best test images (primary model). Red: false positive, blue: "
+    "false negative, orange: wrong class; green: true object outlines, yellow: predicted "
+    "object outlines.",
+    "metric_distribution": "Per-image test scores of each model's final member (box: "
+    "quartiles, triangle: mean, dots: images).",
+    "learning_curves": "Training loss and validation Dice per epoch (star: selected epoch).",
+}
 
 
 def figure_png(fig: Any) -> bytes:
@@ -20,140 +53,347 @@ def figure_png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in rows]
-    return "\n".join(lines)
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+def _ci(entry: Mapping[str, Any]) -> str:
+    low, high = entry.get("low"), entry.get("high")
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return _num(entry.get("estimate"))
+    return f"{_num(entry['estimate'])} [{_num(low)}, {_num(high)}]"
 
 
-def comparison_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per model: fold mean +- std and the final member (fold ensemble) scores."""
+def _ordered_metrics(available: list[str]) -> list[str]:
+    return [m for m in HEADLINE if m in available]
+
+
+def headline_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows: headline metrics; columns: each model's mean [95 % interval], and n images."""
+    models = test_summary.get("models", {})
+    primary = test_summary.get("primary_model")
+    names = [primary, *[m for m in models if m != primary]] if primary in models else list(models)
+    if not names or "intervals" not in models[names[0]]:
+        return pd.DataFrame()
     rows = []
-    for name, entry in test_summary.get("models", {}).items():
-        row: dict[str, Any] = {"model": name, "folds": len(entry["members"]) - (
-            1 if "ensemble" in entry["members"] else 0)}
-        for metric, mean in entry["fold_mean"].items():
-            row[f"{metric} (folds)"] = f"{mean:.4f} ± {entry['fold_std'][metric]:.4f}"
-        for metric, value in entry["final"].items():
-            row[f"{metric} ({entry['final_member']})"] = f"{value:.4f}"
+    for metric in _ordered_metrics(list(models[names[0]]["intervals"])):
+        row: dict[str, Any] = {"metric": HEADLINE[metric]}
+        for name in names:
+            entry = models[name].get("intervals", {}).get(metric)
+            row[f"{name} ({models[name]['final_member']})"] = _ci(entry) if entry else "–"
+        row["n images"] = models[names[0]]["intervals"][metric]["n"]
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def primary_bundle(trained_models: Mapping[str, Mapping[str, Any]],
-                   primary: str) -> Mapping[str, Any]:
+def _verdict(entry: Mapping[str, Any]) -> str:
+    low, high = entry["delta_low"], entry["delta_high"]
+    if math.isnan(low):
+        return "too few images to tell"
+    better = low > 0 if entry["higher_is_better"] else high < 0
+    worse = high < 0 if entry["higher_is_better"] else low > 0
+    return "better" if better else "worse" if worse else "no clear difference"
+
+
+def comparison_tables(test_summary: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """One table per baseline: Δ (primary − baseline), interval, lower bound, Wilcoxon p."""
+    tables = {}
+    for baseline, metrics in test_summary.get("comparisons", {}).items():
+        rows = [
+            {
+                "metric": HEADLINE[m],
+                "Δ": _num(metrics[m]["delta"]),
+                "95 % interval": f"[{_num(metrics[m]['delta_low'])}, "
+                f"{_num(metrics[m]['delta_high'])}]",
+                "one-sided 95 % lower bound": _num(metrics[m]["delta_lower_bound"]),
+                "Wilcoxon p": _num(metrics[m]["wilcoxon_p"], 3),
+                "n images": metrics[m]["n"],
+                "verdict": _verdict(metrics[m]),
+            }
+            for m in _ordered_metrics(list(metrics))
+        ]
+        tables[baseline] = pd.DataFrame(rows)
+    return tables
+
+
+def published_table(published: Mapping[str, Any] | None, test_summary: Mapping[str, Any]):
+    """Published Dice/IoU (%) beside ours, or ``None`` when the dataset has no entry."""
+    if not published:
+        return None
+
+    def pct(pair, k):
+        return "not published" if pair is None or pair[k] is None else f"{pair[k]:.2f}"
+
+    rows = [
+        {
+            "model": "SA2-Net (published)",
+            "Dice %": pct(published.get("sa2net"), 0),
+            "IoU %": pct(published.get("sa2net"), 1),
+        }
+    ]
+    rows += [
+        {"model": f"{name} (published)", "Dice %": pct(pair, 0), "IoU %": pct(pair, 1)}
+        for name, pair in published.get("baselines", {}).items()
+    ]
+    for name, entry in test_summary.get("models", {}).items():
+        final = entry.get("final", {})
+        for suffix, label in (("_224", " at 224², as published"), ("", " native")):
+            if f"dice{suffix}" in final:
+                rows.append(
+                    {
+                        "model": f"{name} (this run{label})",
+                        "Dice %": f"{100 * final[f'dice{suffix}']:.2f}",
+                        "IoU %": f"{100 * final.get(f'iou{suffix}', float('nan')):.2f}",
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def registry_sentence(record: Mapping[str, Any]) -> str:
+    """The registry decision in plain words."""
+    if not record.get("registered", True) or "version" not in record:
+        return f"The model was not registered: {record.get('reason', 'no reason recorded')}."
+    name, version = record.get("model_name", "the model"), record["version"]
+    metric = record.get("decision_metric", "the promotion metric")
+    candidate, champion = (
+        record.get("decision_candidate_score"),
+        record.get("decision_champion_score"),
+    )
+    reason = record.get("decision_reason", "")
+    if record.get("unchanged"):
+        return (
+            f"Nothing new was registered: this model is identical (same weights, same test "
+            f"set) to version {version} of {name}, already registered. {reason}".strip()
+        )
+    text = f"Registered as version {version} of {name} (alias challenger). "
+    if record.get("decision_promote"):
+        text += f"It became the champion: {reason}."
+    else:
+        text += (
+            f"It did not become the champion: {reason}. The champion stays version "
+            f"{record.get('decision_champion_version')}"
+        )
+        if champion is not None and candidate is not None:
+            text += f" ({metric} {champion:.4f} against this model's {candidate:.4f})"
+        text += "."
+    return text.replace("..", ".")
+
+
+def headline_sentence(test_summary: Mapping[str, Any], dataset: str) -> str:
+    """One sentence: the primary model's main scores with intervals and the test set size."""
+    primary = test_summary.get("primary_model", "model")
+    intervals = test_summary.get("models", {}).get(primary, {}).get("intervals", {})
+    parts = [
+        f"{HEADLINE[m].split(' (')[0]} {_ci(intervals[m])}"
+        for m in ("dice", "aji", "pq", "obj_f1")
+        if m in intervals
+    ]
+    n = test_summary.get("n_images", "?")
+    return (
+        f"{primary} on {dataset}: "
+        + ", ".join(parts)
+        + f" (mean [95 % bootstrap interval] over {n} held-out test images, never used "
+        "for model selection)."
+    )
+
+
+_URL = re.compile(r"(https?://[^<\s]+)")
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    table = frame.to_html(index=False, escape=True, na_rep="–", float_format=lambda x: f"{x:.4f}")
+    return _URL.sub(r'<a href="\1">\1</a>', table)
+
+
+def _kv_rows(rows: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["", " "])
+
+
+def _provenance_rows(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
+    labels = {
+        "dataset": "dataset",
+        "data_version": "data version (DVC hash of the raw data)",
+        "test_set_id": "test set id (hash of the test images and masks)",
+        "git_commit": "git commit",
+        "mlflow_run_id": "MLflow run",
+        "mlflow_run_link": "MLflow run link",
+        "tracking_uri": "MLflow tracking store",
+    }
+    return [
+        (label, _num(provenance.get(key, "unknown")) if provenance.get(key) else "unknown")
+        for key, label in labels.items()
+    ]
+
+
+def build_sections(
+    *,
+    dataset: str,
+    model_desc: Mapping[str, Any],
+    test_summary: Mapping[str, Any],
+    per_image: pd.DataFrame,
+    registration: Mapping[str, Any],
+    runs: pd.DataFrame | None,
+    provenance: Mapping[str, Any],
+    published: Mapping[str, Any] | None,
+) -> list[tuple[str, str | pd.DataFrame]]:
+    """The report's sections in order: ``(heading, paragraph or table)``; ``"figures"``
+    marks where the figures go."""
+    sections: list[tuple[str, str | pd.DataFrame]] = [
+        ("Summary", headline_sentence(test_summary, dataset)),
+        ("Registry decision", registry_sentence(registration)),
+    ]
+    headline = headline_table(test_summary)
+    if not headline.empty:
+        sections.append(("Test scores (95 % bootstrap intervals of the mean)", headline))
+    for baseline, table in comparison_tables(test_summary).items():
+        sections.append(
+            (
+                f"{test_summary['primary_model']} vs {baseline} (paired, same images; "
+                "Δ = primary − baseline)",
+                table,
+            )
+        )
+    table = published_table(published, test_summary)
+    if table is not None:
+        note = (published or {}).get("source", "")
+        sections.append((f"Published numbers on {dataset} ({note}; see docs/protocol.md)", table))
+    sections.append(("figures", ""))
+    sections.append(("Model", _kv_rows([(k, _num(v)) for k, v in model_desc.items()])))
+    if runs is not None and not runs.empty:
+        sections.append(("Training runs (selected on validation data only)", runs))
+    sections.append(("Provenance", _kv_rows(_provenance_rows(provenance))))
+    sections.append(("Per-image test scores (primary model)", per_image))
+    return sections
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no optional dependency)."""
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += [
+        "| " + " | ".join(_num(v) for v in row) + " |" for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines)
+
+
+def _render_markdown(title: str, sections, figures: Mapping[str, Any]) -> str:
+    md = [f"# {title}", ""]
+    for heading, body in sections:
+        if heading == "figures":
+            for name in figures:
+                md += [f"![{name}](figures/{name}.png)", "", FIGURE_CAPTIONS.get(name, name), ""]
+            continue
+        text = body if isinstance(body, str) else _markdown_table(body)
+        md += [f"## {heading}", "", text, ""]
+    return "\n".join(md)
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
+    "padding:3px 8px;text-align:left;font-size:.9em}img{max-width:100%}"
+    "figure{margin:1em 0}figcaption{font-size:.9em;color:#555}p.lead{font-size:1.1em}"
+)
+
+
+def _render_html(title: str, sections, figures: Mapping[str, Any]) -> str:
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, body in sections:
+        if heading == "figures":
+            parts.append("<h2>Figures</h2>")
+            for name, fig in figures.items():
+                data = base64.b64encode(figure_png(fig)).decode()
+                parts.append(
+                    f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(FIGURE_CAPTIONS.get(name, name))}</figcaption>"
+                    "</figure>"
+                )
+            continue
+        content = (
+            f'<p class="lead">{html.escape(body)}</p>'
+            if isinstance(body, str)
+            else _html_table(body)
+        )
+        parts.append(f"<h2>{html.escape(heading)}</h2>{content}")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )
+
+
+def primary_bundle(
+    trained_models: Mapping[str, Mapping[str, Any]], primary: str
+) -> Mapping[str, Any]:
     """The first (in key order) trained bundle of the primary model."""
     return next(b for _, b in sorted(trained_models.items()) if b["model_name"] == primary)
 
 
 def model_description(bundle: Mapping[str, Any]) -> dict[str, Any]:
     """The report's "Model" rows: name, constructor arguments, input order, resize size."""
-    return {"model": bundle["model_name"], **bundle["init_kwargs"],
-            "input": bundle.get("input_convention", {}).get("channel_order", "rgb"),
-            "resize_to": bundle.get("resize_to")}
+    return {
+        "model": bundle["model_name"],
+        **bundle["init_kwargs"],
+        "input": bundle.get("input_convention", {}).get("channel_order", "rgb"),
+        "resize_to": bundle.get("resize_to"),
+    }
 
 
 def runs_table(trained_models: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per trained (model, fold) bundle: best epoch, validation Dice, resume..."""
     keys = ("best_epoch", "best_val_dice", "epochs_run", "stopped_early", "resumed_from_epoch")
-    return pd.DataFrame([
-        {"run": key, **{k: b["metadata"].get(k) for k in keys}}
-        for key, b in sorted(trained_models.items())
-    ])
+    return pd.DataFrame(
+        [
+            {"run": key, **{k: b["metadata"].get(k) for k in keys}}
+            for key, b in sorted(trained_models.items())
+        ]
+    )
 
 
 def build_report(
     *,
     title: str,
-    model_meta: Mapping[str, Any],
-    model_desc: Mapping[str, Any],
     test_summary: Mapping[str, Any],
     per_image: pd.DataFrame,
     registration: Mapping[str, Any],
     figures: Mapping[str, Any],
+    model_desc: Mapping[str, Any] | None = None,
     runs: pd.DataFrame | None = None,
+    dataset: str = "",
+    provenance: Mapping[str, Any] | None = None,
+    published: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Return ``(markdown, html)``.
 
     Args:
+        figures: ``{name: Figure or PNG bytes}``; the Markdown links ``figures/<name>.png``
+            (where the catalog saves them), the HTML embeds them as data URIs.
         runs: One row per trained (model, fold): best epoch, validation Dice...
-        figures: ``{name: Figure or PNG bytes}``; the Markdown links
-            ``figures/<name>.png`` (where the catalog saves them), the HTML embeds them
-            as data URIs.
+        provenance: ``dataset``, ``data_version``, ``test_set_id``, ``git_commit``,
+            ``mlflow_run_id``, ``mlflow_run_link``, ``tracking_uri`` (any may be missing).
+        published: The dataset's entry of :mod:`sa2_pipeline.reporting.published`.
     """
-    summary_rows = [(k, _fmt(v)) for k, v in test_summary.items() if k != "models"]
-    model_rows = [(k, _fmt(v)) for k, v in model_desc.items()]
-    model_rows += [(k, _fmt(model_meta[k])) for k in
-                   ("best_epoch", "best_val_dice", "epochs_run", "stopped_early",
-                    "resumed_from_epoch", "mlflow_run_id") if k in model_meta]
-    reg_rows = [(k, _fmt(v)) for k, v in registration.items()]
-    sections = [
-        ("Model", model_rows),
-        ("Test set (held out; never used for model selection)", summary_rows),
-        ("Registry", reg_rows),
-    ]
-    tables = [(heading, frame) for heading, frame in (
-        ("Model comparison (same data, folds and budget)", comparison_table(test_summary)),
-        ("Training runs (selected on validation data only)", runs),
-    ) if frame is not None and not frame.empty]
-    return (_render_markdown(title, sections, tables, figures, per_image),
-            _render_html(title, sections, tables, figures, per_image))
+    sections = build_sections(
+        dataset=dataset,
+        model_desc=model_desc or {},
+        test_summary=test_summary,
+        per_image=per_image,
+        registration=registration,
+        runs=runs,
+        provenance=provenance or {},
+        published=published,
+    )
+    return _render_markdown(title, sections, figures), _render_html(title, sections, figures)
 
 
-_Sections = list[tuple[str, list[tuple[str, str]]]]
-_Tables = list[tuple[str, pd.DataFrame]]
-
-
-def _render_markdown(title: str, sections: _Sections, tables: _Tables,
-                     figures: Mapping[str, Any], per_image: pd.DataFrame) -> str:
-    md = [f"# {title}", ""]
-    for heading, rows in sections:
-        md += [f"## {heading}", "", _table(rows), ""]
-    for heading, frame in tables:
-        md += [f"## {heading}", "", _markdown_table(frame), ""]
-    md += ["## Figures", ""]
-    md += [f"![{name}](figures/{name}.png)\n" for name in figures]
-    md += ["## Per-image test metrics", "", _markdown_table(per_image), ""]
-    return "\n".join(md)
-
-
-def _render_html(title: str, sections: _Sections, tables: _Tables,
-                 figures: Mapping[str, Any], per_image: pd.DataFrame) -> str:
-    parts = [f"<h1>{html.escape(title)}</h1>"]
-    for heading, rows in sections:
-        cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                        for k, v in rows)
-        parts.append(f"<h2>{html.escape(heading)}</h2><table>{cells}</table>")
-    for heading, frame in tables:
-        parts.append(f"<h2>{heading}</h2>")
-        # The comparison table holds preformatted strings; the runs table raw numbers.
-        parts.append(frame.to_html(index=False, float_format=lambda x: f"{x:.4f}"))
-    parts.append("<h2>Figures</h2>")
-    for name, fig in figures.items():
-        data = base64.b64encode(figure_png(fig)).decode()
-        parts.append(f'<figure><img alt="{html.escape(name)}" '
-                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(name)}'
-                     "</figcaption></figure>")
-    parts.append("<h2>Per-image test metrics</h2>")
-    parts.append(per_image.to_html(index=False, float_format=lambda x: f"{x:.4f}"))
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
-             "text-align:left}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{style}</style></head><body>{''.join(parts)}</body></html>")
-
-
-def _markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (no optional dependency)."""
-    def cell(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |",
-             "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+__all__ = [
+    "build_report",
+    "figure_png",
+    "headline_table",
+    "model_description",
+    "primary_bundle",
+    "registry_sentence",
+    "runs_table",
+]
