@@ -65,6 +65,9 @@ class IngestionConfig:
     #: Downscale images (and masks) as they are read so the longer side is at most this;
     #: null keeps native resolution. Formats: isic2018, glas.
     max_side: int | None = None
+    #: The folder format's mask rule (docs/datasets.md): auto, binary, labels, or
+    #: instances (one id per object: binary training mask + instance map for evaluation).
+    mask_kind: Literal["auto", "binary", "labels", "instances"] = "auto"
 
     def __post_init__(self) -> None:
         if self.max_side is not None and self.max_side < 16:

@@ -38,6 +38,7 @@ EXPECTED_DTYPES = {
     "height": "int64",
     "width": "int64",
     "channels": "int64",
+    "n_instances": "int64",
     "foreground_fraction": "float64",
 }
 

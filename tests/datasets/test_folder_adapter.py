@@ -190,3 +190,43 @@ def test_both_layouts_at_once_is_an_error(pooled: tuple[Path, Expected]) -> None
     root, _ = pooled
     (root / "test").mkdir()
     assert _problems(root)[0][1].startswith("both 'images'/'masks' and split folders (test)")
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def test_instance_mask_rule() -> None:
+    # Sparse 32-bit ids: renumbered 1..n in order, stored as uint16; training gets 0/1.
+    labels = np.array([[0, 70000, 70000], [5, 5, 0]], np.uint32)
+    result = canonical_mask(labels, "instances")
+    np.testing.assert_array_equal(result.values, labels > 0)
+    np.testing.assert_array_equal(result.instances, [[0, 2, 2], [1, 1, 0]])
+    assert result.instances.dtype == np.uint16
+    too_many = np.arange(70000, dtype=np.uint32).reshape(280, 250)
+    with pytest.raises(ValueError, match="69999 objects; an instance map holds at most 65535"):
+        canonical_mask(too_many, "instances")
+
+
+def test_folder_with_instance_masks_through_the_ingestion_node(
+    pooled: tuple[Path, Expected],
+) -> None:
+    """``data_ingestion.mask_kind: instances`` as a user sets it: the node's params."""
+    from sa2_pipeline.pipelines.data_ingestion.nodes import ingest_raw_dataset
+
+    root, _ = pooled
+    labels = np.zeros((H, W), np.uint16)
+    labels[2:6, 3:9], labels[2:6, 9:12], labels[10:14, 4:8] = 7, 300, 9  # two touch
+    for path in (root / "masks").iterdir():
+        path.unlink()
+    for path in sorted((root / "images").iterdir()):
+        write_grey(root / "masks" / f"{path.stem}.png", labels)
+    params = {"dataset": "custom", "format": "folder", "raw_dir": str(root), "synthetic": None}
+    manifest, _, masks, instances = ingest_raw_dataset(
+        str(root), {**params, "mask_kind": "instances"})
+    assert set(manifest["n_instances"]) == {3}
+    for image_id, mask in masks.items():
+        np.testing.assert_array_equal(mask, labels > 0)  # training keeps the binary mask
+        assert sorted(np.unique(instances[image_id])) == [0, 1, 2, 3]
+    # The default rule reads the same files as labels: no instance maps, n_instances -1.
+    with pytest.raises(DatasetValidationError, match="mask_kind: instances"):
+        ingest_raw_dataset(str(root), params)

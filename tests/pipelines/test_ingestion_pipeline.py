@@ -19,6 +19,7 @@ def _catalog(raw: Path, out: Path, generate: bool) -> DataCatalog:
         "manifest": CSVDataset(filepath=str(out / "manifest.csv")),
         "ingested_images": ImageFolderDataset(str(out / "images")),
         "ingested_masks": ImageFolderDataset(str(out / "masks")),
+        "ingested_instances": ImageFolderDataset(str(out / "instances")),
     })
     catalog["params:data_ingestion"] = {
         "dataset": "synthetic", "format": "monuseg", "raw_dir": str(raw),
@@ -38,6 +39,14 @@ def test_ingestion_generates_missing_default_data_and_writes_outputs(tmp_path):
     masks = ImageFolderDataset(str(out / "masks")).load()
     assert sorted(masks) == sorted(manifest["id"])
     assert all(set(np.unique(m)) <= {0, 1} for m in masks.values())
+    # One id per polygon, stored as 16-bit PNGs; the objects cover exactly the mask.
+    instances = ImageFolderDataset(str(out / "instances")).load()
+    assert sorted(instances) == sorted(manifest["id"])
+    for row in manifest.itertuples():
+        labels = instances[row.id]
+        assert labels.dtype == np.uint16
+        assert np.array_equal(labels > 0, masks[row.id] > 0)
+        assert row.n_instances == labels.max() == len(np.unique(labels)) - 1 > 1
 
 
 def test_ingestion_never_overwrites_existing_raw_data(tmp_path):

@@ -86,3 +86,17 @@ def test_groups_never_straddle_folds():
     train = splits[splits["split"] == "train"]
     assert (train.groupby("group")["fold"].nunique() == 1).all()
     assert train["fold"].nunique() == 4
+
+
+def test_test_bundle_carries_instance_maps_of_test_images_only():
+    ids = ["a", "b", "c"]
+    images = {i: np.zeros((8, 8, 3), np.uint8) for i in ids}
+    masks = {i: np.zeros((8, 8), np.uint8) for i in ids}
+    instances = {i: np.full((8, 8), k + 1, np.uint16) for k, i in enumerate(ids)}
+    splits = pd.DataFrame({"id": ids, "split": ["train", "test", "test"]})
+    params = {"n_folds": 2, "mode": "native"}
+    trainval, test = build_model_inputs(images, masks, splits, params, instances)
+    assert "instances" not in trainval
+    assert sorted(test["instances"]) == ["b", "c"]
+    _, without = build_model_inputs(images, masks, splits, params, {})
+    assert "instances" not in without

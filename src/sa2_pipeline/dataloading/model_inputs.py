@@ -40,17 +40,21 @@ def dataset_fingerprint(manifest: pd.DataFrame, images: Arrays, masks: Arrays) -
 
 
 def build_model_inputs(
-    images: Arrays, masks: Arrays, splits: pd.DataFrame, *, resize_to: int | None
+    images: Arrays, masks: Arrays, splits: pd.DataFrame, *, resize_to: int | None,
+    instances: Arrays | None = None,
 ) -> tuple[dict, dict]:
     """The arrays training and evaluation consume.
 
     The trainval bundle holds every non-test image (each fold picks its train and
     validation ids from ``splits``): full size, or resized to ``resize_to`` as the paper
     does. The test bundle stays at native resolution: evaluation predicts it as a user's
-    image would be, and scores it at its true size.
+    image would be, and scores it at its true size. Test images with an instance map
+    (``instances``, from ingestion) carry it in the test bundle's ``"instances"`` group,
+    for the object metrics; training never sees it.
 
     Returns:
-        Two ``{"images": {id: arr}, "masks": {id: arr}}`` bundles: trainval and test.
+        Two ``{"images": {id: arr}, "masks": {id: arr}}`` bundles: trainval and test
+        (plus ``"instances": {id: uint16 arr}`` when the dataset has instance labels).
 
     Raises:
         KeyError: If an id in the splits has no ingested image or mask.
@@ -68,8 +72,11 @@ def build_model_inputs(
     # masks are resized with nearest neighbour so no label is invented.
     mode = "nearest" if max(int(m.max(initial=0)) for m in masks.values()) > 1 else (
         "bilinear_threshold")
-    return (_bundle(images, masks, trainval, resize_to, mode),
-            _bundle(images, masks, test, None, mode))
+    test_bundle = _bundle(images, masks, test, None, mode)
+    with_instances = {i: instances[i] for i in test if instances and i in instances}
+    if with_instances:
+        test_bundle["instances"] = with_instances
+    return _bundle(images, masks, trainval, resize_to, mode), test_bundle
 
 
 def _bundle(images: Arrays, masks: Arrays, ids: Iterable[str], resize_to: int | None,

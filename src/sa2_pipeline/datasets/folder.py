@@ -34,6 +34,10 @@ Mask rule (``mask_kind``):
   image, not labels"). A dataset mixing 0/255 masks with multi-class masks is an error.
 - ``"binary"``: every non-zero value -> 1.
 - ``"labels"``: values kept as class indices (must fit in uint8).
+- ``"instances"``: a label image with one id per object (0 = background; uint8, uint16 or
+  uint32; ids need not be consecutive; at most 65,535 objects). Training uses the binary
+  mask (every object -> 1); the instance map (ids renumbered 1..n, uint16) goes to
+  evaluation for the object metrics (docs/metrics.md).
 
 Masks must be single-channel (a grey RGB image is accepted), lossless (JPEG masks are
 rejected: compression noise invents labels) and of their image's size. TIFFs are read
@@ -50,7 +54,7 @@ from typing import Literal
 
 import numpy as np
 
-from sa2_pipeline.datasets.raster import label_image_2d, read_raster
+from sa2_pipeline.datasets.raster import instance_labels, label_image_2d, read_raster
 from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
     IngestedDataset,
@@ -80,7 +84,7 @@ __all__ = [
     "to_rgb_uint8",
 ]
 
-MaskKind = Literal["auto", "binary", "labels"]
+MaskKind = Literal["auto", "binary", "labels", "instances"]
 
 #: Image file types read (case-insensitive).
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
@@ -98,7 +102,8 @@ _LOSSY = {".jpg", ".jpeg"}
 @dataclass(frozen=True)
 class _Mask:
     values: np.ndarray
-    kind: Literal["binary255", "binary01", "classes"]
+    kind: Literal["binary255", "binary01", "classes", "instances"]
+    instances: np.ndarray | None = None
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -144,6 +149,9 @@ def canonical_mask(mask: np.ndarray, mask_kind: MaskKind = "auto") -> _Mask:
     if mask.dtype == np.bool_:
         mask = mask.astype(np.uint8)
     mask = label_image_2d(mask)
+    if mask_kind == "instances":
+        instances = instance_labels(mask)
+        return _Mask((instances > 0).astype(np.uint8), "instances", instances)
     values = np.unique(mask)
     if mask_kind == "binary":
         return _Mask((mask != 0).astype(np.uint8), "binary01")
@@ -154,7 +162,9 @@ def canonical_mask(mask: np.ndarray, mask_kind: MaskKind = "auto") -> _Mask:
             raise ValueError(f"class indices up to {int(values.max())} do not fit in uint8")
         return _Mask(mask.astype(np.uint8), "classes")
     if mask_kind != "auto":
-        raise ValueError(f"mask_kind must be 'auto', 'binary' or 'labels', got {mask_kind!r}")
+        raise ValueError(
+            f"mask_kind must be 'auto', 'binary', 'labels' or 'instances', got {mask_kind!r}"
+        )
     value_set = {int(v) for v in values}
     if value_set <= {0, 1}:
         return _Mask(mask.astype(np.uint8), "binary01")
@@ -166,7 +176,8 @@ def canonical_mask(mask: np.ndarray, mask_kind: MaskKind = "auto") -> _Mask:
     more = f" ... ({len(value_set)} distinct)" if len(value_set) > 10 else ""
     raise ValueError(
         f"mask values look like an image, not labels: {shown}{more}; expected 0/1 or 0/255 "
-        f"(binary) or class indices 0..{MAX_AUTO_CLASSES}"
+        f"(binary) or class indices 0..{MAX_AUTO_CLASSES}; for one id per object set "
+        "data_ingestion.mask_kind: instances"
     )
 
 
@@ -261,7 +272,7 @@ def _read_pair(sample: RawSample, mask_kind: MaskKind) -> tuple[PairRead, str | 
         except ValueError as err:
             found.problems.append((str(sample.annotation_path), str(err)))
         else:
-            found.mask = result.values
+            found.mask, found.instances = result.values, result.instances
             small_classes = result.kind == "classes" and int(result.values.max(initial=0)) <= 1
             kind = "binary01" if small_classes else result.kind
     return found, kind
@@ -281,7 +292,8 @@ def load_image_folder(
         root: Folder holding ``images/`` + ``masks/``, or ``train/``, ``val/``, ``test/``
             folders that each hold them.
         dataset_name: Value of the manifest's ``dataset`` column.
-        mask_kind: ``"auto"``, ``"binary"`` or ``"labels"`` (module docstring).
+        mask_kind: ``"auto"``, ``"binary"``, ``"labels"`` or ``"instances"`` (module
+            docstring).
 
     Returns:
         Manifest (split folders in train, val, test order, each sorted by id), RGB uint8
@@ -295,7 +307,9 @@ def load_image_folder(
     if not samples:
         raise DatasetValidationError(problems, root)
     verification = Verification(PairSpec(root, dataset_name, "image folder"), problems)
-    kinds: dict[str, list[Path]] = {"binary255": [], "binary01": [], "classes": []}
+    kinds: dict[str, list[Path]] = {
+        "binary255": [], "binary01": [], "classes": [], "instances": []
+    }
     for sample in samples:
         found, kind = _read_pair(sample, mask_kind)
         if kind is not None:

@@ -135,6 +135,32 @@ def label_image_2d(image: np.ndarray) -> np.ndarray:
     )
 
 
+#: Most objects an instance map may hold (stored as uint16).
+MAX_INSTANCES = 65_535
+
+
+def instance_labels(labels: np.ndarray) -> np.ndarray:
+    """Canonical instance map: ids renumbered 1..n in order of first id, as uint16.
+
+    Args:
+        labels: Integer label image ``(H, W)``: 0 = background, one id per object (any
+            unsigned or signed integer type, ids need not be consecutive).
+
+    Raises:
+        ValueError: Negative ids, or more than :data:`MAX_INSTANCES` objects.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    labels = label_image_2d(np.asarray(labels))
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"negative instance ids (min {int(labels.min())})")
+    ids = np.unique(labels)
+    n_objects = int(np.count_nonzero(ids))
+    if n_objects > MAX_INSTANCES:
+        raise ValueError(f"{n_objects} objects; an instance map holds at most {MAX_INSTANCES}")
+    return relabel_sequential(labels.astype(np.int64))[0].astype(np.uint16)
+
+
 def limit_side(image: np.ndarray, mask: np.ndarray,
                max_side: int) -> tuple[np.ndarray, np.ndarray]:
     """Downscale an image and its label mask so the longer side is at most ``max_side``.

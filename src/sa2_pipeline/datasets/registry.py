@@ -27,10 +27,13 @@ class Adapter:
         loader: ``"module:function"``; the function takes ``(root, dataset_name=...)``
             and returns an :class:`~sa2_pipeline.datasets.schema.IngestedDataset`.
         max_side: Whether the loader can cap the image size as it reads (``max_side=``).
+        mask_kind: Whether the loader takes a mask rule (``mask_kind=``, the folder
+            adapter: ``auto``, ``binary``, ``labels`` or ``instances``).
     """
 
     loader: str
     max_side: bool = False
+    mask_kind: bool = False
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -39,7 +42,7 @@ ADAPTERS: dict[str, Adapter] = {
     "isic2018": Adapter("sa2_pipeline.datasets.isic2018:load_isic2018", max_side=True),
     "segpc2021": Adapter("sa2_pipeline.datasets.segpc2021:load_segpc2021"),
     "acdc": Adapter("sa2_pipeline.datasets.acdc:load_acdc"),
-    "folder": Adapter("sa2_pipeline.datasets.folder:load_image_folder"),
+    "folder": Adapter("sa2_pipeline.datasets.folder:load_image_folder", mask_kind=True),
 }
 
 #: The format names, in table order (the values ``data_ingestion.format`` accepts).
@@ -50,12 +53,14 @@ SUPPORTS_MAX_SIDE = frozenset(name for name, adapter in ADAPTERS.items() if adap
 
 
 def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
-                     max_side: int | None = None) -> IngestedDataset:
+                     max_side: int | None = None,
+                     mask_kind: str = "auto") -> IngestedDataset:
     """Read and verify a dataset in its original download format.
 
     Args:
         max_side: Downscale each image and mask, as it is read, to this longer side at
             most (formats in :data:`SUPPORTS_MAX_SIDE`); ``None``: native resolution.
+        mask_kind: The folder adapter's mask rule; other formats take only ``"auto"``.
 
     Raises:
         ValueError: Unknown format (the message lists the known ones), or ``max_side``
@@ -66,9 +71,15 @@ def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
         raise ValueError(f"unknown raw format {fmt!r}; known formats: {sorted(ADAPTERS)}")
     module, func = ADAPTERS[fmt].loader.split(":")
     loader = getattr(importlib.import_module(module), func)
+    options: dict[str, object] = {}
+    if mask_kind != "auto":
+        if not ADAPTERS[fmt].mask_kind:
+            raise ValueError(f"data_ingestion.mask_kind is only for the folder format, not "
+                             f"{fmt!r}; remove it or set auto")
+        options["mask_kind"] = mask_kind
     if max_side is None:
-        return loader(Path(root), dataset_name=dataset_name)
+        return loader(Path(root), dataset_name=dataset_name, **options)
     if fmt not in SUPPORTS_MAX_SIDE:
         raise ValueError(f"data_ingestion.max_side is not supported for format {fmt!r} "
                          f"(supported: {sorted(SUPPORTS_MAX_SIDE)}); remove it or set null")
-    return loader(Path(root), dataset_name=dataset_name, max_side=max_side)
+    return loader(Path(root), dataset_name=dataset_name, max_side=max_side, **options)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,9 @@ Problem = tuple[str, str]
 #: - ``foreground_fraction``: fraction of mask pixels that are not background.
 #: - ``group``: optional; rows with the same non-empty group must never be separated by
 #:   a split (ACDC: the patient id). ``""`` for datasets without groups.
+#: - ``n_instances``: optional; the number of annotated objects in the image's instance
+#:   map (ids 1..n, see :attr:`IngestedDataset.instances`), ``-1`` when the dataset has no
+#:   instance labels (object metrics are then not computed).
 MANIFEST_COLUMNS: list[str] = [
     "id",
     "dataset",
@@ -71,12 +74,13 @@ MANIFEST_COLUMNS: list[str] = [
     "mask_sha256",
     "foreground_fraction",
     "group",
+    "n_instances",
 ]
 
 #: Values of optional columns for adapters that do not set them.
-MANIFEST_DEFAULTS: dict[str, str] = {"group": ""}
+MANIFEST_DEFAULTS: dict[str, object] = {"group": "", "n_instances": -1}
 
-_INT_COLUMNS = ("height", "width", "channels")
+_INT_COLUMNS = ("height", "width", "channels", "n_instances")
 _FLOAT_COLUMNS = ("foreground_fraction",)
 
 #: Official split hints an adapter may give.
@@ -152,11 +156,15 @@ class IngestedDataset:
         images: ``id -> uint8 array (H, W, 3)``, RGB.
         masks: ``id -> uint8 array (H, W)``; 0 = background, 1 = foreground (class
             indices 1..K for multi-class datasets).
+        instances: ``id -> uint16 array (H, W)``, one id per annotated object (0 =
+            background, ids 1..n consecutive), for datasets with instance labels (MoNuSeg
+            polygons, a folder with ``mask_kind: instances``); empty otherwise.
     """
 
     manifest: pd.DataFrame
     images: dict[str, np.ndarray]
     masks: dict[str, np.ndarray]
+    instances: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.manifest = build_manifest(self.manifest)
@@ -213,6 +221,7 @@ def manifest_row(
     mask: np.ndarray,
     image_sha256: str,
     group: str = "",
+    instances: np.ndarray | None = None,
 ) -> dict[str, object]:
     """One manifest row for a verified image and its canonical mask.
 
@@ -227,6 +236,7 @@ def manifest_row(
         mask: Canonical uint8 mask ``(H, W)``.
         image_sha256: SHA-256 of the raw image file (:func:`sha256_file`).
         group: Group that splits must keep together (``""``: none).
+        instances: The canonical instance map (ids 1..n), or None.
 
     Returns:
         A dict with the keys of :data:`MANIFEST_COLUMNS`.
@@ -246,6 +256,7 @@ def manifest_row(
         "mask_sha256": sha256_array(mask),
         "foreground_fraction": float(np.count_nonzero(mask) / mask.size),
         "group": group,
+        "n_instances": -1 if instances is None else int(instances.max(initial=0)),
     }
 
 

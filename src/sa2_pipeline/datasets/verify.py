@@ -190,6 +190,8 @@ class PairRead:
         pixels_sha256: :func:`~sa2_pipeline.datasets.schema.sha256_array` of ``image``
             when the reader computed it (else the verifier does).
         image_sha256: SHA-256 of the raw image file, likewise.
+        instances: Canonical instance map (:func:`~sa2_pipeline.datasets.raster.
+            instance_labels`) when the format has instance labels, else None.
     """
 
     image: np.ndarray | None
@@ -197,6 +199,7 @@ class PairRead:
     problems: list[Problem] = field(default_factory=list)
     pixels_sha256: str | None = None
     image_sha256: str | None = None
+    instances: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,7 @@ class Verification:
         self.problems: list[Problem] = list(problems)
         self.images: dict[str, np.ndarray] = {}
         self.masks: dict[str, np.ndarray] = {}
+        self.instances: dict[str, np.ndarray] = {}
         self.rows: list[dict[str, object]] = []
         self._duplicates = DuplicateFinder()
 
@@ -357,9 +361,13 @@ class Verification:
                 return
         if image is None or mask is None or self.problems:
             return
+        instances = found.instances
         if self.spec.max_side is not None:
+            if instances is not None:
+                instances = limit_side(image, instances, self.spec.max_side)[1]
             image, mask = limit_side(image, mask, self.spec.max_side)
-        self.keep(sample.id, sample, image, mask, image_sha256=found.image_sha256)
+        self.keep(sample.id, sample, image, mask, image_sha256=found.image_sha256,
+                  instances=instances)
 
     def keep(
         self,
@@ -371,8 +379,9 @@ class Verification:
         annotation_paths: Sequence[Path] | None = None,
         image_sha256: str | None = None,
         group: str = "",
+        instances: np.ndarray | None = None,
     ) -> None:
-        """Record a verified image, its mask and its manifest row.
+        """Record a verified image, its mask (and instance map) and its manifest row.
 
         Args:
             sample_id: The row's id (several rows may come from one sample: ACDC slices).
@@ -381,8 +390,11 @@ class Verification:
                 default ``[sample.annotation_path]``.
             image_sha256: SHA-256 of the raw image file, if already known.
             group: Group that splits must keep together (``""``: none).
+            instances: The image's instance map, for formats with instance labels.
         """
         self.images[sample_id], self.masks[sample_id] = image, mask
+        if instances is not None:
+            self.instances[sample_id] = instances
         self.rows.append(
             manifest_row(
                 sample_id=sample_id,
@@ -395,6 +407,7 @@ class Verification:
                 mask=mask,
                 image_sha256=image_sha256 or sha256_file(sample.image_path),
                 group=group,
+                instances=instances,
             )
         )
 
@@ -419,7 +432,8 @@ class Verification:
             self.spec.label, self.spec.report_root or self.spec.root, len(manifest), splits,
             f", {detail}" if detail else "", manifest["foreground_fraction"].mean(),
         )
-        return IngestedDataset(manifest=manifest, images=self.images, masks=self.masks)
+        return IngestedDataset(manifest=manifest, images=self.images, masks=self.masks,
+                               instances=self.instances)
 
 
 def verify_pairs(

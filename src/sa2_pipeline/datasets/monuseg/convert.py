@@ -1,4 +1,5 @@
-"""MoNuSeg 2018 converter: one TIFF tile + its Aperio XML -> RGB image + binary mask.
+"""MoNuSeg 2018 converter: one TIFF tile + its Aperio XML -> RGB image, binary mask and
+instance map (one id per polygon).
 
 Image policy: RGB uint8 tiles are taken as they are; RGBA drops the alpha channel
 (ImageScope exports carry an opaque alpha); grayscale or non-uint8 tiles are rejected,
@@ -15,8 +16,12 @@ import numpy as np
 
 from sa2_pipeline.datasets.monuseg.aperio import AnnotationError, parse_aperio
 from sa2_pipeline.datasets.monuseg.layout import scan_layout
-from sa2_pipeline.datasets.monuseg.rasterise import check_regions, polygons_to_mask
-from sa2_pipeline.datasets.raster import read_tiff, rgb_uint8
+from sa2_pipeline.datasets.monuseg.rasterise import (
+    check_regions,
+    polygons_to_instances,
+    polygons_to_mask,
+)
+from sa2_pipeline.datasets.raster import instance_labels, read_tiff, rgb_uint8
 from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
     IngestedDataset,
@@ -77,7 +82,13 @@ def _read_pair(sample: RawSample) -> PairRead:
             polygons, reasons = check_regions(regions, height, width)
             found.problems += [(str(sample.annotation_path), reason) for reason in reasons]
             if image is not None and not reasons:
-                found.mask = polygons_to_mask(polygons, image.shape[0], image.shape[1])
+                height, width = image.shape[:2]
+                found.mask = polygons_to_mask(polygons, height, width)
+                try:
+                    found.instances = instance_labels(
+                        polygons_to_instances(polygons, height, width))
+                except ValueError as err:
+                    found.problems.append((str(sample.annotation_path), str(err)))
     if image is not None:
         found.pixels_sha256 = sha256_array(image)
         found.image_sha256 = sha256_file(sample.image_path)

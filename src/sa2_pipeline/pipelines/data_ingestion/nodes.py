@@ -40,7 +40,7 @@ def prepare_raw_data(params: dict[str, Any]) -> str:
 
 def ingest_raw_dataset(
     raw_dir: str, params: dict[str, Any]
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray]]:
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Verify every raw file, then return the manifest, images and canonical masks.
 
     Nothing is returned (so nothing is written) unless the whole dataset is valid; the
@@ -51,14 +51,15 @@ def ingest_raw_dataset(
         params: ``params:data_ingestion``.
 
     Returns:
-        ``(manifest, images, masks)``: one manifest row per image; RGB uint8 images and
-        uint8 label masks (0 = background) by image id.
+        ``(manifest, images, masks, instances)``: one manifest row per image; RGB uint8
+        images and uint8 label masks (0 = background) by image id; uint16 instance maps by
+        id for datasets with instance labels (else empty).
     """
     from sa2_pipeline.datasets.registry import load_raw_dataset
 
     cfg = parse(IngestionConfig, params, "data_ingestion")
     ingested = load_raw_dataset(cfg.format, raw_dir, dataset_name=cfg.dataset,
-                                max_side=cfg.max_side)
+                                max_side=cfg.max_side, mask_kind=cfg.mask_kind)
     counts = ingested.manifest["split"].value_counts().to_dict()
     logger.info("ingested %d images from %s: %s", len(ingested.manifest), raw_dir, counts)
-    return ingested.manifest, ingested.images, ingested.masks
+    return ingested.manifest, ingested.images, ingested.masks, ingested.instances

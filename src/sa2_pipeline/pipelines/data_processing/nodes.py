@@ -50,12 +50,13 @@ def build_model_inputs(
     masks: dict[str, np.ndarray],
     splits: pd.DataFrame,
     params: dict[str, Any],
+    instances: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict, dict]:
     """Cache the arrays training and evaluation consume.
 
     ``model_input_trainval`` holds every non-test image: full size in ``native`` mode,
     resized to ``resize_to`` in ``resize`` mode as the paper does. ``model_input_test``
-    stays at native resolution.
+    stays at native resolution and carries the test images' instance maps, if any.
 
     Returns:
         Two ``{"images": {id: arr}, "masks": {id: arr}}`` bundles: trainval and test.
@@ -64,4 +65,5 @@ def build_model_inputs(
 
     cfg = parse(ProcessingConfig, params, "data_processing")
     return build(images, masks, splits,
-                 resize_to=cfg.resize_to if cfg.mode == "resize" else None)
+                 resize_to=cfg.resize_to if cfg.mode == "resize" else None,
+                 instances=instances)

@@ -22,7 +22,8 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
             ),
             node(
                 build_model_inputs,
-                inputs=["ingested_images", "ingested_masks", "splits", "params:data_processing"],
+                inputs=["ingested_images", "ingested_masks", "splits", "params:data_processing",
+                        "ingested_instances"],
                 outputs=["model_input_trainval", "model_input_test"],
                 name="build_model_inputs",
             ),
