@@ -53,7 +53,7 @@ dvc-repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
 bench: setup
-	$(BIN)/python benchmarks/bench_training.py
+	$(BIN)/python benchmarks/bench_training.py --save
 
 bench-peak: setup
 	$(BIN)/python benchmarks/bench_cpu_peak.py

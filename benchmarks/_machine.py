@@ -1,9 +1,24 @@
-"""What the benchmarks record about the CPU they ran on (read from /proc/cpuinfo)."""
+"""What the benchmarks record about the CPU they ran on (read from /proc/cpuinfo).
+
+Results are stored per machine under ``benchmarks/results/<slug>.json``; the slug is the
+CPU's model name plus its widest vector/matrix extension, because one marketing name
+("AMD EPYC") covers CPUs whose fp32 and bf16 speeds differ by 2x or more.
+"""
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 from pathlib import Path
+
+#: Flags that decide which kernels oneDNN can run (recorded with every result).
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                  "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+#: (flags that must all be present, tag), widest first.
+_ISA_LEVELS = ((("amx_bf16",), "amx"), (("avx512_bf16",), "avx512bf16"),
+               (("avx512f",), "avx512"), (("avx2", "fma"), "avx2"))
 
 
 def _cpuinfo_field(name: str) -> str | None:
@@ -19,9 +34,41 @@ def _cpuinfo_field(name: str) -> str | None:
 
 def cpu_model() -> str:
     """The CPU's marketing name ("Intel(R) Xeon(R) Processor"), else platform's guess."""
-    return _cpuinfo_field("model name") or platform.processor()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
     """The instruction-set flags the kernel reports (``avx512_bf16``, ``amx_tile``...)."""
     return set((_cpuinfo_field("flags") or "").split())
+
+
+def isa_level(flags: set[str]) -> str:
+    """The widest extension present: ``amx``, ``avx512bf16``, ``avx512``, ``avx2`` or ``base``."""
+    for needed, tag in _ISA_LEVELS:
+        if all(flag in flags for flag in needed):
+            return tag
+    return "base"
+
+
+def machine_slug(model: str | None = None, flags: set[str] | None = None) -> str:
+    """File-name key of this machine: ``amd-epyc-avx2``, ``intel-xeon-processor-avx512bf16``."""
+    model = cpu_model() if model is None else model
+    flags = cpu_flags() if flags is None else flags
+    name = re.sub(r"\((?:r|tm)\)|\bcpu\b|@.*$", " ", model.lower())
+    name = re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown-cpu"
+    return f"{name}-{isa_level(flags)}"
+
+
+def cpu_identity() -> dict:
+    """Model name, family/model/stepping, the relevant flags and the slug, for a result file."""
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "vendor": _cpuinfo_field("vendor_id"),
+        "family_model_stepping": [_cpuinfo_field("cpu family"), _cpuinfo_field("model"),
+                                  _cpuinfo_field("stepping")],
+        "cpu_flags": [flag for flag in RELEVANT_FLAGS if flag in flags],
+        "isa_level": isa_level(flags),
+        "slug": machine_slug(flags=flags),
+        "cores": os.cpu_count(),
+    }

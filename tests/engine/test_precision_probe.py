@@ -1,0 +1,144 @@
+"""``precision: auto`` on the CPU: the choice rule, the measurement loop and the cache.
+
+The timing function is a fake (a table of seconds per precision) so the choice is known;
+the last tests time the real step of a tiny model only to check that probing leaves the
+caller's model and random state untouched.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sa2_pipeline.engine import precision_probe as probe
+
+CPU = torch.device("cpu")
+KEY = {"model": "SA2Net", "parameters": 1000, "input": [8, 3, 128, 128], "workload": "train"}
+
+
+def fake_timer(seconds: dict[str, float], calls: list[str] | None = None):
+    def time_step(precision: str) -> float:
+        if calls is not None:
+            calls.append(precision)
+        value = seconds[precision]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    return time_step
+
+
+@pytest.mark.parametrize(("seconds", "winner"), [
+    ({"fp32": 1.0, "bf16": 0.6}, "bf16"),    # bf16 clearly faster (Zen 4)
+    ({"fp32": 1.0, "bf16": 1.6}, "fp32"),    # bf16 slower (bf16 at half the fp32 rate)
+    ({"fp32": 1.0, "bf16": 0.97}, "fp32"),   # within the margin: keep the exact one
+    ({"fp32": 1.0, "bf16": RuntimeError("no bf16 kernel")}, "fp32"),
+])
+def test_the_faster_precision_wins(tmp_path, seconds, winner):
+    choice = probe.choose_precision("auto", CPU, KEY, fake_timer(seconds), folder=tmp_path)
+    assert choice == winner
+
+
+def test_measurement_alternates_and_gives_up_on_a_clear_loser():
+    calls = []
+    times = probe.measure(fake_timer({"fp32": 1.0, "bf16": 5.0}, calls), rounds=3, warmup=1)
+    # warm-up both, then fp32/bf16 alternate until bf16's first timed step shows it loses
+    assert calls == ["fp32", "bf16", "fp32", "bf16", "fp32", "fp32"]
+    assert times == {"fp32": [1.0, 1.0, 1.0], "bf16": [5.0]}
+
+
+def test_no_candidate_running_is_an_error():
+    with pytest.raises(RuntimeError, match="no candidate precision"):
+        probe.measure(fake_timer({"fp32": RuntimeError("x"), "bf16": RuntimeError("y")}))
+
+
+def test_explicit_precisions_are_not_measured(tmp_path):
+    def never(_):
+        raise AssertionError("measured")
+
+    assert probe.choose_precision("bf16", CPU, KEY, never, folder=tmp_path) == "bf16"
+    assert probe.choose_precision("fp32", CPU, KEY, never, folder=tmp_path) == "fp32"
+
+
+def test_cuda_takes_bf16_where_supported_else_fp16(monkeypatch):
+    cuda = SimpleNamespace(type="cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert probe.choose_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert probe.choose_precision("auto", cuda) == "fp16"
+
+
+def test_the_choice_is_cached_and_reused(tmp_path):
+    calls = []
+    first = probe.choose_precision("auto", CPU, KEY, fake_timer({"fp32": 1.0, "bf16": 0.5},
+                                                                 calls), folder=tmp_path)
+    assert first == "bf16" and calls
+    files = list(tmp_path.glob("precision-*.json"))
+    assert len(files) == 1 and not list(tmp_path.glob("*.tmp*"))
+    calls.clear()
+    # hit: the opposite timings are never consulted
+    again = probe.choose_precision("auto", CPU, KEY, fake_timer({"fp32": 0.5, "bf16": 1.0},
+                                                                 calls), folder=tmp_path)
+    assert again == "bf16" and calls == []
+
+
+def test_a_different_model_shape_or_torch_version_misses_the_cache(tmp_path, monkeypatch):
+    flip = fake_timer({"fp32": 0.5, "bf16": 1.0})
+    probe.choose_precision("auto", CPU, KEY, fake_timer({"fp32": 1.0, "bf16": 0.5}),
+                           folder=tmp_path)
+    other_shape = {**KEY, "input": [4, 3, 224, 224]}
+    assert probe.choose_precision("auto", CPU, other_shape, flip, folder=tmp_path) == "fp32"
+    real = probe.machine_key()
+    monkeypatch.setattr(probe, "machine_key", lambda: {**real, "torch": "9.9.9"})
+    assert probe.choose_precision("auto", CPU, KEY, flip, folder=tmp_path) == "fp32"
+    monkeypatch.setattr(probe, "machine_key", lambda: real)
+    assert probe.choose_precision("auto", CPU, KEY, flip, folder=tmp_path) == "bf16"
+    assert len(list(tmp_path.glob("precision-*.json"))) == 3
+
+
+def test_a_corrupt_cache_file_is_measured_again(tmp_path):
+    key = {**probe.machine_key(), **KEY}
+    probe.cache_file(key, tmp_path).parent.mkdir(parents=True, exist_ok=True)
+    probe.cache_file(key, tmp_path).write_text("{not json")
+    choice = probe.choose_precision("auto", CPU, KEY, fake_timer({"fp32": 1.0, "bf16": 0.5}),
+                                    folder=tmp_path)
+    assert choice == "bf16"
+    assert probe.read_cached(key, tmp_path) == "bf16"
+
+
+def test_a_read_only_cache_still_returns_the_choice(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    choice = probe.choose_precision("auto", CPU, KEY, fake_timer({"fp32": 1.0, "bf16": 0.5}),
+                                    folder=blocker / "cache")
+    assert choice == "bf16"
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SA2_CACHE_DIR", str(tmp_path / "c"))
+    assert probe.cache_dir() == tmp_path / "c"
+    monkeypatch.delenv("SA2_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert probe.cache_dir() == tmp_path / "x" / "sa2-pipeline"
+
+
+def test_probing_the_real_step_leaves_model_and_random_state_untouched():
+    from sa2_pipeline.losses.segmentation_loss import build_loss
+    from sa2_pipeline.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet", base_channels=4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    timer = probe.training_step_timer(model, build_loss(1), (1, 3, 32, 32), 1, CPU,
+                                      channels_last=True)
+    for precision in ("fp32", "bf16"):
+        assert timer(precision) > 0
+    forward = probe.forward_timer(model, (1, 3, 32, 32), CPU)
+    assert forward("fp32") > 0 and model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    key = probe.probe_key(model, (1, 3, 32, 32), "train", channels_last=True)
+    assert key["parameters"] == sum(p.numel() for p in model.parameters())
+    assert key["workload"] == "train" and key["threads"] == torch.get_num_threads()
