@@ -206,6 +206,15 @@ def detect_command(**kwargs) -> None:
     raise SystemExit(_retrain(argparse.Namespace(detect_only=True, **kwargs)))
 
 
+@cli.command("rollback")
+@click.option("--model", required=True, help="Registered model, e.g. sa2net-monuseg.")
+@click.option("--to-version", required=True, type=int, help="The version to make champion.")
+@click.option("--reason", default="", help="Recorded on the version (sa2.rollback_reason).")
+def rollback_command(**kwargs) -> None:
+    """Make an earlier model version the champion again (one command)."""
+    raise SystemExit(_rollback(argparse.Namespace(**kwargs)))
+
+
 @cli.command("retrain-report")
 @_ENV
 @_PROJECT
@@ -229,6 +238,20 @@ def _retrain(args: argparse.Namespace) -> int:
     else:
         print(outcome.message)
     return outcome.code
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    """Move the champion alias back to an earlier version."""
+    from sa2_pipeline.tracking.registration import rollback_champion
+
+    try:
+        moved = rollback_champion(args.model, str(args.to_version), reason=args.reason)
+    except ValueError as err:
+        print(f"rollback refused: {err}", file=sys.stderr)
+        return 2
+    print(f"{moved['model_name']}: champion moved from version {moved['from_version']} "
+          f"to version {moved['to_version']}")
+    return 0
 
 
 def _retrain_report(args: argparse.Namespace) -> int:

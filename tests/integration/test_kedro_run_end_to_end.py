@@ -128,10 +128,19 @@ def _check_changed_run_promotion_gate(project) -> None:
     v2 = client.get_model_version(model_name, "2")
     decision = v2.tags["sa2.promotion_decision"]
     margin = 0.0  # registry.promotion_margin in conf/base/parameters_evaluation.yml
-    better = float(v2.tags["sa2.test_dice"]) > float(v1.tags["sa2.test_dice"]) + margin
+    tolerance = 0.02  # registry.class_tolerance
+    # The statistical gate: the paired bootstrap's one-sided lower bound of per-image
+    # delta Dice above the margin, and the (one, foreground) class not regressing.
+    better = (float(v2.tags["sa2.gate.lower_bound"]) > margin
+              and float(v2.tags["sa2.gate.delta_dice"]) >= -tolerance)
     assert decision == ("promoted" if better else "rejected"), v2.tags
+    assert v2.tags["sa2.gate.decision"] == decision
     assert str(champion.version) == ("2" if better else "1"), "champion moved against the gate"
-    assert float(v2.tags["sa2.champion_score"]) == float(v1.tags["sa2.test_dice"])
+    assert v2.tags["sa2.champion_version"] == "1"
+    assert int(v2.tags["sa2.gate.n"]) == 2  # the tiny test set
+    # the champion was re-scored per image through its pyfunc on the same test images
+    assert float(v2.tags["sa2.champion_score"]) == pytest.approx(
+        float(v1.tags["sa2.test_dice"]), abs=0.05)
 
 
 # Run in a fresh interpreter, outside the project: no Kedro session, no conf, no src.

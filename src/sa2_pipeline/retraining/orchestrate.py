@@ -51,6 +51,8 @@ class RetrainRequest:
     dataset: str
     raw_dir: str
     build_manifest: Callable[[], Any] = field(repr=False)
+    #: Called first: writes the embedded synthetic data into an empty raw folder.
+    prepare_raw: Callable[[], None] | None = field(default=None, repr=False)
     min_new_images: int = 1
     change_test_set: bool = False
     warm_start: bool = False
@@ -100,6 +102,8 @@ def retrain(req: RetrainRequest) -> RetrainOutcome:
 def _locked(req: RetrainRequest) -> RetrainOutcome:
     started = datetime.now(UTC).isoformat(timespec="seconds")
     paths = _paths(req)
+    if req.prepare_raw is not None:
+        req.prepare_raw()
     detection = detect_changes(req.raw_dir if Path(req.raw_dir).is_absolute()
                                else req.project_dir / req.raw_dir,
                                paths["manifest"], paths["inventory"], req.build_manifest)

@@ -60,19 +60,20 @@ def _scores(pred: np.ndarray, truth: np.ndarray, n_classes: int, suffix: str) ->
 def register_model(
     trained_models: dict[str, dict[str, Any]],
     test_summary: dict[str, Any],
+    test_metrics_per_image: pd.DataFrame,
     model_input_test: dict,
     registry_params: dict[str, Any],
     evaluation_params: dict[str, Any],
 ) -> dict[str, Any]:
-    """Register the primary model in MLflow as ``challenger``; ``champion`` if it is better.
+    """Register the primary model in MLflow as ``challenger``; ``champion`` if truly better.
 
     With several folds the registered model is their ensemble (mean probability), which
     is what ``test_dice`` scored. Needs an active MLflow run (kedro-mlflow opens one per
-    ``kedro run``). A champion scored on another test set is re-scored on this one before
-    the comparison.
+    ``kedro run``). The champion is re-scored per image on this test set through its own
+    pyfunc and the statistical gate decides (``sa2_pipeline.retraining.gate``).
 
     Returns:
-        The registration record (version, aliases, decision, both scores).
+        The registration record (version, aliases, decision, the gate's numbers).
     """
     import sys
 
@@ -84,39 +85,38 @@ def register_model(
         logger.warning("no active MLflow run: the model is not registered")
         return {"registered": False, "reason": "no active MLflow run"}
 
-    from sa2_pipeline.inference.registry import register_and_promote
+    from sa2_pipeline.retraining.gate import GateConfig
+    from sa2_pipeline.tracking.registration import ModelToRegister, load_pyfunc, register_gated
 
     eval_cfg = parse(EvaluationConfig, evaluation_params, "evaluation")
-
     primary = test_summary["primary_model"]
     members = [trained_models[k] for k in sorted(trained_models)
                if trained_models[k]["model_name"] == primary]
     n_classes = int(members[0]["init_kwargs"].get("num_classes", 1))
-    metric_column = cfg.promotion_metric.removeprefix("test_")
+    final = test_summary["models"][primary]["final_member"]
+    rows = test_metrics_per_image[(test_metrics_per_image["model"] == primary)
+                                  & (test_metrics_per_image["member"] == final)]
+    per_image = rows.set_index(rows["id"].astype(str))
 
-    def score_champion(model_uri: str) -> float:
-        """The champion's promotion metric on this test set, through its own pyfunc."""
-        import mlflow.pyfunc
+    def score_champion(model_uri: str) -> pd.DataFrame:
+        """The champion's per-image scores on this test set, through its own pyfunc."""
+        from sa2_pipeline.metrics import score
 
-        champion = mlflow.pyfunc.load_model(model_uri)
+        champion = load_pyfunc(model_uri)
         masks = model_input_test["masks"]
-        values = []
-        for i in sorted(masks):
-            pred = champion.predict(model_input_test["images"][i],
-                                    params={"threshold": eval_cfg.threshold})
-            values.append(_scores(pred, masks[i], n_classes, "")[metric_column])
-        return float(np.mean(values))
+        scored = {i: score(champion.predict(model_input_test["images"][i],
+                                            params={"threshold": eval_cfg.threshold}),
+                           masks[i], n_classes) for i in sorted(masks)}
+        return pd.DataFrame.from_dict(scored, orient="index")
 
     scores = {k: float(v) for k, v in test_summary.items()
               if k.startswith("test_") and isinstance(v, float)}
-    record = register_and_promote(
-        members[0] if len(members) == 1 else members,
-        model_name=cfg.model_name,
-        test_scores=scores,
-        test_set_id=test_summary["test_set_id"],
-        metric=cfg.promotion_metric,
-        margin=cfg.promotion_margin,
-        input_example_size=cfg.input_example_size,
-        score_champion=score_champion,
-    )
-    return {"registered": True, **record}
+    model = ModelToRegister(
+        members[0] if len(members) == 1 else members, model_name=cfg.model_name,
+        test_scores=scores, per_image=per_image, test_set_id=test_summary["test_set_id"],
+        data_version=cfg.data_version, input_example_size=cfg.input_example_size)
+    gate = GateConfig(margin=cfg.promotion_margin, confidence=cfg.gate_confidence,
+                      class_tolerance=cfg.class_tolerance, n_resamples=cfg.gate_resamples,
+                      seed=cfg.gate_seed)
+    return {"registered": True,
+            **register_gated(model, gate=gate, score_champion=score_champion)}

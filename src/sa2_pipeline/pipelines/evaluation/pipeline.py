@@ -18,7 +18,8 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
             ),
             node(
                 register_model,
-                inputs=["trained_models", "test_summary", "model_input_test",
+                inputs=["trained_models", "test_summary", "test_metrics_per_image",
+                        "model_input_test",
                         "params:registry", "params:evaluation"],
                 outputs="model_registration",
                 name="register_model",

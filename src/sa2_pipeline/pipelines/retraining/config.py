@@ -76,9 +76,18 @@ def build_request(project_dir: Path, env: str, *, params: str = "",
         return load_raw_dataset(ingestion.format, root, dataset_name=ingestion.dataset,
                                 max_side=ingestion.max_side).manifest
 
+    def prepare_raw() -> None:
+        from sa2_pipeline.datasets.synthetic import ensure_synthetic_monuseg
+
+        synthetic = ingestion.synthetic
+        if synthetic is not None and synthetic.generate_if_missing:
+            root = Path(raw_dir) if Path(raw_dir).is_absolute() else project_dir / raw_dir
+            ensure_synthetic_monuseg(root, n_train=synthetic.n_train, n_test=synthetic.n_test,
+                                     image_size=synthetic.image_size, seed=synthetic.seed)
+
     return RetrainRequest(
         project_dir=project_dir, env=env, dataset=ingestion.dataset, raw_dir=raw_dir,
-        build_manifest=build_manifest, min_new_images=cfg.min_new_images,
+        build_manifest=build_manifest, prepare_raw=prepare_raw, min_new_images=cfg.min_new_images,
         change_test_set=cfg.change_test_set if change_test_set is None else change_test_set,
         params=params, detect_only=detect_only,
     )

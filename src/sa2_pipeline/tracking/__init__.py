@@ -1,0 +1,1 @@
+"""Everything that talks to MLflow: logging, the model registry, the promotion gate."""

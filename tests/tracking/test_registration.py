@@ -1,0 +1,173 @@
+"""Gated registration: statistics decide, crashes never move the champion, reruns finish
+an interrupted registration without a second version, rollback moves the champion back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sa2_pipeline.models import create_model
+from sa2_pipeline.models.bundle import make_bundle
+from sa2_pipeline.retraining.gate import GateConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
+
+NAME = "sa2net-test"
+GATE = GateConfig(n_resamples=999)
+BASE = np.random.default_rng(0).uniform(0.6, 0.8, 12)
+
+
+def _bundle(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    model = create_model("unet", base_channels=4)
+    return make_bundle(model_name="unet", init_kwargs=model.init_kwargs,
+                       state_dict=model.state_dict(), patch_size=32)
+
+
+def _scores(values) -> pd.DataFrame:
+    return pd.DataFrame({"dice": values}, index=[f"img{i:02d}" for i in range(len(values))])
+
+
+SCORES = {1: _scores(BASE), 2: _scores(BASE + 0.08), 3: _scores(BASE + 0.02 * np.sin(
+    np.arange(12) * 2.0))}
+
+
+def _register(seed: int, champion_scores: dict[str, pd.DataFrame] | None = None):
+    """Register bundle ``seed`` scored SCORES[seed]; the champion is scored from the table."""
+    import mlflow
+
+    from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
+
+    def score_champion(uri: str) -> pd.DataFrame:
+        version = int(uri.rsplit("/", 1)[1])
+        return SCORES[version]
+
+    model = ModelToRegister(_bundle(seed), model_name=NAME,
+                            test_scores={"test_dice": float(SCORES[seed]["dice"].mean())},
+                            per_image=SCORES[seed], test_set_id="T", data_version="dvc-x",
+                            input_example_size=32)
+    with mlflow.start_run():
+        return register_gated(model, gate=GATE, score_champion=score_champion)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("registration-test")
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def _champion() -> str:
+    return str(_client().get_model_version_by_alias(NAME, "champion").version)
+
+
+def _versions() -> list[str]:
+    return sorted(str(v.version) for v in _client().search_model_versions(f"name = '{NAME}'"))
+
+
+def test_gate_numbers_are_recorded_and_an_identical_rerun_registers_nothing(store):
+    first = _register(1)
+    assert first["decision_promote"] and first["decision_reason"] == "no champion yet"
+    better = _register(2)   # consistently +0.08 on every image
+    assert better["decision_promote"] and _champion() == "2"
+    tags = _client().get_model_version(NAME, "2").tags
+    assert tags["sa2.gate.n"] == "12" and tags["sa2.promotion_decision"] == "promoted"
+    assert float(tags["sa2.gate.delta"]) == pytest.approx(0.08, abs=1e-6)
+    assert 0 < float(tags["sa2.gate.lower_bound"]) <= 0.08
+    assert float(tags["sa2.gate.delta_low"]) <= 0.08 <= float(tags["sa2.gate.delta_high"])
+    assert "sa2.gate.wilcoxon_p" in tags and tags["sa2.data_version"] == "dvc-x"
+    assert tags["sa2.champion_version"] == "1"
+    noisy = _register(3)    # +-0.02 around the *first* champion: well below v2
+    assert not noisy["decision_promote"] and _champion() == "2"
+    again = _register(3)
+    assert again["unchanged"] and again["version"] == "3" and _versions() == ["1", "2", "3"]
+
+
+_KILLED_AT = textwrap.dedent("""
+    import os, signal, sys
+    import mlflow
+    from mlflow import MlflowClient
+    sys.path.insert(0, sys.argv[2])
+    import test_registration as t
+    mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_experiment("registration-test")
+    where = sys.argv[3]
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if where == "before_gate":          # the version exists, its gate never ran
+        MlflowClient.set_registered_model_alias = lambda self, name, alias, v: die()
+    else:                               # decision written, champion alias not yet
+        real = MlflowClient.set_registered_model_alias
+        MlflowClient.set_registered_model_alias = lambda self, name, alias, v: (
+            die() if alias == "champion" else real(self, name, alias, v))
+    t._register(2)
+""")
+
+
+@pytest.mark.parametrize("where", ["before_gate", "before_champion_alias"])
+def test_sigkill_during_registration_keeps_the_champion_and_the_rerun_finishes(store, where):
+    _register(1)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT, store, os.path.dirname(__file__),
+                           where], capture_output=True, text=True, timeout=300, check=False,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert _champion() == "1"
+    assert _versions() == ["1", "2"]
+    tags = _client().get_model_version(NAME, "2").tags
+    assert tags["sa2.bundle_digest"] and tags["sa2.test_set_id"] == "T"  # never an orphan
+    assert ("sa2.promotion_decision" in tags) == (where == "before_champion_alias")
+
+    rerun = _register(2)
+    assert not rerun["unchanged"] and rerun["version"] == "2" and rerun["decision_promote"]
+    assert _champion() == "2" and _versions() == ["1", "2"]
+    assert _register(2)["unchanged"]
+
+
+def test_rollback_command_moves_the_champion_back(store):
+    from sa2_pipeline.cli import main
+
+    _register(1)
+    _register(2)
+    assert _champion() == "2"
+    assert main(["rollback", "--model", NAME, "--to-version", "1"]) == 0
+    assert _champion() == "1"
+    assert _client().get_model_version(NAME, "1").tags["sa2.rollback_from"] == "2"
+    assert main(["rollback", "--model", NAME, "--to-version", "7"]) != 0
+    assert _champion() == "1"
+    # a rerun of the rolled-back model does not silently re-promote it
+    assert _register(2)["unchanged"] and _champion() == "1"
+
+
+def test_registrations_on_one_store_wait_for_each_other(store, tmp_path):
+    from sa2_pipeline.retraining.locks import exclusive_lock, registry_lock_path
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from sa2_pipeline.retraining.locks import exclusive_lock\n"
+         "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(3)",
+         str(registry_lock_path(store))], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert holder.stdout.readline().strip() == "held"
+    record = _register(1)           # waits for the holder, then registers
+    assert holder.poll() is not None and record["version"] == "1"
+    with exclusive_lock(registry_lock_path(store), wait=0):
+        pass
