@@ -5,13 +5,19 @@ call is a no-op that opens no MLflow run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import VENV_BIN
+VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
 
@@ -49,7 +55,6 @@ def mlflow_client(project):
 def trained_project(make_project_copy):
     """A copy with the tiny config in conf/base, after one `kedro run --env synthetic`."""
     project = make_project_copy("retraining", tiny_config_in="base")
-    project.git_commit("tiny config")
     project.kedro("run", "--env", "synthetic")
     return project
 
@@ -129,3 +134,92 @@ def test_new_test_slide_needs_the_flag(trained_project, tmp_path):
     finally:
         for f in added:
             f.unlink()
+
+
+class Background:
+    """A retrain in its own process group; its output is drained into ``lines``."""
+
+    def __init__(self, project, *args: str) -> None:
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "sa2-pipeline"), "retrain", "--env", "synthetic", *args],
+            cwd=project.root, env=project.env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, condition, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.proc.poll() is not None:
+                pytest.fail(f"retrain ended ({self.proc.returncode}) before the kill point\n"
+                            f"{self.output()[-4000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"kill point not reached\n{self.output()[-4000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)  # the retrain and its kedro run
+        self.proc.wait(timeout=60)
+        self._reader.join(timeout=10)
+
+
+def _state(project):
+    client = mlflow_client(project)
+    versions = sorted(int(v.version) for v in
+                      client.search_model_versions("name = 'sa2net-synthetic'"))
+    champion = client.get_model_version_by_alias("sa2net-synthetic", "champion").version
+    return versions, str(champion)
+
+
+def test_concurrent_retrains_and_kills_never_move_the_champion(trained_project, tmp_path):
+    project = trained_project
+    raw = project.root / "data" / "01_raw" / "synthetic"
+    versions, champion = _state(project)
+    add_synthetic_slides(raw, tmp_path, n=2, seed=23)
+    checkpoints = project.data("06_models", "checkpoints")
+    started = time.time()
+
+    # Two retrains started together: exactly one runs, the other exits 75 at once.
+    first, second = Background(project), Background(project)
+    codes = {}
+    deadline = time.monotonic() + 120
+    while not codes and time.monotonic() < deadline:
+        codes = {name: bg.proc.poll() for name, bg in (("first", first), ("second", second))
+                 if bg.proc.poll() is not None}
+        time.sleep(0.1)
+    assert list(codes.values()) == [75], codes
+    loser, runner = (first, second) if "first" in codes else (second, first)
+    loser._reader.join(timeout=10)
+    assert f"pid {runner.proc.pid}" in loser.output() and "started" in loser.output()
+
+    # SIGKILL during training (a new epoch checkpoint has been written)
+    runner.wait_for(lambda: any(p.stat().st_mtime > started
+                                for p in checkpoints.rglob("last.pt")))
+    runner.kill()
+    assert _state(project) == (versions, champion)
+
+    # SIGKILL during evaluation
+    rerun = Background(project)
+    rerun.wait_for(lambda: "Running node: evaluate_models" in rerun.output())
+    rerun.kill()
+    assert _state(project) == (versions, champion)
+    assert "resuming the retrain interrupted" in rerun.output()
+
+    # The rerun finishes the job: one new version, the gate decided, a record written.
+    done = retrain(project).stdout
+    assert "2 new, 0 changed" in done, done[-3000:]
+    new_versions, new_champion = _state(project)
+    assert new_versions == [*versions, versions[-1] + 1]
+    record = json.loads(project.data("08_reporting", "retraining", "latest.json").read_text())
+    assert new_champion == (str(new_versions[-1]) if record["decision"] == "promoted"
+                            else champion)
+    assert "nothing new" in retrain(project).stdout

@@ -78,6 +78,7 @@ def _paths(req: RetrainRequest) -> dict[str, Path]:
         "summary": root / "08_reporting" / req.dataset / "test_summary.json",
         "reports": root / "08_reporting" / req.dataset,
         "records": root / "08_reporting" / req.dataset / "retraining",
+        "pending": root / "08_reporting" / req.dataset / "retraining" / "pending.json",
     }
 
 
@@ -107,6 +108,10 @@ def _locked(req: RetrainRequest) -> RetrainOutcome:
     detection = detect_changes(req.raw_dir if Path(req.raw_dir).is_absolute()
                                else req.project_dir / req.raw_dir,
                                paths["manifest"], paths["inventory"], req.build_manifest)
+    pending = _read_pending(paths["pending"])
+    if pending is not None:  # an earlier retrain was interrupted: finish it
+        detection = _with_pending(detection, pending)
+        logger.warning("resuming the retrain interrupted at %s", pending.get("started"))
     changes = detection.changes
     if changes.nothing_new:
         how = "unchanged inventory" if detection.fast_path else "verified, same content"
@@ -131,6 +136,7 @@ def _locked(req: RetrainRequest) -> RetrainOutcome:
 def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: str,
              paths: dict[str, Path]) -> RetrainOutcome:
     logger.info("%s: retraining", summary)
+    _write_json(paths["pending"], {"started": started, "changes": detection.changes.as_dict()})
     data = version_raw_data(req.project_dir, req.env, req.raw_dir, detection.raw_digest)
     write_inventory(paths["inventory"], detection.inventory, paths["manifest"])
     for stale in (paths["registration"],):  # never read a previous run's result
@@ -146,6 +152,7 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
 
     write_record(paths["records"], record)
     append_to_report(paths["reports"], record)
+    paths["pending"].unlink(missing_ok=True)  # done: the next call detects afresh
     return RetrainOutcome(EXIT_OK, f"{summary}: {record['decision']}: {record['reason']}",
                           record=record, retrain=True)
 
@@ -177,3 +184,35 @@ def _record(req: RetrainRequest, detection: Detection, data: dict, registration:
         "decision": decision,
         "reason": registration.get("decision_reason"),
     }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def _read_pending(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _with_pending(detection: Detection, pending: dict) -> Detection:
+    """``detection`` plus what the interrupted retrain had found (already ingested)."""
+    import dataclasses
+
+    from sa2_pipeline.retraining.detect import SlideChanges
+
+    old, new = pending.get("changes", {}), detection.changes
+
+    def merged(key: str) -> tuple[str, ...]:
+        return tuple(sorted(set(old.get(key, [])) | set(getattr(new, key))))
+
+    changes = SlideChanges(merged("new"), merged("changed"), merged("removed"),
+                           merged("test_affected"))
+    return dataclasses.replace(detection, changes=changes)
