@@ -88,6 +88,8 @@ class ProcessingConfig:
     def __post_init__(self) -> None:
         if self.n_folds < 2:
             raise ConfigError(f"data_processing.n_folds must be >= 2, got {self.n_folds}")
+        if self.resize_to < 16:
+            raise ConfigError(f"data_processing.resize_to must be >= 16, got {self.resize_to}")
 
 
 # --------------------------------------------------------------------------- model
@@ -268,6 +270,16 @@ class EvaluationConfig:
     bootstrap_resamples: int = 9999
     bootstrap_seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.patch_size < 16:
+            raise ConfigError(f"evaluation.patch_size must be >= 16, got {self.patch_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"evaluation.batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"evaluation.overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"evaluation.threshold must be in [0, 1], got {self.threshold}")
+
 
 @dataclass(frozen=True)
 class RegistryConfig:
@@ -324,6 +336,10 @@ class ReportingConfig:
     title: str = f"SA2-Net on {DEFAULT_DATASET}"
     dataset: str = DEFAULT_DATASET
 
+    def __post_init__(self) -> None:
+        if self.n_overlays < 0:
+            raise ConfigError(f"reporting.n_overlays must be >= 0, got {self.n_overlays}")
+
 
 #: The schema of every top-level key of ``conf/*/parameters*.yml``. ``baselines`` is a list
 #: of :class:`ModelConfig` entries (see :func:`parse_models`).
@@ -338,6 +354,50 @@ PARAMETER_GROUPS: dict[str, type] = {
     "retraining": RetrainingConfig,
     "reporting": ReportingConfig,
 }
+
+
+# --------------------------------------------------------------------------- start-up
+def _check_models(params: dict[str, Any]) -> None:
+    baselines = params.get("baselines")
+    if baselines is not None and not isinstance(baselines, list | tuple):
+        raise ConfigError(f"baselines must be a list of models, got {baselines!r}")
+    from sa2_pipeline.models import list_models  # no torch: the registry is names only
+
+    for where, cfg in zip(["model", *(f"baselines[{i}]" for i in range(len(baselines or [])))],
+                          parse_models(params.get("model"), baselines), strict=True):
+        if cfg.name not in list_models():
+            raise ConfigError(f"{where}.name = {cfg.name!r} is not a model; "
+                              f"choose one of {list_models()}")
+
+
+def validate_parameters(params: dict[str, Any]) -> None:
+    """Check every parameter group of a run at once, before any node runs.
+
+    Nodes parse their own groups again (cheap); this makes a typo fail in the first second
+    of a run instead of after hours of training, including a misspelt group name
+    (``trainin.epochs=1000``), which no node would ever read.
+
+    Raises:
+        ConfigError: one message listing every problem, each naming its key.
+    """
+    problems = []
+    unknown = sorted(set(params) - set(PARAMETER_GROUPS))
+    if unknown:
+        problems.append(f"unknown parameter group(s) {unknown}; "
+                        f"the groups are {sorted(PARAMETER_GROUPS)}")
+    for group, schema in PARAMETER_GROUPS.items():
+        if group in ("model", "baselines"):
+            continue
+        try:
+            parse(schema, params.get(group), group)
+        except ConfigError as err:
+            problems.append(str(err))
+    try:
+        _check_models(params)
+    except ConfigError as err:
+        problems.append(str(err))
+    if problems:
+        raise ConfigError("invalid parameters:\n  - " + "\n  - ".join(problems))
 
 
 # --------------------------------------------------------------------------- parsing

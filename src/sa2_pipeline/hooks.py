@@ -74,3 +74,30 @@ class RetrainingRunHook:
             "project_path": str(run_params.get("project_path")),
             "runtime_params": run_params.get("runtime_params") or {},
         }
+
+
+class ValidateRunHook:
+    """Fail a run in its first second, before any node, on a bad environment or parameter.
+
+    Runs before every other hook (kedro-mlflow's included), so ``--env doesnotexist`` is
+    reported as a missing environment, not as an MLflow store error, and a typo in
+    ``--params`` or a YAML file (``trainin.epochs=1000``, ``evaluation.overlap=1.5``) stops
+    the run before hours of training (:func:`sa2_pipeline.config.validate_parameters`).
+    Uncaught user errors print their message without the stack
+    (:mod:`sa2_pipeline.user_errors`).
+    """
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context: Any) -> None:
+        from pathlib import Path
+
+        from sa2_pipeline.config import ConfigError, validate_parameters
+        from sa2_pipeline.user_errors import install_excepthook
+
+        install_excepthook()
+        conf = Path(context.config_loader.conf_source)
+        if context.env and not (conf / context.env).is_dir():
+            envs = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "base")
+            raise ConfigError(f"environment {context.env!r} not found: no folder "
+                              f"{conf / context.env}; the environments are {envs}")
+        validate_parameters(context.params)

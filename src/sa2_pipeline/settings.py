@@ -4,10 +4,15 @@ import os
 
 from kedro.config import OmegaConfigLoader
 
-from sa2_pipeline.hooks import ContinueModelRunHook, QuietThirdPartyHook, RetrainingRunHook
+from sa2_pipeline.hooks import (
+    ContinueModelRunHook,
+    QuietThirdPartyHook,
+    RetrainingRunHook,
+    ValidateRunHook,
+)
 
 # kedro-mlflow's MlflowHook is registered by its plugin entry point.
-HOOKS = (QuietThirdPartyHook(), ContinueModelRunHook(), RetrainingRunHook())
+HOOKS = (ValidateRunHook(), QuietThirdPartyHook(), ContinueModelRunHook(), RetrainingRunHook())
 
 # Kedro telemetry and albumentations' update check both try the network.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)

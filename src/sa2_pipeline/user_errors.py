@@ -1,0 +1,67 @@
+"""Show a user's mistake as its message, not as a stack trace.
+
+A bad parameter, a missing environment or a bad raw dataset is the user's to fix: the
+message names the key or the file and what to do, and a 300-line traceback only hides it.
+:func:`install_excepthook` makes an uncaught error of that kind print ``Error: <message>``
+(the process still exits with status 1); every other error, or any error with
+``SA2_VERBOSE=1`` (or ``sa2-pipeline --verbose``), keeps its full traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from types import TracebackType
+
+__all__ = ["UserError", "find_user_error", "install_excepthook", "verbose"]
+
+VERBOSE_VARIABLE = "SA2_VERBOSE"
+
+
+class UserError(Exception):
+    """Base of errors whose message tells the user everything needed to fix them."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from sa2_pipeline.config import ConfigError
+    from sa2_pipeline.datasets.schema import DatasetValidationError
+
+    return (UserError, ConfigError, DatasetValidationError)
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def find_user_error(exc: BaseException) -> BaseException | None:
+    """The user error ``exc`` is or wraps (Kedro wraps dataset errors), else ``None``."""
+    types = _user_error_types()
+    return next((e for e in _chain(exc) if isinstance(e, types)), None)
+
+
+def verbose() -> bool:
+    """Whether full tracebacks were asked for (``SA2_VERBOSE=1``)."""
+    return os.environ.get(VERBOSE_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def install_excepthook() -> None:
+    """Print uncaught user errors as one message; chain to the previous hook otherwise."""
+    previous = sys.excepthook
+    if getattr(previous, "_sa2_user_errors", False):
+        return
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        user_error = None if verbose() else find_user_error(exc)
+        if user_error is None:
+            previous(kind, exc, tb)
+            return
+        print(f"Error: {user_error}\n(set {VERBOSE_VARIABLE}=1 for the full traceback)",
+              file=sys.stderr)
+
+    hook._sa2_user_errors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
