@@ -121,3 +121,15 @@ def test_bad_parameters_are_rejected():
         InstanceParams(method="magic")
     with pytest.raises(ValueError, match="min_distance"):
         InstanceParams(min_distance=0)
+
+
+def test_mask_instances_labels_each_saved_mask():
+    from sa2_pipeline.metrics.instances import InstanceParams, mask_instances
+
+    mask = np.zeros((12, 12), np.uint8)
+    mask[1:5, 1:5] = 1
+    mask[7:11, 7:11] = 2  # any nonzero label is foreground
+    labels = mask_instances({"a": mask, "b": np.zeros_like(mask)},
+                            InstanceParams(method="components", min_size=0))
+    assert labels["a"].max() == 2 and labels["b"].max() == 0
+    assert mask_instances({"a": mask}, InstanceParams(min_size=17))["a"].max() == 0

@@ -88,3 +88,13 @@ def test_empty_summary_still_renders():
         figures={},
     )
     assert "<h1>T</h1>" in page and markdown.startswith("# T")
+
+
+def test_provenance_outside_git_and_dvc_falls_back(tmp_path):
+    from sa2_pipeline.reporting.provenance import collect_provenance
+
+    rows = collect_provenance(tmp_path, None, "abc123", "run-from-bundle")
+    assert rows["dataset"] == "unknown" and rows["data_version"] is None
+    assert rows["git_commit"] == "unknown" and rows["test_set_id"] == "abc123"
+    assert rows["mlflow_run_id"] == "run-from-bundle"
+    assert rows["mlflow_run_link"].endswith("/runs/run-from-bundle")

@@ -28,6 +28,7 @@ watershed from scikit-image and scipy.ndimage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ __all__ = [
     "aji",
     "extract_instances",
     "instance_scores",
+    "mask_instances",
     "match_instances",
     "panoptic_quality",
 ]
@@ -113,6 +115,13 @@ def extract_instances(probability: np.ndarray, params: InstanceParams | None = N
         small = np.flatnonzero(sizes < params.min_size)
         components[np.isin(components, small[small > 0])] = 0
     return relabel_sequential(components.astype(np.int32))[0]
+
+
+def mask_instances(
+    masks: Mapping[str, np.ndarray], params: InstanceParams | None = None
+) -> dict[str, np.ndarray]:
+    """:func:`extract_instances` of saved label masks (nonzero = foreground), by id."""
+    return {i: extract_instances((m > 0).astype(np.float32), params) for i, m in masks.items()}
 
 
 def _overlaps(truth: np.ndarray, pred: np.ndarray):

@@ -71,3 +71,23 @@ def active_mlflow_run() -> dict[str, Any]:
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }
+
+
+def collect_provenance(
+    root: str | Path, dataset: str | None, test_set_id: str | None, fallback_run_id: str | None
+) -> dict[str, Any]:
+    """The report's provenance rows: dataset and its DVC version, the frozen test-set id,
+    the git commit, and the MLflow run (the active one, else ``fallback_run_id``)."""
+    run = active_mlflow_run()
+    run_id = run.get("run_id") or fallback_run_id
+    return {
+        "dataset": dataset or "unknown",
+        "data_version": dvc_data_version(root, dataset),
+        "test_set_id": test_set_id,
+        "git_commit": git_commit(root),
+        "mlflow_run_id": run_id,
+        "mlflow_run_link": mlflow_run_link(
+            run.get("tracking_uri"), run.get("experiment_id"), run_id
+        ),
+        "tracking_uri": run.get("tracking_uri"),
+    }
