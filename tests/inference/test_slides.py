@@ -55,7 +55,7 @@ def test_streaming_equals_in_memory_sliding_window(shape):
     image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     tensor = torch.from_numpy(image.transpose(2, 0, 1).copy()).float() / 255
     expected = predict_sliding_window(model, tensor, patch_size=64, overlap=0.5,
-                                      batch_size=3)[0].numpy()
+                                      batch_size=3, border=0)[0].numpy()  # no mirrored edge
 
     def read(x, y, w, h):
         assert h <= 64 or h == shape[0]  # never more than a band of rows

@@ -58,8 +58,8 @@ def test_matches_full_image_forward_for_odd_sizes(gaussian):
     with torch.no_grad():
         expected = torch.sigmoid(model.model(image[None]))
     probs = predict_sliding_window(
-        model, image, patch_size=32, overlap=0.5, batch_size=4, gaussian=gaussian
-    )
+        model, image, patch_size=32, overlap=0.5, batch_size=4, gaussian=gaussian, border=0
+    )  # border=0: the tile count below is that of the image itself
     assert probs.shape == (1, 1, 100, 77) and probs.dtype == torch.float32
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
     # Tiles are batched: 6 x 4 tiles (starts along 77: 0, 15, 30, 45) in batches of 4.
@@ -114,7 +114,7 @@ def test_tta_inverse_transforms_are_exact():
         shift.weight.zero_()
         shift.weight[0, 0, 1, 2] = 1.0
     image = torch.randn(1, 16, 16)
-    probs = predict_sliding_window(shift, image, patch_size=None, tta="d4")
+    probs = predict_sliding_window(shift, image, patch_size=None, tta="d4", border=0)
     padded = F.pad(image, (1, 1, 1, 1))
     neighbours = [
         padded[:, 1:-1, 2:],
@@ -124,7 +124,7 @@ def test_tta_inverse_transforms_are_exact():
     ]
     expected = torch.stack([torch.sigmoid(n) for n in neighbours]).mean(dim=0)
     torch.testing.assert_close(probs[0], expected, atol=1e-6, rtol=0)
-    flips = predict_sliding_window(shift, image, patch_size=None, tta="flips")
+    flips = predict_sliding_window(shift, image, patch_size=None, tta="flips", border=0)
     # Flips only: the shift is conjugated into left and right shifts (twice each), never up/down.
     expected_flips = torch.stack([torch.sigmoid(n) for n in neighbours[:2]]).mean(dim=0)
     torch.testing.assert_close(flips[0], expected_flips, atol=1e-6, rtol=0)

@@ -117,6 +117,25 @@ def _pad_reflect(
     return image.index_select(-2, rows).index_select(-1, cols), (top, left)
 
 
+def _mirror(image: torch.Tensor, margin: int) -> torch.Tensor:
+    """Reflect-pad ``(N, C, H, W)`` by ``margin`` on every side (any margin, any size)."""
+    height, width = image.shape[-2:]
+    rows = _reflect_indices(height, margin, margin, image.device)
+    cols = _reflect_indices(width, margin, margin, image.device)
+    return image.index_select(-2, rows).index_select(-1, cols)
+
+
+def _tile_for(size: tuple[int, int], patch: tuple[int, int], margin: int) -> tuple[int, int]:
+    """The tile for a mirrored image of ``size``: ``patch``, or the whole image along an axis
+    that the margin alone pushed past the patch (one bigger forward pass instead of 2-4
+    tiles; fully convolutional models take any size). A square patch stays square."""
+    tile = tuple(s if p < s <= p + 2 * margin else p for s, p in zip(size, patch, strict=True))
+    if patch[0] == patch[1]:
+        side = max(tile)
+        return (side, side)
+    return tile  # type: ignore[return-value]
+
+
 def _tta_transforms(
     mode: TTAMode, patch_size: tuple[int, int]
 ) -> list[tuple[Transform, Transform]]:
@@ -218,8 +237,14 @@ def predict_sliding_window(
     num_classes: int = 1,
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
+    border: int | None = None,
 ) -> torch.Tensor:
     """Probabilities for whole images from overlapping, Gaussian-weighted tiles.
+
+    Every image is first mirrored by ``border`` pixels on each side (U-Net's overlap-tile
+    strategy): the convolutions' zero padding then lies in mirrored context, not against
+    the image. Without it the image edge reads as the edge of a black object, and trained
+    models mark the outer columns of a blank image as foreground (docs/deviations.md).
 
     Runs under ``torch.inference_mode()`` with the model in eval mode; every submodule's
     train/eval mode is restored afterwards.
@@ -238,6 +263,8 @@ def predict_sliding_window(
         device: Where the model runs; default the model's device.
         autocast_dtype: e.g. ``torch.bfloat16`` / ``torch.float16`` to run the forward under
             autocast; accumulation stays float32.
+        border: Mirrored context around the image, in pixels; ``None`` = an eighth of the
+            longer patch side (32 for 256), 0 = none (zero padding at the image edge).
 
     Returns:
         float32 probabilities ``(N, num_classes, H, W)`` on the input's device.
@@ -257,9 +284,15 @@ def predict_sliding_window(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if border is not None and border < 0:
+        raise ValueError(f"border must be >= 0 or None, got {border}")
 
     _, _, height, width = image.shape
     patch = (height, width) if patch_size is None else _as_size(patch_size, "patch_size")
+    margin = max(patch) // 8 if border is None else int(border)
+    if patch_size is None:
+        patch = (height + 2 * margin, width + 2 * margin)
+    patch = _tile_for((height + 2 * margin, width + 2 * margin), patch, margin)
     transforms = _tta_transforms(tta, patch)
     run_device = torch.device(device) if device is not None else _infer_device(model, image.device)
     autocast: contextlib.AbstractContextManager = (
@@ -276,7 +309,9 @@ def predict_sliding_window(
             else torch.ones(patch, dtype=torch.float32, device=run_device)
         )
         for single in image:
-            padded, (off_top, off_left) = _pad_reflect(single.unsqueeze(0).to(run_device), patch)
+            mirrored = _mirror(single.unsqueeze(0).to(run_device), margin)
+            padded, (off_top, off_left) = _pad_reflect(mirrored, patch)
+            off_top, off_left = off_top + margin, off_left + margin
             _, _, padded_h, padded_w = padded.shape
             starts = [
                 (top, left)
