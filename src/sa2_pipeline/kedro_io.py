@@ -21,9 +21,8 @@ from kedro_datasets.json import JSONDataset
 from kedro_datasets.pandas import CSVDataset
 from kedro_datasets.text import TextDataset
 
+from sa2_pipeline.datasets.schema import KEY_SEPARATOR as _SEP
 from sa2_pipeline.io_utils import atomic_directory, atomic_write_bytes
-
-_SEP = "::"
 
 
 class ArrayBundleDataset(AbstractDataset[dict, dict]):

@@ -26,6 +26,7 @@ def _catalog(raw: Path, out: Path, generate: bool) -> DataCatalog:
         "synthetic": {"generate_if_missing": generate, "n_train": 3, "n_test": 2,
                       "image_size": 64, "seed": 1},
     }
+    catalog["params:model"] = {"name": "sa2net", "num_classes": 1}
     return catalog
 
 

@@ -85,15 +85,34 @@ def _read_with_opencv(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)  # also handles non-ASCII paths
     except OSError as err:
         raise ValueError(f"unreadable image file: {err}") from err
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    kind = path.suffix.lstrip(".").upper() or "image"
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as err:  # e.g. a header claiming more pixels than OpenCV allows
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(err):
+            raise ValueError(
+                f"unreadable {kind}: its header claims more than OpenCV's limit of "
+                f"{_max_pixels()} pixels (CV_IO_MAX_IMAGE_PIXELS); a corrupt or hostile file"
+            ) from err
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise ValueError(f"unreadable {kind}: OpenCV cannot decode the file ({reason})") from err
     if image is None:
-        kind = path.suffix.lstrip(".").upper() or "image"
         raise ValueError(f"unreadable {kind}: OpenCV cannot decode the file")
     if image.ndim == 3 and image.shape[-1] == 3:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     if image.ndim == 3 and image.shape[-1] == 4:
         return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
     return image
+
+
+def _max_pixels() -> int:
+    """OpenCV's decode limit: ``CV_IO_MAX_IMAGE_PIXELS`` if set, else its default 2**30."""
+    import os
+
+    try:
+        return int(os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS", str(1 << 30)))
+    except ValueError:
+        return 1 << 30
 
 
 def rgb_uint8(image: np.ndarray, note: str = "") -> np.ndarray:

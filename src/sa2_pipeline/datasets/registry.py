@@ -54,13 +54,15 @@ SUPPORTS_MAX_SIDE = frozenset(name for name, adapter in ADAPTERS.items() if adap
 
 def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
                      max_side: int | None = None,
-                     mask_kind: str = "auto") -> IngestedDataset:
+                     mask_kind: str = "auto", num_classes: int | None = None) -> IngestedDataset:
     """Read and verify a dataset in its original download format.
 
     Args:
         max_side: Downscale each image and mask, as it is read, to this longer side at
             most (formats in :data:`SUPPORTS_MAX_SIDE`); ``None``: native resolution.
         mask_kind: The folder adapter's mask rule; other formats take only ``"auto"``.
+        num_classes: ``model.num_classes``: every mask label must be one the model learns
+            (0/1 for 1, 0..C-1 for C >= 2); ``None`` skips the check.
 
     Raises:
         ValueError: Unknown format (the message lists the known ones), or ``max_side``
@@ -77,9 +79,17 @@ def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
             raise ValueError(f"data_ingestion.mask_kind is only for the folder format, not "
                              f"{fmt!r}; remove it or set auto")
         options["mask_kind"] = mask_kind
-    if max_side is None:
-        return loader(Path(root), dataset_name=dataset_name, **options)
-    if fmt not in SUPPORTS_MAX_SIDE:
-        raise ValueError(f"data_ingestion.max_side is not supported for format {fmt!r} "
-                         f"(supported: {sorted(SUPPORTS_MAX_SIDE)}); remove it or set null")
-    return loader(Path(root), dataset_name=dataset_name, max_side=max_side, **options)
+    if max_side is not None:
+        if fmt not in SUPPORTS_MAX_SIDE:
+            raise ValueError(f"data_ingestion.max_side is not supported for format {fmt!r} "
+                             f"(supported: {sorted(SUPPORTS_MAX_SIDE)}); remove it or set null")
+        options["max_side"] = max_side
+    dataset = loader(Path(root), dataset_name=dataset_name, **options)
+    if num_classes is not None:
+        from sa2_pipeline.datasets.schema import DatasetValidationError
+        from sa2_pipeline.datasets.verify import label_problems
+
+        problems = label_problems(dataset, root, num_classes)
+        if problems:
+            raise DatasetValidationError(problems, root)
+    return dataset

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "KEY_SEPARATOR",
     "MANIFEST_COLUMNS",
     "MANIFEST_DEFAULTS",
     "SPLITS",
@@ -82,6 +83,10 @@ MANIFEST_DEFAULTS: dict[str, object] = {"group": "", "n_instances": -1}
 
 _INT_COLUMNS = ("height", "width", "channels", "n_instances")
 _FLOAT_COLUMNS = ("foreground_fraction",)
+
+#: Joins a group and an id into one key of the cached model inputs
+#: (:class:`sa2_pipeline.kedro_io.ArrayBundleDataset`), so no id may contain it.
+KEY_SEPARATOR = "::"
 
 #: Official split hints an adapter may give.
 SPLITS: tuple[str, ...] = ("train", "val", "test")

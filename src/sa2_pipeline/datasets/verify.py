@@ -40,6 +40,7 @@ import numpy as np
 
 from sa2_pipeline.datasets.raster import limit_side
 from sa2_pipeline.datasets.schema import (
+    KEY_SEPARATOR,
     DatasetValidationError,
     IngestedDataset,
     Problem,
@@ -61,6 +62,7 @@ __all__ = [
     "default_workers",
     "duplicate_ids",
     "first_per_stem",
+    "label_problems",
     "list_files",
     "pair_by_id",
     "read_all",
@@ -392,6 +394,11 @@ class Verification:
             group: Group that splits must keep together (``""``: none).
             instances: The image's instance map, for formats with instance labels.
         """
+        if KEY_SEPARATOR in sample_id:
+            self.report(sample.image_path,
+                        f"id {sample_id!r} contains {KEY_SEPARATOR!r}, which separates keys in "
+                        "the cached model inputs; rename the file")
+            return
         self.images[sample_id], self.masks[sample_id] = image, mask
         if instances is not None:
             self.instances[sample_id] = instances
@@ -434,6 +441,28 @@ class Verification:
         )
         return IngestedDataset(manifest=manifest, images=self.images, masks=self.masks,
                                instances=self.instances)
+
+
+def label_problems(dataset: IngestedDataset, root: Path | str,
+                   num_classes: int) -> list[Problem]:
+    """Masks holding labels the model cannot learn, named by their annotation file.
+
+    ``num_classes`` is ``model.num_classes``: 1 (binary, sigmoid) allows the labels 0 and
+    1; C >= 2 (softmax) allows 0 .. C-1.
+    """
+    allowed = max(int(num_classes), 2)
+    rows = dataset.manifest.set_index("id")["annotation_path"]
+    problems = []
+    for sample_id, mask in dataset.masks.items():
+        if mask.size == 0 or int(mask.max()) < allowed:
+            continue
+        bad = [int(v) for v in np.unique(mask) if v >= allowed]
+        shown = f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
+        where = Path(root) / str(rows.get(sample_id, sample_id)).split(";")[0]
+        problems.append((str(where), (
+            f"mask holds label(s) {shown}, but model.num_classes = {num_classes} allows only "
+            f"0..{allowed - 1}; fix the mask or set model.num_classes")))
+    return problems
 
 
 def verify_pairs(

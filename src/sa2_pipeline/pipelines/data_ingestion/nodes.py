@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sa2_pipeline.config import IngestionConfig, parse
+from sa2_pipeline.config import IngestionConfig, ModelConfig, parse
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def prepare_raw_data(params: dict[str, Any]) -> str:
 
 
 def ingest_raw_dataset(
-    raw_dir: str, params: dict[str, Any]
+    raw_dir: str, params: dict[str, Any], model: dict[str, Any] | None = None
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Verify every raw file, then return the manifest, images and canonical masks.
 
@@ -49,6 +49,7 @@ def ingest_raw_dataset(
     Args:
         raw_dir: The raw data folder.
         params: ``params:data_ingestion``.
+        model: ``params:model``: its ``num_classes`` bounds the mask labels.
 
     Returns:
         ``(manifest, images, masks, instances)``: one manifest row per image; RGB uint8
@@ -58,8 +59,10 @@ def ingest_raw_dataset(
     from sa2_pipeline.datasets.registry import load_raw_dataset
 
     cfg = parse(IngestionConfig, params, "data_ingestion")
+    num_classes = None if model is None else parse(ModelConfig, model, "model").num_classes
     ingested = load_raw_dataset(cfg.format, raw_dir, dataset_name=cfg.dataset,
-                                max_side=cfg.max_side, mask_kind=cfg.mask_kind)
+                                max_side=cfg.max_side, mask_kind=cfg.mask_kind,
+                                num_classes=num_classes)
     counts = ingested.manifest["split"].value_counts().to_dict()
     logger.info("ingested %d images from %s: %s", len(ingested.manifest), raw_dir, counts)
     return ingested.manifest, ingested.images, ingested.masks, ingested.instances

@@ -16,7 +16,7 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
             ),
             node(
                 ingest_raw_dataset,
-                inputs=["raw_data_dir", "params:data_ingestion"],
+                inputs=["raw_data_dir", "params:data_ingestion", "params:model"],
                 outputs=["manifest", "ingested_images", "ingested_masks", "ingested_instances"],
                 name="ingest_raw_dataset",
             ),
