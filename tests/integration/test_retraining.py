@@ -96,6 +96,10 @@ def test_new_slides_retrain_gate_record_then_no_op(trained_project, tmp_path):
     assert len(client.search_runs([run.info.experiment_id])) == runs_before
     assert len(client.search_model_versions("name = 'sa2net-synthetic'")) == len(
         versions_before) + 1
+    # The same through Kedro: `kedro run --pipelines retraining` runs the same sequence.
+    via_kedro = project.kedro("run", "--pipelines", "retraining", "--env", "synthetic").stdout
+    assert "nothing new" in via_kedro
+    assert len(client.search_runs([run.info.experiment_id])) == runs_before
 
 
 def test_bad_new_slide_is_refused_with_nothing_written(trained_project, tmp_path):

@@ -30,7 +30,8 @@ def test_compare_manifests_finds_new_changed_removed_and_test_rows():
     assert changes.n_new_images == 3
     assert not changes.nothing_new
     assert compare_manifests(old, old).nothing_new
-    assert compare_manifests(None, new).new == ("a", "b", "c", "t", "t2")
+    first = compare_manifests(None, new)
+    assert first.new == ("a", "b", "c", "t", "t2") and first.test_affected == ()
 
 
 def test_detect_uses_the_adapter_only_when_files_changed(tmp_path):

@@ -125,10 +125,8 @@ def fit_segmentation_model(
         RuntimeError: ``torchrun`` failed (names the exit code and the log); the
             checkpoint written so far is kept, so a rerun resumes.
     """
-    import torch
 
     from sa2_pipeline.engine import distributed
-    from sa2_pipeline.engine.runtime import select_device
 
     _check_pairs(train_images, train_masks, "training")
     _check_pairs(val_images, val_masks, "validation")
@@ -137,6 +135,34 @@ def fit_segmentation_model(
         extra={"mode": mode, "eval_patch_size": eval_patch_size, "code": code_fingerprint()},
     )
     run_folder = Path(train_cfg.checkpoint_dir) / f"{run_name}-{fingerprint[:12]}"
+    # Two runs started together wait for each other instead of both training into the
+    # same last.pt; the second then resumes the finished checkpoint at once.
+    with _run_lock(run_folder, distributed.worker_info().distributed):
+        return _fit_launch(train_images, train_masks, val_images, val_masks, model_cfg,
+                           train_cfg, mode=mode, eval_patch_size=eval_patch_size,
+                           run_name=run_name, callbacks=callbacks,
+                           metric_prefix=metric_prefix, fingerprint=fingerprint,
+                           run_folder=run_folder)
+
+
+def _run_lock(run_folder: Path, in_worker: bool):
+    """The lock of one training run folder (not taken again inside torchrun workers)."""
+    from sa2_pipeline.retraining.locks import exclusive_lock
+
+    if in_worker:
+        return contextlib.nullcontext()
+    return exclusive_lock(run_folder.with_name(f".{run_folder.name}.lock"), wait=-1,
+                          what=f"training into {run_folder}")
+
+
+def _fit_launch(train_images, train_masks, val_images, val_masks, model_cfg, train_cfg, *,
+                mode, eval_patch_size, run_name, callbacks, metric_prefix, fingerprint,
+                run_folder):
+    import torch
+
+    from sa2_pipeline.engine import distributed
+    from sa2_pipeline.engine.runtime import select_device
+
     if distributed.launch_needed(train_cfg.distributed):
         return distributed.launch(
             kwargs={

@@ -97,7 +97,7 @@ class SlideChanges:
 def compare_manifests(current: pd.DataFrame | None, fresh: pd.DataFrame) -> SlideChanges:
     """Diff two ingestion manifests by ``id`` (image and mask SHA-256, split).
 
-    ``current`` None (never ingested) makes every image new.
+    ``current`` None (never ingested) makes every image new, and none "test-affected".
     """
     def keyed(frame: pd.DataFrame) -> dict[str, tuple[str, str, str]]:
         return {str(r.id): (str(r.image_sha256), str(r.mask_sha256), str(r.split))
@@ -108,8 +108,10 @@ def compare_manifests(current: pd.DataFrame | None, fresh: pd.DataFrame) -> Slid
     added = sorted(set(new) - set(old))
     removed = sorted(set(old) - set(new))
     changed = sorted(i for i in set(new) & set(old) if new[i] != old[i])
-    test = sorted(i for i in (*added, *removed, *changed)
-                  if "test" in (old.get(i, ("", "", ""))[2], new.get(i, ("", "", ""))[2]))
+    # Never ingested: there is no frozen test set yet to protect.
+    test = [] if current is None else sorted(
+        i for i in (*added, *removed, *changed)
+        if "test" in (old.get(i, ("", "", ""))[2], new.get(i, ("", "", ""))[2]))
     return SlideChanges(tuple(added), tuple(changed), tuple(removed), tuple(test))
 
 

@@ -1,0 +1,113 @@
+"""Team mode: a real `mlflow server` (SQLite backend, local artifact root) on loopback.
+
+A retrain runs through MLFLOW_TRACKING_URI=http://127.0.0.1:<port> (the default pipeline
+runs inside it), the registry is read back through the server's REST API, and a second
+checkout pointed at the same server sees the same champion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        return json.loads(response.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` in its own process group; killed (group SIGKILL) at the end."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    log = (root / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:  # noqa: S310
+                if r.status == 200:
+                    break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            log_text = (root / "server.log").read_text()[-3000:]
+            pytest.fail(f"mlflow server did not come up:\n{log_text}")
+        time.sleep(0.5)
+    yield url
+    # The server's parent takes 15-25 s to exit after SIGTERM: a short grace, then the group.
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    log.close()
+
+
+def test_retrain_through_a_server_and_two_checkouts_share_the_champion(
+        make_project_copy, mlflow_server, tmp_path):
+    url = mlflow_server
+    first = make_project_copy("team-a", tiny_config_in="base")
+    second = make_project_copy("team-b", tiny_config_in="base")
+    for project in (first, second):
+        project.env.update(MLFLOW_TRACKING_URI=url, XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    # A first retrain on an empty checkout: the embedded data is generated, all of it is
+    # new, the default pipeline trains and registers version 1 through the server.
+    out = first.run(str(VENV_BIN / "sa2-pipeline"), "retrain", "--env", "synthetic").stdout
+    assert "promoted" in out, out[-3000:]
+    assert not (first.root / "mlflow.db").exists()  # nothing went to a local store
+
+    name = "sa2net-synthetic"
+    champion = _get(f"{url}/api/2.0/mlflow/registered-models/alias?name={name}"
+                    "&alias=champion")["model_version"]
+    assert champion["version"] == "1"
+    tags = {t["key"]: t["value"] for t in champion["tags"]}
+    assert tags["sa2.promotion_decision"] == "promoted"
+    assert tags["sa2.data_version"].startswith("dvc-")
+    runs = _get(f"{url}/api/2.0/mlflow/runs/get?run_id={champion['run_id']}")["run"]
+    params = {p["key"]: p["value"] for p in runs["data"]["params"]}
+    assert params["registry.data_version"] == tags["sa2.data_version"]
+
+    # The other checkout, through the same server: the same champion, loadable.
+    seen = second.run(str(VENV_BIN / "python"), "-c", (
+        "import mlflow, numpy as np\n"
+        "from mlflow import MlflowClient\n"
+        f"v = MlflowClient().get_model_version_by_alias('{name}', 'champion')\n"
+        f"m = mlflow.pyfunc.load_model('models:/{name}@champion')\n"
+        "print('CHAMPION', v.version, m.predict(np.zeros((40, 40, 3), np.uint8)).shape)"))
+    assert "CHAMPION 1 (40, 40)" in seen.stdout
+
+    # A rollback from one checkout is what the other sees (and the REST API).
+    second.run(str(VENV_BIN / "sa2-pipeline"), "rollback", "--model", name,
+               "--to-version", "1", "--reason", "team check")
+    champion = _get(f"{url}/api/2.0/mlflow/registered-models/alias?name={name}"
+                    "&alias=champion")["model_version"]
+    assert {t["key"]: t["value"] for t in champion["tags"]}["sa2.rollback_reason"] == "team check"
