@@ -191,6 +191,8 @@ _PROJECT = click.option("--project-dir", default=".", show_default=True,
 @click.option("--params", default="", help='Kedro --params for the run, "training.epochs=3".')
 @click.option("--change-test-set", is_flag=True,
               help="Allow new or changed slides in the test split (champion re-scored).")
+@click.option("--warm-start", is_flag=True,
+              help="Start the challenger from the champion's weights.")
 def retrain_command(**kwargs) -> None:
     """Retrain on new annotated slides; promote only if truly better."""
     raise SystemExit(_retrain(argparse.Namespace(detect_only=False, **kwargs)))
@@ -203,7 +205,8 @@ def retrain_command(**kwargs) -> None:
 @click.option("--change-test-set", is_flag=True, help="As for retrain.")
 def detect_command(**kwargs) -> None:
     """Say (one JSON line) whether a retrain would run; changes nothing."""
-    raise SystemExit(_retrain(argparse.Namespace(detect_only=True, **kwargs)))
+    raise SystemExit(_retrain(argparse.Namespace(detect_only=True, warm_start=False,
+                                                 **kwargs)))
 
 
 @cli.command("rollback")
@@ -230,7 +233,8 @@ def _retrain(args: argparse.Namespace) -> int:
 
     request = build_request(Path(args.project_dir), args.env, params=args.params or "",
                             change_test_set=args.change_test_set or None,
-                            detect_only=args.detect_only)
+                            detect_only=args.detect_only,
+                            warm_start=args.warm_start or None)
     outcome = retrain(request)
     if args.detect_only:
         print(json.dumps({"dataset": request.dataset, "retrain": outcome.retrain,

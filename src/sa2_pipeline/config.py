@@ -220,6 +220,10 @@ class TrainingConfig:
     folds: tuple[int, ...] | Literal["all"] = (0,)
     resume: bool = True
     channel_order: Literal["rgb", "bgr"] = "rgb"
+    #: Warm start: a model bundle file (``torch.save``d, e.g. the champion's
+    #: ``model_bundle.pt``) whose weights initialise the model; same architecture
+    #: required. ``sa2-pipeline retrain --warm-start`` sets it to the champion's bundle.
+    init_from: str | None = None
     loss: LossConfig = field(default_factory=LossConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
@@ -318,6 +322,8 @@ class RetrainingConfig:
     min_new_images: int = 1
     #: Let a change touch the frozen test set (the champion is then re-scored on it).
     change_test_set: bool = False
+    #: Initialise the challenger with the champion's weights (``training.init_from``).
+    warm_start: bool = False
     #: Airflow schedule of the dataset's DAG (deploy/airflow), e.g. "@daily", a cron
     #: expression, or null (triggered by hand only).
     schedule: str | None = "@daily"

@@ -145,6 +145,30 @@ def fit_segmentation_model(
                            run_folder=run_folder)
 
 
+def warm_start(model: Any, path: str | Path, model_cfg: ModelConfig) -> None:
+    """Load the weights of the bundle file ``path`` (or of its member of the same
+    architecture, for a fold ensemble) into ``model``.
+
+    Raises:
+        ValueError: The file holds no member with ``model_cfg``'s name and settings.
+    """
+    import torch
+
+    from sa2_pipeline.models.bundle import members_of
+
+    bundle = torch.load(path, map_location="cpu", weights_only=False)
+    wanted = model_cfg.kwargs()
+    for member in members_of(bundle):
+        kwargs = {k: member.get("init_kwargs", {}).get(k) for k in wanted}
+        if member.get("model_name") == model_cfg.name and kwargs == wanted:
+            model.load_state_dict(member["state_dict"])
+            logger.info("warm start from %s", path)
+            return
+    found = [(m.get("model_name"), m.get("init_kwargs")) for m in members_of(bundle)]
+    raise ValueError(f"{path}: no model {model_cfg.name} {wanted} to warm-start from "
+                     f"(it holds {found})")
+
+
 def _run_lock(run_folder: Path, in_worker: bool):
     """The lock of one training run folder (not taken again inside torchrun workers)."""
     from sa2_pipeline.retraining.locks import exclusive_lock
@@ -239,6 +263,8 @@ def _fit_here(  # noqa: PLR0914 - one straight recipe, kept in one place
 
     seed_everything(train_cfg.seed)
     model = create_model(model_cfg.name, **model_cfg.kwargs()).to(device)
+    if train_cfg.init_from:  # a resumed checkpoint, if any, overrides these weights
+        warm_start(model, train_cfg.init_from, model_cfg)
     if train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(

@@ -56,6 +56,8 @@ class RetrainRequest:
     min_new_images: int = 1
     change_test_set: bool = False
     warm_start: bool = False
+    #: Registered model (``registry.model_name``): the champion to warm-start from.
+    model_name: str = ""
     #: Kedro ``--params`` for the training run (``"training.epochs=2,..."``), or "".
     params: str = ""
     detect_only: bool = False
@@ -142,7 +144,7 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
     for stale in (paths["registration"],):  # never read a previous run's result
         stale.unlink(missing_ok=True)
     params = [p for p in (req.params, f"registry.data_version={data['data_version']}",
-                          "retraining.warm_start=true" if req.warm_start else "") if p]
+                          _warm_start_param(req)) if p]
     run_command([tool("kedro"), "run", "--env", req.env, "--params", ",".join(params)],
                 req.project_dir)
     registration = json.loads(paths["registration"].read_text())
@@ -216,3 +218,19 @@ def _with_pending(detection: Detection, pending: dict) -> Detection:
     changes = SlideChanges(merged("new"), merged("changed"), merged("removed"),
                            merged("test_affected"))
     return dataclasses.replace(detection, changes=changes)
+
+
+def _warm_start_param(req: RetrainRequest) -> str:
+    """``training.init_from=<champion's bundle>`` when warm-starting (and there is one)."""
+    if not req.warm_start:
+        return ""
+    from sa2_pipeline.tracking.registration import champion_bundle_file
+
+    folder = req.project_dir / "data" / "06_models" / req.dataset / "warm_start"
+    path = champion_bundle_file(req.model_name, folder)
+    if path is None:
+        logger.warning("--warm-start: %s has no champion yet; training from scratch",
+                       req.model_name)
+        return ""
+    logger.info("warm start from the champion's weights: %s", path)
+    return f"training.init_from={path}"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,7 +37,8 @@ CHALLENGER = "challenger"
 TAG_PREFIX = "sa2."
 DECISION_TAG = f"{TAG_PREFIX}promotion_decision"
 
-__all__ = ["ModelToRegister", "load_pyfunc", "register_gated", "rollback_champion"]
+__all__ = ["ModelToRegister", "champion_bundle_file", "load_pyfunc", "register_gated",
+           "rollback_champion"]
 
 
 class ModelToRegister:
@@ -264,3 +266,34 @@ def load_pyfunc(model_uri: str) -> Any:
     import mlflow.pyfunc
 
     return mlflow.pyfunc.load_model(model_uri)
+
+
+def champion_bundle_file(model_name: str, folder: str | Path) -> Path | None:
+    """Download the champion's ``model_bundle.pt`` to ``folder/<name>-v<version>.pt``.
+
+    Returns:
+        The file, or None when ``model_name`` has no champion yet.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = _champion_version(MlflowClient(), model_name)
+    if version is None:
+        return None
+    target = Path(folder) / f"{model_name}-v{version}.pt"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp))
+        found = next(local.rglob("model_bundle.pt"), None)
+        if found is None:
+            raise FileNotFoundError(f"champion {model_name} v{version} has no model_bundle.pt")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(found, partial)
+        partial.replace(target)
+    return target

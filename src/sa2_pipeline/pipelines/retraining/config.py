@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from sa2_pipeline.config import IngestionConfig, RetrainingConfig, parse
+from sa2_pipeline.config import IngestionConfig, RegistryConfig, RetrainingConfig, parse
 
 
 def parse_params_string(text: str) -> dict[str, Any]:
@@ -59,7 +59,8 @@ def load_parameters(project_dir: Path, env: str, runtime_params: dict[str, Any] 
 
 
 def build_request(project_dir: Path, env: str, *, params: str = "",
-                  change_test_set: bool | None = None, detect_only: bool = False):
+                  change_test_set: bool | None = None, detect_only: bool = False,
+                  warm_start: bool | None = None):
     """The :class:`RetrainRequest` for ``env`` (CLI options override the parameters)."""
     from sa2_pipeline.retraining.orchestrate import RetrainRequest
 
@@ -67,6 +68,7 @@ def build_request(project_dir: Path, env: str, *, params: str = "",
     parameters = load_parameters(project_dir, env, parse_params_string(params))
     ingestion = parse(IngestionConfig, parameters.get("data_ingestion"), "data_ingestion")
     cfg = parse(RetrainingConfig, parameters.get("retraining"), "retraining")
+    registry = parse(RegistryConfig, parameters.get("registry"), "registry")
     raw_dir = ingestion.raw_dir
 
     def build_manifest():
@@ -89,5 +91,6 @@ def build_request(project_dir: Path, env: str, *, params: str = "",
         project_dir=project_dir, env=env, dataset=ingestion.dataset, raw_dir=raw_dir,
         build_manifest=build_manifest, prepare_raw=prepare_raw, min_new_images=cfg.min_new_images,
         change_test_set=cfg.change_test_set if change_test_set is None else change_test_set,
-        params=params, detect_only=detect_only,
+        params=params, detect_only=detect_only, model_name=registry.model_name,
+        warm_start=cfg.warm_start if warm_start is None else warm_start,
     )
