@@ -224,6 +224,7 @@ def _record(model: ModelToRegister, version: str, uri: str, run_id: str, digest:
         "run_id": run_id, "test_set_id": model.test_set_id, "bundle_digest": digest,
         "data_version": model.data_version, "unchanged": unchanged, "aliases": aliases,
         "decision_promote": result.promote, "decision_reason": result.reason,
+        "decision_metric": "test_dice",
         "decision_champion_version": champion,
         "decision_candidate_score": model.test_scores.get("test_dice"),
         "decision_champion_score": result.champion_mean,
