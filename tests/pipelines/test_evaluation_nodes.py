@@ -11,10 +11,10 @@ from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.pipelines.evaluation.nodes import evaluate_models
 
 
-def _bundle(seed: int, fold: int, resize_to=None):
+def _bundle(seed: int, fold: int, resize_to=None, name="unet"):
     torch.manual_seed(seed)
-    model = create_model("unet", base_channels=4)
-    bundle = make_bundle(model_name="unet", init_kwargs=model.init_kwargs,
+    model = create_model(name, base_channels=4)
+    bundle = make_bundle(model_name=name, init_kwargs=model.init_kwargs,
                          state_dict=model.state_dict(), patch_size=32, resize_to=resize_to,
                          metadata={"fold": fold})
     return bundle
@@ -53,3 +53,58 @@ def test_missing_primary_model_is_an_error():
     with pytest.raises(KeyError, match="no trained model named 'sa2net'"):
         evaluate_models({"unet-fold0": _bundle(1, 0)}, {"images": {}, "masks": {}},
                         {"name": "sa2net"}, {})
+
+
+def _with_instances():
+    """Two test images, each with three true square nuclei (two of them touching)."""
+    rng = np.random.default_rng(3)
+    instances = np.zeros((40, 36), np.uint16)
+    instances[4:14, 4:14], instances[4:14, 14:24], instances[24:34, 8:18] = 1, 2, 3
+    return {"images": {i: rng.integers(0, 255, (40, 36, 3), dtype=np.uint8) for i in "ab"},
+            "masks": {i: (instances > 0).astype(np.uint8) for i in "ab"},
+            "instances": {i: instances for i in "ab"}}
+
+
+def test_object_and_boundary_metrics_with_intervals():
+    test = _with_instances()
+    params = {"patch_size": 32, "device": "cpu", "threshold": 0.01, "bootstrap_resamples": 999}
+    _, per_image, summary, flat = evaluate_models(
+        {"unet-fold0": _bundle(1, 0)}, test, {"name": "unet"}, params)
+    assert {"aji", "pq", "dq", "sq", "obj_f1", "hd95", "boundary_f1",
+            "n_true_objects", "n_pred_objects"} <= set(per_image.columns)
+    assert set(per_image["n_true_objects"]) == {3.0}
+    assert (per_image["n_pred_objects"] >= 1).all()  # threshold 0.01: nearly all foreground
+    intervals = summary["models"]["unet"]["intervals"]
+    assert intervals["aji"]["n"] == 2 and intervals["dice"]["n"] == 2
+    assert summary["test_aji"] == pytest.approx(per_image["aji"].mean())
+    assert "n_true_objects" not in intervals  # counts are not summarised
+    assert "test_pq_ci_low" in summary and "unet.fold0.aji" in flat
+    # A user setting reaches the extraction: objects under 10^6 px are all dropped.
+    params["instances"] = {"min_size": 10**6}
+    _, dropped, _, _ = evaluate_models({"unet-fold0": _bundle(1, 0)}, test, {"name": "unet"},
+                                       params)
+    assert (dropped["n_pred_objects"] == 0).all() and (dropped["aji"] == 0).all()
+
+
+def test_no_instance_maps_means_no_object_columns():
+    test = _with_instances()
+    del test["instances"]
+    _, per_image, summary, _ = evaluate_models(
+        {"unet-fold0": _bundle(1, 0)}, test, {"name": "unet"},
+        {"patch_size": 32, "device": "cpu", "bootstrap_resamples": 999})
+    assert "aji" not in per_image.columns and "hd95" in per_image.columns
+    assert "aji" not in summary["models"]["unet"]["intervals"]
+
+
+def test_primary_is_compared_with_each_baseline():
+    test = _with_instances()
+    models = {"sa2net-fold0": _bundle(1, 0, name="sa2net"), "unet-fold0": _bundle(2, 0)}
+    _, per_image, summary, _ = evaluate_models(
+        models, test, {"name": "sa2net"},
+        {"patch_size": 32, "device": "cpu", "bootstrap_resamples": 999})
+    assert list(summary["comparisons"]) == ["unet"]
+    comparison = summary["comparisons"]["unet"]["dice"]
+    a = per_image[per_image.model == "sa2net"].set_index("id")["dice"]
+    b = per_image[per_image.model == "unet"].set_index("id")["dice"]
+    assert comparison["n"] == 2
+    assert comparison["delta"] == pytest.approx((a - b).mean())

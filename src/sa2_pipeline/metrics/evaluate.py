@@ -1,21 +1,27 @@
 """Score every trained model on a test set: each fold member and each model's fold ensemble.
 
-Each member is scored per image with :func:`sa2_pipeline.metrics.score` at native
-resolution; members trained on resized images (the paper's protocol, ``resize_to`` in the
-bundle) are also scored as the release does, on the resized masks (``dice_224``...). The
-ensemble averages its folds' probabilities before thresholding.
+Each member is scored per image with :func:`sa2_pipeline.metrics.score` and
+:func:`sa2_pipeline.metrics.objects.object_scores` (boundary metrics always; AJI, PQ and
+object F1 where the image has a true instance map) at native resolution; members trained
+on resized images (the paper's protocol, ``resize_to`` in the bundle) are also scored as
+the release does, on the resized masks (``dice_224``...). The ensemble averages its
+folds' probabilities before thresholding.
 
 numpy and pandas at import; the predictor (torch) is imported when a test set is scored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sa2_pipeline.metrics.instances import InstanceParams
+from sa2_pipeline.metrics.objects import object_scores
 from sa2_pipeline.metrics.segmentation import score
 
 __all__ = ["evaluate_test_set", "group_members"]
@@ -47,6 +53,9 @@ def evaluate_test_set(
     primary: str,
     threshold: float,
     predictor_options: Mapping[str, Any],
+    instances: Mapping[str, np.ndarray] | None = None,
+    instance_params: InstanceParams | None = None,
+    boundary_tolerance: float = 2.0,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Predict and score every image with every member of every model.
 
@@ -59,6 +68,10 @@ def evaluate_test_set(
         predictor_options: Keyword arguments of
             :class:`sa2_pipeline.inference.predict.Predictor` (device, tta, overlap,
             batch_size, patch_size).
+        instances: True instance maps by id (images without one get no object metrics).
+        instance_params: How predicted objects are cut out (its threshold is replaced by
+            ``threshold``, so objects come from exactly the scored mask).
+        boundary_tolerance: Boundary F1 tolerance in pixels.
 
     Returns:
         ``(predictions, per_image)``: the primary model's final-member masks by id, and
@@ -68,13 +81,16 @@ def evaluate_test_set(
     from sa2_pipeline.inference.predict import Predictor
 
     by_model = group_members(trained_models, primary)
+    objects = _ObjectScoring(dataclasses.replace(instance_params or InstanceParams(),
+                                                 threshold=threshold),
+                             boundary_tolerance, instances or {})
     rows: list[dict[str, Any]] = []
     predictions: dict[str, np.ndarray] = {}
     for name, members in by_model.items():
         predictor = Predictor([b for _, b in members], **predictor_options)
         for image_id in sorted(images):
             scored = _score_image(predictor, members, images[image_id], masks[image_id],
-                                  threshold)
+                                  threshold, objects.for_image(image_id))
             for member, scores, _ in scored:
                 rows.append({"model": name, "member": member, "id": image_id, **scores})
             if name == primary:
@@ -88,6 +104,7 @@ def _score_image(
     image: np.ndarray,
     truth: np.ndarray,
     threshold: float,
+    objects: Any = None,
 ) -> list[tuple[str, dict[str, float], np.ndarray]]:
     """``[(member, scores, native mask)]`` for each member, then the ensemble if any."""
     from sa2_pipeline.inference.predict import probabilities_to_mask, resize_probabilities
@@ -105,11 +122,32 @@ def _score_image(
     for member, probs_work, probs_native in labelled:
         pred = probabilities_to_mask(probs_native, threshold)
         scores = score(pred, truth, n_classes)
+        if objects is not None:
+            scores.update(objects(pred, truth, n_classes, probs_native))
         if side:
             small = score(probabilities_to_mask(probs_work, threshold), truth_small, n_classes)
             scores.update({f"{k}_{side}": v for k, v in small.items()})
         out.append((member, scores, pred))
     return out
+
+
+@dataclass(frozen=True)
+class _ObjectScoring:
+    """Boundary and object scores of one image's prediction (native resolution)."""
+
+    params: InstanceParams
+    tolerance: float
+    instances: Mapping[str, np.ndarray]
+
+    def for_image(self, image_id: str):
+        truth_instances = self.instances.get(image_id)
+
+        def scores(pred, truth, n_classes, probabilities) -> dict[str, float]:
+            probability = probabilities[0] if n_classes <= 1 else None
+            return object_scores(pred, truth, n_classes, truth_instances, probability,
+                                 self.params, self.tolerance)
+
+        return scores
 
 
 def _resized_truth(image: np.ndarray, truth: np.ndarray, side: int) -> np.ndarray:

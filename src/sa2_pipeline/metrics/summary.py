@@ -1,9 +1,11 @@
 """Test-set summary: fold mean +- std and the final member per model, the frozen test-set id.
 
 Input is the per-image frame :func:`sa2_pipeline.metrics.evaluate.evaluate_test_set`
-writes: one row per (``model``, ``member``, ``id``) with metric columns starting with
-``dice`` or ``iou``. A member is a fold model (``fold0``...) or ``ensemble`` (the mean of a
-model's folds). A model's *final* member is its ensemble, or its only fold.
+writes: one row per (``model``, ``member``, ``id``) with numeric metric columns (Dice,
+IoU, boundary and object metrics; object counts ``n_*`` are not summarised). Metric
+values may be NaN where undefined (docs/metrics.md); means skip them. A member is a fold
+model (``fold0``...) or ``ensemble`` (the mean of a model's folds). A model's *final*
+member is its ensemble, or its only fold.
 
 numpy and pandas only.
 """
@@ -46,7 +48,9 @@ def summarise_test_set(per_image: pd.DataFrame, primary: str) -> dict[str, Any]:
         "test_<metric>_median"}``; the ``test_*`` keys describe the primary model's final
         member over the test images (population std).
     """
-    metrics = [c for c in per_image.columns if c.startswith(("dice", "iou"))]
+    from sa2_pipeline.metrics.comparison import metric_columns
+
+    metrics = metric_columns(per_image)
     summary: dict[str, Any] = {"primary_model": primary, "models": {}}
     for name, frame in per_image.groupby("model", sort=False):
         entry = _model_entry(frame, metrics)
@@ -72,7 +76,8 @@ def flat_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             flat.update({f"{name}.{member}.{c}": v for c, v in values.items()})
         flat.update({f"{name}.folds.{c}_mean": v for c, v in entry["fold_mean"].items()})
         flat.update({f"{name}.folds.{c}_std": v for c, v in entry["fold_std"].items()})
-    return {k: {"value": float(v), "step": 0} for k, v in flat.items()}
+    # An undefined value (e.g. HD95 of a model that predicted nothing) is not logged.
+    return {k: {"value": float(v), "step": 0} for k, v in flat.items() if np.isfinite(v)}
 
 
 def primary_rows(per_image: pd.DataFrame, summary: Mapping[str, Any]) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -21,8 +22,11 @@ def evaluate_models(
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
     """Predict the held-out test set with every fold model and every model's fold ensemble.
 
-    Scoring is :func:`sa2_pipeline.metrics.evaluate.evaluate_test_set`, the summary
-    :func:`sa2_pipeline.metrics.summary.summarise_test_set`.
+    Scoring is :func:`sa2_pipeline.metrics.evaluate.evaluate_test_set` (Dice, IoU,
+    boundary metrics, and object metrics where the test set has instance maps), the summary
+    :func:`sa2_pipeline.metrics.summary.summarise_test_set` plus bootstrap intervals and
+    paired comparisons against each baseline
+    (:func:`sa2_pipeline.metrics.comparison.add_uncertainty`).
 
     Returns:
         ``(test_predictions, per_image, summary, mlflow_metrics)``: the primary model's
@@ -31,7 +35,9 @@ def evaluate_models(
         ensemble (what the promotion gate compares); the same as flat MLflow metrics.
     """
     from sa2_pipeline.engine.runtime import select_device
+    from sa2_pipeline.metrics.comparison import add_uncertainty
     from sa2_pipeline.metrics.evaluate import evaluate_test_set
+    from sa2_pipeline.metrics.instances import InstanceParams
     from sa2_pipeline.metrics.summary import flat_metrics, frozen_test_set_id, summarise_test_set
 
     cfg = parse(EvaluationConfig, params, "evaluation")
@@ -42,8 +48,13 @@ def evaluate_models(
         predictor_options={"device": select_device(cfg.device), "tta": cfg.tta,
                            "overlap": cfg.overlap, "batch_size": cfg.batch_size,
                            "patch_size": cfg.patch_size},
+        instances=model_input_test.get("instances"),
+        instance_params=InstanceParams(**dataclasses.asdict(cfg.instances)),
+        boundary_tolerance=cfg.boundary_tolerance,
     )
     summary = summarise_test_set(per_image, primary)
+    add_uncertainty(summary, per_image, n_resamples=cfg.bootstrap_resamples,
+                    seed=cfg.bootstrap_seed)
     summary["test_set_id"] = frozen_test_set_id(model_input_test)
     summary["n_images"] = len(model_input_test["images"])
     logger.info("test set (primary %s): %s", primary,
