@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["PageCheck", "check_page", "find_chromium", "screenshot"]
+__all__ = ["PageCheck", "check_page", "find_chromium", "screenshot", "screenshot_kedro_viz"]
 
 _CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _FLAGS = (
@@ -104,3 +104,47 @@ def screenshot(
     if not out.is_file():
         raise RuntimeError(f"chromium wrote no screenshot to {out}")
     return out
+
+
+def screenshot_kedro_viz(
+    build_dir: str | Path,
+    out: str | Path,
+    pipeline: str = "__default__",
+    width: int = 1600,
+    height: int = 1000,
+) -> Path:
+    """Screenshot of a ``kedro viz build`` folder, served on 127.0.0.1 for the duration.
+
+    The page is opened through a same-origin helper that switches kedro-viz's feature-hint
+    tour off (its ``KedroViz`` localStorage entry), so the graph is not covered by it.
+    """
+    import functools
+    import http.server
+    import threading
+
+    build_dir = Path(build_dir).resolve()
+    if not (build_dir / "index.html").is_file():
+        raise FileNotFoundError(f"{build_dir}: no index.html (run `kedro viz build` first)")
+    helper = build_dir / "_screenshot.html"
+    helper.write_text(
+        "<!doctype html><script>localStorage.setItem('KedroViz',"
+        "JSON.stringify({showFeatureHints:false}));"
+        f"location.replace('index.html?pid={pipeline}')</script>",
+        encoding="utf-8",
+    )
+
+    class _Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # no access log on stderr
+            pass
+
+    handler = functools.partial(_Quiet, directory=str(build_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/_screenshot.html"
+        return screenshot(url, out, width, height, wait_ms=15000)
+    finally:
+        server.shutdown()
+        server.server_close()
+        helper.unlink(missing_ok=True)
