@@ -74,15 +74,18 @@ def active_mlflow_run() -> dict[str, Any]:
 
 
 def collect_provenance(
-    root: str | Path, dataset: str | None, test_set_id: str | None, fallback_run_id: str | None
+    root: str | Path, dataset: str | None, test_set_id: str | None, fallback_run_id: str | None,
+    data_version: str | None = None,
 ) -> dict[str, Any]:
-    """The report's provenance rows: dataset and its DVC version, the frozen test-set id,
-    the git commit, and the MLflow run (the active one, else ``fallback_run_id``)."""
+    """The report's provenance rows: dataset and its version (``data_version`` as the
+    registry recorded it, else the DVC hash of the raw data in dvc.lock), the frozen
+    test-set id, the git commit, and the MLflow run (the active one, else
+    ``fallback_run_id``)."""
     run = active_mlflow_run()
     run_id = run.get("run_id") or fallback_run_id
     return {
         "dataset": dataset or "unknown",
-        "data_version": dvc_data_version(root, dataset),
+        "data_version": data_version or dvc_data_version(root, dataset),
         "test_set_id": test_set_id,
         "git_commit": git_commit(root),
         "mlflow_run_id": run_id,

@@ -216,7 +216,7 @@ def _kv_rows(rows: list[tuple[str, str]]) -> pd.DataFrame:
 def _provenance_rows(provenance: Mapping[str, Any]) -> list[tuple[str, str]]:
     labels = {
         "dataset": "dataset",
-        "data_version": "data version (DVC hash of the raw data)",
+        "data_version": "data version",
         "test_set_id": "test set id (hash of the test images and masks)",
         "git_commit": "git commit",
         "mlflow_run_id": "MLflow run",

@@ -88,7 +88,8 @@ def build_report(
         registration=model_registration,
         provenance=collect_provenance(
             Path.cwd(), cfg.dataset, test_summary.get("test_set_id"),
-            bundle.get("metadata", {}).get("mlflow_run_id")),
+            bundle.get("metadata", {}).get("mlflow_run_id"),
+            data_version=model_registration.get("data_version")),
         published=published_for(cfg.dataset),
         figures={
             "test_overlays": test_overlays,
