@@ -87,10 +87,17 @@ def fit_models(
             logger.info("%s: best validation Dice %.4f at epoch %d of %d", key,
                         meta["best_val_dice"], meta["best_epoch"], meta["epochs_run"])
     if failures:
+        from sa2_pipeline.user_errors import find_user_error
+
         detail = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in failures.items())
+        # A bad file or setting fails the same way on every rerun: say to fix it.
+        fix_first = any(find_user_error(e) for e in failures.values())
+        advice = ("Fix what the message names (delete the file or correct the setting), then "
+                  "rerun; finished runs are checkpointed." if fix_first else
+                  "Finished runs are checkpointed: rerun the same command to resume.")
         raise RuntimeError(
             f"{len(failures)} of {len(models) * len(folds)} training runs failed ({detail}). "
-            "Finished runs are checkpointed: rerun the same command to resume."
+            + advice
         ) from next(iter(failures.values()))
     run = _active_mlflow_run()
     for bundle in trained.values():
