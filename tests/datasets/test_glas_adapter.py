@@ -78,8 +78,23 @@ def test_colour_palette_annotation_is_read_as_instances(glas: tuple[Path, Expect
     labels[2:8, 3:9] = (255, 0, 0)
     labels[10:15, 12:20] = (0, 128, 255)
     write_rgb(root / "train_1_anno.bmp", labels)
-    mask = load_glas(root).masks["train_1"]
+    dataset = load_glas(root)
+    mask = dataset.masks["train_1"]
     np.testing.assert_array_equal(mask, labels.any(axis=-1).astype(np.uint8))
+    # One object per colour: black is background, the two glands get ids 1 and 2.
+    instances = dataset.instances["train_1"]
+    assert instances.dtype == np.uint16 and sorted(np.unique(instances)) == [0, 1, 2]
+    assert len(np.unique(instances[2:8, 3:9])) == 1 and instances[2, 3] != instances[10, 12]
+
+
+def test_gland_ids_become_the_instance_maps(glas: tuple[Path, Expected]) -> None:
+    root, expected = glas
+    dataset = load_glas(root)
+    assert sorted(dataset.instances) == sorted(expected.masks)
+    for row in dataset.manifest.itertuples():
+        instances = dataset.instances[row.id]
+        np.testing.assert_array_equal(instances > 0, expected.masks[row.id] > 0)
+        assert row.n_instances == instances.max() == len(np.unique(instances)) - 1
 
 
 # --------------------------------------------------------------------------- bad data

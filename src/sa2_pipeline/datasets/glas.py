@@ -13,7 +13,9 @@ Annotations are instance label images (0 = background, one integer per gland); t
 canonical mask is binary: 1 wherever the label is not 0. An annotation decoded as colour
 (a palette BMP with non-grey entries) is accepted when it has at most 256 distinct colours
 (what a palette can hold), foreground being every non-black pixel; more colours means the
-file is a picture, not a label map, and is an error.
+file is a picture, not a label map, and is an error. The glands' ids are kept as the
+instance map (renumbered 1..n; one id per colour for palette files) for the object
+metrics of evaluation.
 
 Image policy (as for MoNuSeg): RGB uint8 images as they are, RGBA drops alpha, anything
 else (grey, 16-bit) is rejected. Image sizes vary (most 775x522); each annotation must
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sa2_pipeline.datasets.raster import read_raster, rgb_uint8
+from sa2_pipeline.datasets.raster import instance_labels, read_raster, rgb_uint8
 from sa2_pipeline.datasets.schema import (
     DatasetValidationError,
     IngestedDataset,
@@ -205,6 +207,21 @@ def _binary_from_instances(annotation: np.ndarray) -> np.ndarray:
     return rgb.any(axis=-1).astype(np.uint8)
 
 
+def _read_instances(path: Path) -> np.ndarray:
+    """The annotation as a canonical instance map (grey ids, or one id per colour)."""
+    annotation = read_raster(path)
+    if annotation.ndim == 3 and not (annotation[..., :3] == annotation[..., :1]).all():
+        _binary_from_instances(annotation)  # the colour-count check and its message
+        rgb = annotation[..., :3].reshape(-1, 3)
+        colours, ids = np.unique(rgb, axis=0, return_inverse=True)
+        black = np.flatnonzero((colours == 0).all(axis=1))
+        ids = ids.reshape(annotation.shape[:2]) + 1
+        if black.size:
+            ids[ids == black[0] + 1] = 0
+        annotation = ids
+    return instance_labels(annotation)
+
+
 def load_glas(root: Path, dataset_name: str = "glas",
               max_side: int | None = None) -> IngestedDataset:
     """Read and verify a complete GlaS download.
@@ -234,6 +251,6 @@ def load_glas(root: Path, dataset_name: str = "glas",
 
     spec = PairSpec(root, dataset_name, "GlaS", mask_word="annotation", max_side=max_side,
                     report_root=data_dir)
-    verification = verify_pairs(found.samples, PairReader(_rgb_image, _read_annotation),
-                                Verification(spec, problems))
+    reader = PairReader(_rgb_image, _read_annotation, _read_instances)
+    verification = verify_pairs(found.samples, reader, Verification(spec, problems))
     return verification.finish()

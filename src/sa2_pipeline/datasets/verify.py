@@ -215,6 +215,9 @@ class PairReader:
 
     read_image: Callable[[Path], np.ndarray]
     read_mask: Callable[[Path], np.ndarray]
+    #: For formats whose annotation is an instance label map (GlaS): the canonical
+    #: instance map of the same file (:func:`~sa2_pipeline.datasets.raster.instance_labels`).
+    read_instances: Callable[[Path], np.ndarray] | None = None
 
     def __call__(self, sample: RawSample) -> PairRead:
         found = PairRead(None, None)
@@ -225,6 +228,8 @@ class PairReader:
         if sample.annotation_path.is_file():
             try:
                 found.mask = self.read_mask(sample.annotation_path)
+                if self.read_instances is not None:
+                    found.instances = self.read_instances(sample.annotation_path)
             except ValueError as err:
                 found.problems.append((str(sample.annotation_path), str(err)))
         return found
