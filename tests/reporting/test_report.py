@@ -98,3 +98,15 @@ def test_provenance_outside_git_and_dvc_falls_back(tmp_path):
     assert rows["git_commit"] == "unknown" and rows["test_set_id"] == "abc123"
     assert rows["mlflow_run_id"] == "run-from-bundle"
     assert rows["mlflow_run_link"].endswith("/runs/run-from-bundle")
+
+
+def test_per_class_rows_follow_the_headline_metrics():
+    from sa2_pipeline.reporting.report import headline_table
+
+    interval = {"estimate": 0.5, "low": 0.4, "high": 0.6, "n": 3}
+    summary = {"primary_model": "m", "models": {"m": {"final_member": "fold0", "intervals": {
+        "dice_class_2": interval, "dice": interval, "aji_class_1": interval, "aji": interval,
+        "dice_class_1": interval, "dice_224": interval}}}}
+    table = headline_table(summary)
+    assert table["metric"].tolist() == ["Dice", "AJI", "Dice, class 1", "Dice, class 2",
+                                        "AJI, class 1"]

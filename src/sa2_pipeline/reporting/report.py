@@ -69,7 +69,17 @@ def _ci(entry: Mapping[str, Any]) -> str:
 
 
 def _ordered_metrics(available: list[str]) -> list[str]:
-    return [m for m in HEADLINE if m in available]
+    """Headline metrics in display order, then their per-class values (multi-class)."""
+    per_class = sorted(
+        (m for m in available if "_class_" in m and m.split("_class_")[0] in HEADLINE),
+        key=lambda m: (list(HEADLINE).index(m.split("_class_")[0]), m),
+    )
+    return [m for m in HEADLINE if m in available] + per_class
+
+
+def _label(metric: str) -> str:
+    base, _, cls = metric.partition("_class_")
+    return f"{HEADLINE[base]}, class {cls}" if cls else HEADLINE[metric]
 
 
 def headline_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
@@ -81,7 +91,7 @@ def headline_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
         return pd.DataFrame()
     rows = []
     for metric in _ordered_metrics(list(models[names[0]]["intervals"])):
-        row: dict[str, Any] = {"metric": HEADLINE[metric]}
+        row: dict[str, Any] = {"metric": _label(metric)}
         for name in names:
             entry = models[name].get("intervals", {}).get(metric)
             row[f"{name} ({models[name]['final_member']})"] = _ci(entry) if entry else "–"
@@ -105,7 +115,7 @@ def comparison_tables(test_summary: Mapping[str, Any]) -> dict[str, pd.DataFrame
     for baseline, metrics in test_summary.get("comparisons", {}).items():
         rows = [
             {
-                "metric": HEADLINE[m],
+                "metric": _label(m),
                 "Δ": _num(metrics[m]["delta"]),
                 "95 % interval": f"[{_num(metrics[m]['delta_low'])}, "
                 f"{_num(metrics[m]['delta_high'])}]",
