@@ -442,15 +442,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = get_origin(tp)
     args = get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError("; ".join(errors))
+        return _coerce_union(args, value, where)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where} = {value!r} is not allowed; choose one of {list(args)}")
@@ -461,6 +453,24 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return parse(tp, value, where)
+    return _coerce_scalar(tp, value, where)
+
+
+def _coerce_union(args: tuple[Any, ...], value: Any, where: str) -> Any:
+    """The first member of ``X | Y | None`` that accepts ``value``, or every member's error."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _coerce(arg, value, where)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError("; ".join(errors))
+
+
+def _coerce_scalar(tp: Any, value: Any, where: str) -> Any:
+    """bool, int, float and str checked strictly (``True`` is not an int); others as given."""
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, got {value!r}")
