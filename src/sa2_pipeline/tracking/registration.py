@@ -131,8 +131,10 @@ def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[s
     except MlflowException as err:
         if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
             raise
+    # model_id: a tracking server refuses a models:/<id> source without it
     mv = client.create_model_version(model.model_name, source=info.model_uri,
-                                     run_id=info.run_id, tags=tags)
+                                     run_id=info.run_id, tags=tags,
+                                     model_id=getattr(info, "model_id", None))
     return str(mv.version), info.run_id, info.model_uri
 
 
