@@ -277,9 +277,16 @@ def _retrain_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point ``sa2-pipeline``; returns the exit code."""
+    """Console entry point ``sa2-pipeline``; returns the exit code.
+
+    A user error (a bad file or setting: :mod:`sa2_pipeline.user_errors`) prints its
+    message, not the stack, unless ``--verbose`` or ``SA2_VERBOSE=1``.
+    """
+    from sa2_pipeline.user_errors import find_user_error, verbose
+
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="sa2-pipeline", standalone_mode=False)
+        cli.main(args=args, prog_name="sa2-pipeline", standalone_mode=False)
     except SystemExit as exit_:
         if isinstance(exit_.code, str):
             raise
@@ -287,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as err:
         err.show()
         return err.exit_code
+    except Exception as err:
+        user_error = find_user_error(err)
+        if user_error is None or verbose() or {"-v", "--verbose"} & set(args):
+            raise
+        print(f"Error: {user_error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -200,6 +200,6 @@ def test_load_official_checkpoint_builds_an_eval_model_with_the_bgr_convention(
 def test_unsafe_pickle_is_refused_unless_trusted(release_keys, tmp_path):
     path = tmp_path / "release.pth"
     torch.save({**_release_checkpoint(_fake_release_state_dict(release_keys)), "x": Path}, path)
-    with pytest.raises(OfficialCheckpointError, match="weights_only=False"):
+    with pytest.raises(OfficialCheckpointError, match="--trust"):
         load_official_checkpoint(path)
     assert load_official_checkpoint(path, weights_only=False).init_kwargs["base_channels"] == 64

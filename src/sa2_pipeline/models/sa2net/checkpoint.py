@@ -29,6 +29,7 @@ import torch
 
 from sa2_pipeline.models import create_model
 from sa2_pipeline.models.sa2net.model import SA2Net
+from sa2_pipeline.user_errors import UserError
 
 __all__ = [
     "OFFICIAL_INPUT_CONVENTION",
@@ -115,7 +116,7 @@ def _rename(key: str, table: Mapping[str, str]) -> str | None:
     return None
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(UserError, ValueError):
     """A release state dict that does not match the SA2-Net architecture."""
 
 
@@ -266,12 +267,22 @@ def load_official_checkpoint(path: str | PathLike[str], *, weights_only: bool = 
             obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
         if not weights_only:
-            raise
+            raise OfficialCheckpointError(f"{path}: not a PyTorch checkpoint ({err})") from err
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        default = lines[-1] if lines else "refused"
+        reason = next((line for line in lines if "Unsupported" in line), default)[:300]
         raise OfficialCheckpointError(
-            f"{path}: cannot be loaded with weights_only=True ({str(err)[-300:]}). If you "
-            "trust the file, pass weights_only=False."
+            f"{path}: holds objects that are not plain weights ({reason}). If you trust the "
+            "file, rerun the import with --trust."
         ) from err
-    state_dict = convert_official_state_dict(obj)
+    except Exception as err:  # noqa: BLE001 - torch.load raises many types on non-checkpoints
+        raise OfficialCheckpointError(
+            f"{path}: not a PyTorch checkpoint file (torch.load cannot read it)"
+        ) from err
+    try:
+        state_dict = convert_official_state_dict(obj)
+    except OfficialCheckpointError as err:
+        raise OfficialCheckpointError(f"{path}: {err}") from None
     kwargs = official_model_kwargs(state_dict)
     model = create_model("sa2net", **kwargs, deep_supervision=True)
     model.load_state_dict(state_dict, strict=True)
