@@ -347,6 +347,43 @@ class ReportingConfig:
             raise ConfigError(f"reporting.n_overlays must be >= 0, got {self.n_overlays}")
 
 
+@dataclass(frozen=True)
+class InferenceConfig:
+    """``params:inference``: ``kedro run --pipelines inference`` (README "Inference on new
+    slides"); the CLI's ``sa2-pipeline segment`` options map onto the same fields."""
+
+    #: Every supported image or slide under this folder (recursively).
+    input_dir: str = f"data/01_raw/{DEFAULT_DATASET}/inference"
+    #: null: ``models:/<registry.model_name>@champion``, resolved to one version at start.
+    model_uri: str | None = None
+    #: Outputs go to ``<output_dir>/<model name>-v<version>/``.
+    output_dir: str = f"data/07_model_output/{DEFAULT_DATASET}/inference"
+    threshold: float = 0.5
+    tta: bool = False
+    overlap: float = 0.5
+    batch_size: int = 8
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    #: null: the model's training patch.
+    patch_size: int | None = None
+    #: Skip tiles with no tissue on the thumbnail (Otsu on saturation).
+    skip_background: bool = True
+    #: Training pixel size (um/px); null: the model version's ``sa2.pixel_size_um`` tag.
+    model_mpp: float | None = None
+    thumbnail_side: int = 1024
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Split the inputs over ``num_parts`` processes; this one takes part ``part_id``.
+    num_parts: int = 1
+    part_id: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
+            raise ConfigError(f"inference.part_id must be in [0, num_parts); got part_id="
+                              f"{self.part_id}, num_parts={self.num_parts}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"inference.threshold must be in [0, 1], got {self.threshold}")
+
+
 #: The schema of every top-level key of ``conf/*/parameters*.yml``. ``baselines`` is a list
 #: of :class:`ModelConfig` entries (see :func:`parse_models`).
 PARAMETER_GROUPS: dict[str, type] = {
@@ -359,6 +396,7 @@ PARAMETER_GROUPS: dict[str, type] = {
     "registry": RegistryConfig,
     "retraining": RetrainingConfig,
     "reporting": ReportingConfig,
+    "inference": InferenceConfig,
 }
 
 

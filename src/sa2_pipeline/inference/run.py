@@ -213,3 +213,50 @@ def write_manifest(out_dir: Path, model: dict[str, Any], settings: SegmentSettin
                 "this_run": {"done": result.done, "skipped": result.skipped}}
     return atomic_write_text(out_dir / "manifest.json",
                              json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def settings_from_config(cfg: Any, model_mpp: float | None) -> SegmentSettings:
+    """The mask-changing part of an ``InferenceConfig`` (CLI options map onto the same)."""
+    return SegmentSettings(threshold=cfg.threshold, tta=cfg.tta, overlap=cfg.overlap,
+                           batch_size=cfg.batch_size, precision=cfg.precision,
+                           patch_size=cfg.patch_size, skip_background=cfg.skip_background,
+                           model_mpp=cfg.model_mpp if cfg.model_mpp is not None else model_mpp,
+                           thumbnail_side=cfg.thumbnail_side)
+
+
+def run_folder(cfg: Any, *, default_model_uri: str, inputs: list[InputFile] | None = None,
+               out_dir: Path | None = None) -> dict[str, Any]:
+    """Resolve the model once, then segment this part's inputs (module docstring).
+
+    Args:
+        cfg: An :class:`sa2_pipeline.config.InferenceConfig`.
+        default_model_uri: Used when ``cfg.model_uri`` is unset.
+        inputs: The inputs (default: everything under ``cfg.input_dir``).
+        out_dir: The output folder (default ``<cfg.output_dir>/<name>-v<version>``).
+
+    Returns:
+        The summary: model, output folder, counts, failures by input name.
+    """
+    from sa2_pipeline.engine.runtime import select_device
+    from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+
+    if inputs is None:
+        root = Path(cfg.input_dir)
+        if not root.is_dir():
+            raise FileNotFoundError(f"inference.input_dir {root} is not a folder")
+        inputs = collect_inputs([root])
+    resolved = resolve_model(cfg.model_uri or default_model_uri)
+    logger.info("model %s resolved to version %s (%s)", resolved.requested_uri,
+                resolved.version, resolved.uri)
+    out_dir = out_dir or Path(cfg.output_dir) / resolved.label
+    mine = select_part(inputs, cfg.num_parts, cfg.part_id)
+    settings = settings_from_config(cfg, resolved.pixel_size_um)
+    predictor = load_predictor(resolved, device=select_device(cfg.device))
+    result = segment_inputs(mine, predictor, settings, out_dir, model=resolved.as_record(),
+                            progress=cfg.progress)
+    logger.info("%d segmented, %d already done, %d failed (part %d of %d) -> %s",
+                len(result.done), len(result.skipped), len(result.failed), cfg.part_id,
+                cfg.num_parts, out_dir)
+    return {"model": resolved.as_record(), "out_dir": str(out_dir), "total": len(mine),
+            "done": result.done, "skipped": result.skipped, "failed": result.failed,
+            "part_id": cfg.part_id, "num_parts": cfg.num_parts}

@@ -1,0 +1,38 @@
+"""Segment a folder of images and slides with one registered model version."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sa2_pipeline.config import InferenceConfig, RegistryConfig, parse
+
+logger = logging.getLogger(__name__)
+
+
+def segment_folder(params: dict[str, Any], registry: dict[str, Any]) -> dict[str, Any]:
+    """Segment every input of ``inference.input_dir`` (resumable, split by parts).
+
+    The model (``inference.model_uri``, default ``models:/<registry.model_name>@champion``)
+    is resolved to one version first; outputs go to ``<output_dir>/<name>-v<version>/``.
+    Returns the run summary (also written as ``manifest.json`` there).
+    """
+    from sa2_pipeline.inference.run import run_folder
+
+    cfg = parse(InferenceConfig, params, "inference")
+    model_name = parse(RegistryConfig, registry, "registry").model_name
+    return run_folder(cfg, default_model_uri=f"models:/{model_name}@champion")
+
+
+def report_failures(summary: dict[str, Any]) -> None:
+    """End the run with the number of failed inputs as its exit status (0 when none)."""
+    failed = summary.get("failed", {})
+    if not failed:
+        return
+    for name, reason in failed.items():
+        logger.error("%s: %s", name, reason)
+    logger.error("%d of %d input(s) failed; outputs are in %s", len(failed),
+                 summary["total"], Path(summary["out_dir"]))
+    # SystemExit passes through Kedro's runner: the process exits with this status.
+    raise SystemExit(min(len(failed), 100))
