@@ -1,7 +1,7 @@
 """``sa2-pipeline``: thin command-line entry points over the library (no Kedro needed).
 
     sa2-pipeline import-release CHECKPOINT --dataset monuseg   # release weights -> registry
-    sa2-pipeline segment IMAGE... --model models:/sa2net-synthetic@champion --out masks/
+    sa2-pipeline segment SLIDES_OR_FOLDERS... --model models:/sa2net-synthetic@champion --out masks/
     sa2-pipeline make-synthetic-data data/01_raw/synthetic     # the embedded dataset
     sa2-pipeline retrain --env monuseg      # retrain on new slides, gated promotion
     sa2-pipeline rollback --model sa2net-monuseg --to-version 3
@@ -64,57 +64,27 @@ def _import_release(args: argparse.Namespace) -> int:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    """Segment image files with a registered model; masks are written as PNG (0/255)."""
-    import cv2
-    import mlflow.pyfunc
-    import numpy as np
+    """Segment files, folders and globs with a registered model (docs/inference.md)."""
+    from sa2_pipeline.config import ConfigError, InferenceConfig
+    from sa2_pipeline.inference.run import collect_inputs, run_folder
 
-    from sa2_pipeline.io_utils import atomic_write_bytes
-
-    model = mlflow.pyfunc.load_model(args.model)
-    out = Path(args.out)
-    failures = 0
-    for name in args.images:
-        path = Path(name)
-        image = _read_rgb(path)
-        if image is None:
-            logger.error("%s: unreadable image, skipped", path)
-            failures += 1
-            continue
-        mask = model.predict(image, params={"threshold": args.threshold, "tta": args.tta})
-        scale = 255 if int(mask.max(initial=0)) <= 1 else 1
-        ok, png = cv2.imencode(".png", (mask * scale).astype(np.uint8))
-        if not ok:
-            raise SystemExit(f"{path}: could not encode the mask")
-        atomic_write_bytes(out / f"{path.stem}.png", png.tobytes())
-        logger.info("%s -> %s (foreground %.1f%%)", path, out / f"{path.stem}.png",
-                    100 * float((mask > 0).mean()))
-    print(f"segmented {len(args.images) - failures} image(s) into {out}; {failures} skipped")
-    return 1 if failures else 0
-
-
-def _read_rgb(path: Path):
-    import cv2
-    import numpy as np
-
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        try:
-            image = tifffile.imread(path)
-        except Exception:  # noqa: BLE001 - reported as unreadable by the caller
-            return None
-    else:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            return None
-        if image.ndim == 3:
-            image = cv2.cvtColor(image[..., :3], cv2.COLOR_BGR2RGB)
-    if image.dtype != np.uint8:
-        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
+    try:
+        inputs = collect_inputs(args.images)
+        cfg = InferenceConfig(
+            model_uri=args.model, output_dir=args.out, threshold=args.threshold, tta=args.tta,
+            overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
+            patch_size=args.patch_size, skip_background=not args.all_tiles,
+            model_mpp=args.model_mpp, device=args.device, progress=not args.no_progress)
+        summary = run_folder(cfg, default_model_uri=args.model, inputs=inputs,
+                             out_dir=Path(args.out))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"segment: {err}") from err
+    for name, reason in summary["failed"].items():
+        print(f"{name}: {reason}", file=sys.stderr)
+    print(f"segmented {len(summary['done'])} input(s) into {args.out} with "
+          f"{summary['model']['uri']}; {len(summary['skipped'])} already done, "
+          f"{len(summary['failed'])} failed")
+    return min(len(summary["failed"]), 100)
 
 
 def _make_synthetic(args: argparse.Namespace) -> int:
@@ -156,11 +126,22 @@ def import_release(**kwargs) -> None:
 @cli.command("segment")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--model", required=True, help="e.g. models:/sa2net-monuseg@champion")
-@click.option("--out", required=True, help="Folder for the PNG masks.")
+@click.option("--out", required=True, help="Folder for the masks, overlays and CSVs.")
 @click.option("--threshold", type=float, default=0.5, show_default=True)
-@click.option("--tta", is_flag=True, help="Test-time augmentation.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation (8 D4 transforms).")
+@click.option("--overlap", type=float, default=0.5, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per pass.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
+              default="fp32", show_default=True)
+@click.option("--patch-size", type=int, default=None, help="Tile side (default: the model's).")
+@click.option("--model-mpp", type=float, default=None,
+              help="Training pixel size, um/px (default: the model's sa2.pixel_size_um tag).")
+@click.option("--all-tiles", is_flag=True, help="Do not skip background tiles.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 def segment(**kwargs) -> None:
-    """Segment image files (tif, png, jpg, bmp) with a registered model."""
+    """Segment images and whole slides (files, folders, globs) with a registered model."""
     raise SystemExit(_segment(argparse.Namespace(**kwargs)))
 
 

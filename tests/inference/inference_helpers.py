@@ -1,0 +1,70 @@
+"""Helpers of the inference tests: a throwaway MLflow store with one tiny registered model
+(alias ``champion``), H&E-like test images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@dataclass
+class TinyModel:
+    name: str
+    tracking_uri: str
+    root: Path
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}@champion"
+
+
+def tiny_bundle(seed: int = 0):
+    import torch
+
+    from sa2_pipeline.models import create_model
+    from sa2_pipeline.models.bundle import make_bundle
+
+    torch.manual_seed(seed)
+    model = create_model("unet", base_channels=4, deep_supervision=False).eval()
+    # Centre the logits on a tissue-like image so that thresholds and TTA change the mask.
+    sample = torch.from_numpy(he_image(64, 96).transpose(2, 0, 1).copy()).float()[None] / 255
+    with torch.no_grad():
+        model.head.bias -= model(sample).median()
+    return make_bundle(model_name="unet", init_kwargs=model.init_kwargs,
+                       state_dict=model.state_dict(), patch_size=64,
+                       metadata={"pixel_size_um": 0.5})
+
+
+@pytest.fixture
+def tiny_model(tmp_path, monkeypatch) -> TinyModel:
+    import mlflow
+    try:
+        from sa2_pipeline.tracking.registry import register_and_promote
+    except ImportError:  # TEMP until tracking lands
+        from sa2_pipeline.inference.registry import register_and_promote
+
+    root = tmp_path / "store"
+    root.mkdir()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("inference-test")
+    with mlflow.start_run():
+        register_and_promote(tiny_bundle(), model_name="sa2net-tiny",
+                             test_scores={"test_dice": 0.5}, test_set_id="t",
+                             input_example_size=64)
+    yield TinyModel("sa2net-tiny", uri, root)
+    mlflow.set_tracking_uri(None)
+
+
+def he_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Pink/purple texture (tissue) on white glass in the left two thirds."""
+    rng = np.random.default_rng(seed)
+    image = np.full((height, width, 3), 238, dtype=np.uint8)
+    tissue = (rng.integers(0, 60, (height, width * 2 // 3, 3))
+              + np.array([150, 60, 130])).clip(0, 255)
+    image[:, : width * 2 // 3] = tissue
+    return image
