@@ -1,10 +1,10 @@
 """Gaussian-weighted sliding window over a slide in streaming order, in bounded memory.
 
 The tiles and their weights are those of the in-memory window
-(:func:`sa2_pipeline.inference.sliding_window.predict_sliding_window`): the same start
-offsets (:func:`~sa2_pipeline.inference.sliding_window.sliding_window_starts`), the same
-Gaussian (sigma = patch / 8), the same centred reflect padding of a side shorter than the
-patch. Tiles are visited one row of tiles at a time. After row ``i`` no later tile touches
+(:func:`sa2_pipeline.inference.sliding_window.predict_sliding_window`): the same mirrored
+border (patch / 8 on every side), the same start offsets
+(:func:`~sa2_pipeline.inference.sliding_window.sliding_window_starts`), the same Gaussian
+(sigma = patch / 8), the same centred reflect padding of a side shorter than the tile. Tiles are visited one row of tiles at a time. After row ``i`` no later tile touches
 the image rows above the next row's start, so those rows are final: they are divided by
 their weights, thresholded and handed on, and the accumulator moves down. The accumulator
 holds ``num_classes x patch x width`` floats, so memory grows with the width times the
@@ -33,6 +33,8 @@ class WindowSpec:
     overlap: float = 0.5
     batch_size: int = 8
     num_classes: int = 1
+    #: Mirrored context around the image (px); ``None`` = patch / 8, as the in-memory window.
+    border: int | None = None
 
 
 def reflect_indices(length: int, before: int, after: int) -> np.ndarray:
@@ -46,33 +48,35 @@ def reflect_indices(length: int, before: int, after: int) -> np.ndarray:
 
 
 class _PaddedReader:
-    """Regions of one level in padded coordinates (centred reflect padding to the patch)."""
+    """Regions of one level in the window's coordinates: the level mirrored by ``margin``
+    on every side, then reflect-padded (centred) to at least the tile, exactly as the
+    in-memory window builds its padded image."""
 
     def __init__(self, read: Callable[[int, int, int, int], np.ndarray],
-                 width: int, height: int, patch: int) -> None:
+                 width: int, height: int, tile: int, margin: int) -> None:
         self.read_level = read
         self.width, self.height = width, height
-        pad_w, pad_h = max(patch - width, 0), max(patch - height, 0)
-        self.left, self.top = pad_w // 2, pad_h // 2
-        self.padded_w, self.padded_h = width + pad_w, height + pad_h
-        self.cols = reflect_indices(width, self.left, pad_w - self.left) if pad_w else None
-        self.rows = reflect_indices(height, self.top, pad_h - self.top) if pad_h else None
+        self.rows, self.top = self._axis(height, tile, margin)
+        self.cols, self.left = self._axis(width, tile, margin)
+        self.padded_h, self.padded_w = len(self.rows), len(self.cols)
+
+    @staticmethod
+    def _axis(length: int, tile: int, margin: int) -> tuple[np.ndarray, int]:
+        """Source index of every window position along one axis, and the image's offset."""
+        mirrored = reflect_indices(length, margin, margin)
+        pad = max(tile - len(mirrored), 0)
+        padded = reflect_indices(len(mirrored), pad // 2, pad - pad // 2)
+        return mirrored[padded], pad // 2 + margin
 
     def read(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """``uint8 (h, w, 3)`` of the padded image."""
-        if self.rows is None:
-            ry, rh, row_take = y, h, None
-        else:
-            ry, rh, row_take = 0, self.height, self.rows[y : y + h]
-        if self.cols is None:
-            rx, rw, col_take = x, w, None
-        else:
-            rx, rw, col_take = 0, self.width, self.cols[x : x + w]
-        region = self.read_level(rx, ry, rw, rh)
-        if row_take is not None:
-            region = region[row_take]
-        if col_take is not None:
-            region = region[:, col_take]
+        """``uint8 (h, w, 3)`` of the window's image at ``(x, y)``."""
+        rows, cols = self.rows[y : y + h], self.cols[x : x + w]
+        r0, c0 = int(rows.min()), int(cols.min())
+        region = self.read_level(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+        rows, cols = rows - r0, cols - c0
+        if not (np.array_equal(rows, np.arange(len(rows)))
+                and np.array_equal(cols, np.arange(len(cols)))):
+            region = region[rows][:, cols]
         return region
 
 
@@ -106,13 +110,16 @@ def stream_probabilities(
     import torch
 
     from sa2_pipeline.inference.sliding_window import (
+        _tile_for,
         gaussian_importance_map,
         sliding_window_starts,
     )
 
     width, height = size
-    patch = spec.patch
-    reader = _PaddedReader(read, width, height, patch)
+    margin = spec.patch // 8 if spec.border is None else int(spec.border)
+    patch = _tile_for((height + 2 * margin, width + 2 * margin), (spec.patch, spec.patch),
+                      margin)[0]
+    reader = _PaddedReader(read, width, height, patch, margin)
     ys = sliding_window_starts(reader.padded_h, patch, spec.overlap)
     xs = sliding_window_starts(reader.padded_w, patch, spec.overlap)
     gauss = gaussian_importance_map((patch, patch))
@@ -120,7 +127,7 @@ def stream_probabilities(
     wsum = torch.zeros((patch, reader.padded_w), dtype=torch.float32)
     emitted = 0  # padded rows handed on so far
     for i, top in enumerate(ys):
-        _run_tile_row(reader, top, xs, forward, spec, gauss, acc, wsum, has_tissue)
+        _run_tile_row(reader, top, xs, forward, spec, patch, gauss, acc, wsum, has_tissue)
         end = ys[i + 1] if i + 1 < len(ys) else reader.padded_h
         final = end - top
         probs = torch.where(wsum[:final] > 0, acc[:, :final] / wsum[:final].clamp_min(1e-30),
@@ -147,11 +154,10 @@ def _crop(probs, top: int, end: int, reader: _PaddedReader) -> np.ndarray | None
     return np.ascontiguousarray(block.numpy())
 
 
-def _run_tile_row(reader, top, xs, forward, spec, gauss, acc, wsum, has_tissue) -> None:
+def _run_tile_row(reader, top, xs, forward, spec, patch, gauss, acc, wsum, has_tissue) -> None:
     """Add one row of tiles (Gaussian-weighted) to the accumulator whose row 0 is ``top``."""
     import torch
 
-    patch = spec.patch
     lefts = [x for x in xs if has_tissue is None or has_tissue(
         x - reader.left, top - reader.top, patch, patch)]
     if not lefts:
