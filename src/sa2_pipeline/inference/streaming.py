@@ -4,15 +4,18 @@ The tiles and their weights are those of the in-memory window
 (:func:`sa2_pipeline.inference.sliding_window.predict_sliding_window`): the same mirrored
 border (patch / 8 on every side), the same start offsets
 (:func:`~sa2_pipeline.inference.sliding_window.sliding_window_starts`), the same Gaussian
-(sigma = patch / 8), the same centred reflect padding of a side shorter than the tile. Tiles are visited one row of tiles at a time. After row ``i`` no later tile touches
+(sigma = patch / 8), the same centred reflect padding of a side shorter than the tile.
+
+Tiles are visited one row of tiles at a time. After row ``i`` no later tile touches
 the image rows above the next row's start, so those rows are final: they are divided by
 their weights, thresholded and handed on, and the accumulator moves down. The accumulator
 holds ``num_classes x patch x width`` floats, so memory grows with the width times the
 tile size, never with the slide's height.
 
-Tiles whose box holds no tissue (thumbnail mask, :func:`~sa2_pipeline.inference.slides.tissue_mask`)
-are not run; pixels that only such tiles cover get probability 0 (background). With no
-tile skipped the probabilities equal the in-memory window's (tested).
+Tiles whose box holds no tissue (the thumbnail's mask,
+:func:`~sa2_pipeline.inference.slides.tissue_mask`) are not run; pixels that only such
+tiles cover get probability 0 (background). With no tile skipped the probabilities equal
+the in-memory window's (tested).
 """
 
 from __future__ import annotations
@@ -169,7 +172,7 @@ def _run_tile_row(reader, top, xs, forward, spec, patch, gauss, acc, wsum, has_t
             tiles = _to_tensor([band[x] for x in chunk])
             probs = forward(tiles)
             for left, tile_probs in zip(chunk, probs, strict=True):
-                acc[:, :, left : left + patch] += tile_probs * gauss
+                acc[:, :, left : left + patch].addcmul_(tile_probs, gauss)
                 wsum[:, left : left + patch] += gauss
 
 
