@@ -113,8 +113,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: Settings that do not change a mask (beyond float rounding): not part of the resume key.
+_NOT_IN_KEY = ("batch_size",)
+
+
 def _settings_key(model: dict[str, Any], settings: SegmentSettings) -> str:
-    text = json.dumps({"model": model, "settings": settings.as_dict()}, sort_keys=True)
+    kept = {k: v for k, v in settings.as_dict().items() if k not in _NOT_IN_KEY}
+    text = json.dumps({"model": {k: model.get(k) for k in ("name", "version", "uri")},
+                       "settings": kept}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,93 @@
+"""Resolve a registered model to one concrete version and load it for inference.
+
+``models:/<name>@<alias>`` is resolved once, at the start of a run, to
+``models:/<name>/<version>``: everything after that loads that version, so an alias that
+moves while a long run is going changes nothing in it. The model's bundle is read from the
+version's artifacts (``model_bundle.pt``) and wrapped in a
+:class:`~sa2_pipeline.inference.predict.Predictor`, which the slide pipeline streams tiles
+through; the version's tags (training pixel size, input convention...) come with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    from sa2_pipeline.tracking.registry import TAG_PREFIX
+except ImportError:  # the registry's home before the tracking package
+    from sa2_pipeline.inference.registry import TAG_PREFIX
+
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """One concrete registered model version."""
+
+    name: str
+    version: str
+    requested_uri: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def label(self) -> str:
+        """Folder name for this version's outputs: ``<name>-v<version>``."""
+        return f"{self.name}-v{self.version}"
+
+    @property
+    def pixel_size_um(self) -> float | None:
+        value = self.tags.get(f"{TAG_PREFIX}pixel_size_um")
+        try:
+            return float(value) if value not in (None, "", "unknown") else None
+        except ValueError:
+            return None
+
+    def as_record(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "uri": self.uri,
+                "requested_uri": self.requested_uri}
+
+
+def resolve_model(uri: str) -> ResolvedModel:
+    """``models:/name@alias`` or ``models:/name/version`` -> the concrete version.
+
+    Raises:
+        ValueError: Not a registry URI, or the alias / version does not exist.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    alias_match, version_match = _ALIAS_URI.match(uri), _VERSION_URI.match(uri)
+    try:
+        if alias_match:
+            mv = client.get_model_version_by_alias(alias_match["name"], alias_match["alias"])
+        elif version_match:
+            mv = client.get_model_version(version_match["name"], version_match["version"])
+        else:
+            raise ValueError(f"model {uri!r}: expected models:/<name>@<alias> or "
+                             "models:/<name>/<version>")
+    except MlflowException as err:
+        raise ValueError(f"model {uri!r} not found in the registry: {err.message}") from err
+    return ResolvedModel(name=mv.name, version=str(mv.version), requested_uri=uri,
+                         tags=dict(mv.tags or {}))
+
+
+def load_predictor(model: ResolvedModel, *, device: Any = None, **predictor_kwargs: Any):
+    """The version's bundle (or fold ensemble) as a ``Predictor`` on ``device``."""
+    import mlflow
+    import torch
+
+    from sa2_pipeline.inference.predict import Predictor
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri))
+    bundles = torch.load(local / "artifacts" / "model_bundle.pt", map_location="cpu",
+                         weights_only=True)
+    return Predictor(bundles, device=device, **predictor_kwargs)
