@@ -56,6 +56,8 @@ def _as_images(model_input: Any) -> tuple[list[np.ndarray], bool]:
             arr = arr.astype(np.uint8)
         else:
             raise TypeError(f"expected a uint8 image, got dtype {arr.dtype}")
+    if arr.ndim in (2, 3, 4) and 0 in arr.shape:  # found by tests/test_config_properties.py
+        raise ValueError(f"expected an image of at least 1 x 1 pixels, got shape {arr.shape}")
     if arr.ndim == 2:
         return [np.repeat(arr[..., None], 3, axis=-1)], False
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
