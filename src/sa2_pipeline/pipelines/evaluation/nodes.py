@@ -62,12 +62,6 @@ def evaluate_models(
     return predictions, per_image, summary, flat_metrics(summary)
 
 
-def _scores(pred: np.ndarray, truth: np.ndarray, n_classes: int, suffix: str) -> dict:
-    from sa2_pipeline.metrics import score
-
-    return {f"{k}{suffix}": v for k, v in score(pred, truth, n_classes).items()}
-
-
 def register_model(
     trained_models: dict[str, dict[str, Any]],
     test_summary: dict[str, Any],
