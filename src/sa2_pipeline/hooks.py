@@ -101,3 +101,50 @@ class ValidateRunHook:
             raise ConfigError(f"environment {context.env!r} not found: no folder "
                               f"{conf / context.env}; the environments are {envs}")
         validate_parameters(context.params)
+
+
+class InterruptedRunHook:
+    """A run stopped with Ctrl-C (SIGINT) ends ``KILLED`` in MLflow, not ``FINISHED``.
+
+    kedro-mlflow ends a failed run ``FAILED`` (``on_pipeline_error``), but Kedro calls that
+    hook for exceptions only; a ``KeyboardInterrupt`` reaches MLflow's exit handler,
+    which ends the active run as ``FINISHED``. This hook notes the interrupt (the signal
+    still raises ``KeyboardInterrupt`` as before) and, at exit, before MLflow's handler,
+    ends every active run ``KILLED`` -- what a SIGKILLed run is marked when it is found.
+    """
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._installed = False
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+        if callable(self._previous):
+            self._previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def _end_killed(self) -> None:
+        if not self.interrupted:
+            return
+        import mlflow
+
+        while mlflow.active_run() is not None:
+            run_id = mlflow.active_run().info.run_id
+            mlflow.end_run("KILLED")
+            logger.warning("MLflow run %s ended KILLED (interrupted)", run_id)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:  # noqa: ARG002
+        import atexit
+        import signal
+        import threading
+
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.getsignal(signal.SIGINT)
+        if self._previous == signal.SIG_IGN:  # a background job: Ctrl-C is not for it
+            return
+        signal.signal(signal.SIGINT, self._on_sigint)
+        atexit.register(self._end_killed)  # after MLflow's, so it runs first
+        self._installed = True

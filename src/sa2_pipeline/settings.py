@@ -6,13 +6,15 @@ from kedro.config import OmegaConfigLoader
 
 from sa2_pipeline.hooks import (
     ContinueModelRunHook,
+    InterruptedRunHook,
     QuietThirdPartyHook,
     RetrainingRunHook,
     ValidateRunHook,
 )
 
 # kedro-mlflow's MlflowHook is registered by its plugin entry point.
-HOOKS = (ValidateRunHook(), QuietThirdPartyHook(), ContinueModelRunHook(), RetrainingRunHook())
+HOOKS = (ValidateRunHook(), QuietThirdPartyHook(), ContinueModelRunHook(), RetrainingRunHook(),
+         InterruptedRunHook())
 
 # Kedro telemetry and albumentations' update check both try the network.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)

@@ -1,0 +1,63 @@
+"""An MLflow run stopped with Ctrl-C (SIGINT) ends KILLED; without the hook it ended FINISHED.
+
+A child process opens an MLflow run, lets the project's hook prepare as Kedro would
+before a pipeline, reports the run id and works until the test sends it SIGINT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    import mlflow
+    from sa2_pipeline.hooks import InterruptedRunHook
+    mlflow.set_tracking_uri(sys.argv[1])
+    run = mlflow.start_run()
+    if sys.argv[2] == "hook":
+        InterruptedRunHook().before_pipeline_run(run_params={}, pipeline=None, catalog=None)
+    print(run.info.run_id, flush=True)
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def _interrupted_status(tmp_path: Path, mode: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, uri, mode], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run_id = child.stdout.readline().strip()
+        assert run_id, child.stderr.read()
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode != 0  # it was interrupted, not finished
+    return MlflowClient(tracking_uri=uri).get_run(run_id).info.status
+
+
+@pytest.mark.parametrize(("mode", "status"), [("hook", "KILLED"), ("none", "FINISHED")])
+def test_ctrl_c_ends_the_run_killed(tmp_path, mode, status):
+    """With the hook: KILLED. The control without it shows MLflow's FINISHED."""
+    assert _interrupted_status(tmp_path, mode) == status
+
+
+def test_the_hook_is_registered_for_kedro_runs():
+    from sa2_pipeline import settings
+    from sa2_pipeline.hooks import InterruptedRunHook
+
+    assert any(isinstance(hook, InterruptedRunHook) for hook in settings.HOOKS)
