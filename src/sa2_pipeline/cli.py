@@ -23,12 +23,9 @@ logger = logging.getLogger("sa2_pipeline.cli")
 
 def _import_release(args: argparse.Namespace) -> int:
     """Import a release checkpoint as a registered MLflow model version."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from sa2_pipeline.inference.registry import TAG_PREFIX, log_model_bundle
     from sa2_pipeline.models.bundle import make_bundle
     from sa2_pipeline.models.sa2net import load_official_checkpoint
+    from sa2_pipeline.tracking.registry import register_release
 
     path = Path(args.checkpoint)
     if not path.is_file():
@@ -44,21 +41,19 @@ def _import_release(args: argparse.Namespace) -> int:
         metadata={"source": "release checkpoint", "checkpoint": path.name},
     )
     name = args.model_name or f"sa2net-{args.dataset}"
-    mlflow.set_experiment(f"sa2-{args.dataset}")
-    with mlflow.start_run(run_name=f"import {path.name}") as run:
-        mlflow.set_tags({"sa2.source": "release checkpoint", "sa2.checkpoint": path.name})
-        mlflow.log_params({"model.name": "sa2net", **{f"model.{k}": v for k, v in
-                                                      model.init_kwargs.items()},
-                           "input.channel_order": "bgr", "input.resize_to": args.resize_to})
-        info = log_model_bundle(bundle)
-        version = mlflow.register_model(info.model_uri, name)
-    client = MlflowClient()
-    client.set_model_version_tag(name, version.version, f"{TAG_PREFIX}source", "release")
-    client.set_model_version_tag(name, version.version, f"{TAG_PREFIX}input_convention",
-                                 str(bundle["input_convention"]))
-    client.set_registered_model_alias(name, args.alias, version.version)
-    print(f"registered {name} version {version.version} (alias '{args.alias}', run "
-          f"{run.info.run_id}): load it with mlflow.pyfunc.load_model('models:/{name}@"
+    record = register_release(
+        bundle,
+        model_name=name,
+        experiment=f"sa2-{args.dataset}",
+        run_name=f"import {path.name}",
+        run_tags={"source": "release checkpoint", "checkpoint": path.name},
+        params={"model.name": "sa2net",
+                **{f"model.{k}": v for k, v in model.init_kwargs.items()},
+                "input.channel_order": "bgr", "input.resize_to": args.resize_to},
+        alias=args.alias,
+    )
+    print(f"registered {name} version {record['version']} (alias '{args.alias}', run "
+          f"{record['run_id']}): load it with mlflow.pyfunc.load_model('models:/{name}@"
           f"{args.alias}')")
     return 0
 

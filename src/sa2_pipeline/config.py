@@ -273,6 +273,9 @@ class EvaluationConfig:
     boundary_tolerance: float = 2.0
     bootstrap_resamples: int = 9999
     bootstrap_seed: int = 0
+    #: Autocast precision of test-set prediction, as ``training.precision`` (which
+    #: validation during training uses), so selection and test scoring can match.
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
 
     def __post_init__(self) -> None:
         if self.patch_size < 16:

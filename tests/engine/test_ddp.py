@@ -17,6 +17,7 @@ from test_trainer import MODEL, _CrashAfter, _fit, _strip_times, _train_cfg
 
 from sa2_pipeline.engine.checkpoint import load_checkpoint
 from sa2_pipeline.models.bundle import model_from_bundle
+from sa2_pipeline.tracking.callbacks import training_callbacks
 
 EPOCHS = 3
 _TESTS_DIR = Path(__file__).resolve().parent
@@ -66,7 +67,7 @@ def ddp_run(tmp_path_factory, mlflow_client):
     root = tmp_path_factory.mktemp("ddp")
     experiment = mlflow_client.create_experiment("ddp")
     with mlflow.start_run(experiment_id=experiment) as run:
-        bundle, history = _fit(root, _ddp_cfg(root))
+        bundle, history = _fit(root, _ddp_cfg(root), callbacks=training_callbacks())
         active_after = mlflow.active_run()
         status_after = mlflow_client.get_run(run.info.run_id).info.status
     return {
@@ -141,7 +142,7 @@ def test_distributed_settings_are_validated_and_kept_out_of_the_fingerprint(tmp_
     from test_trainer import _toy_data
 
     from sa2_pipeline.config import ConfigError
-    from sa2_pipeline.engine.fit import run_fingerprint
+    from sa2_pipeline.engine.fingerprint import run_fingerprint
 
     with pytest.raises(ConfigError, match="node_rank"):
         _train_cfg(tmp_path, distributed={"nnodes": 2, "node_rank": 2})

@@ -9,9 +9,11 @@ import torch
 from sa2_pipeline.config import ModelConfig, TrainingConfig, parse
 from sa2_pipeline.engine.callbacks import Callback
 from sa2_pipeline.engine.checkpoint import load_checkpoint, save_atomic
-from sa2_pipeline.engine.fit import fit_segmentation_model, run_fingerprint
+from sa2_pipeline.engine.fingerprint import run_fingerprint
+from sa2_pipeline.engine.fit import fit_segmentation_model
 from sa2_pipeline.engine.optim import EpochScheduler
-from sa2_pipeline.engine.runtime import resolve_precision, select_device
+from sa2_pipeline.engine.runtime import select_device
+from sa2_pipeline.inference.precision import resolve_precision
 
 
 def _toy_data(n: int, size: int = 40, seed: int = 0):

@@ -159,7 +159,7 @@ def test_autocast_bfloat16_is_close():
     model = _pointwise_model()
     image = torch.rand(3, 40, 50)
     plain = predict_sliding_window(model, image, patch_size=32)
-    low = predict_sliding_window(model, image, patch_size=32, autocast_dtype=torch.bfloat16)
+    low = predict_sliding_window(model, image, patch_size=32, precision="bf16")
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, plain, atol=2e-2, rtol=0)
 

@@ -108,3 +108,27 @@ def test_primary_is_compared_with_each_baseline():
     b = per_image[per_image.model == "unet"].set_index("id")["dice"]
     assert comparison["n"] == 2
     assert comparison["delta"] == pytest.approx((a - b).mean())
+
+
+def test_evaluation_precision_is_a_parameter_that_changes_the_prediction():
+    from sa2_pipeline.config import ConfigError
+
+    rng = np.random.default_rng(2)
+    test = {"images": {i: rng.integers(0, 255, (48, 40, 3), dtype=np.uint8) for i in "ab"},
+            "masks": {i: (rng.random((48, 40)) > 0.5).astype(np.uint8) for i in "ab"}}
+    models = {"unet-fold0": _bundle(3, 0)}
+    # Threshold at the median fp32 probability, so half the pixels sit near it.
+    probs = Predictor(list(models.values()), patch_size=32).probabilities(test["images"]["a"])
+    params = {"patch_size": 32, "device": "cpu", "threshold": float(np.median(probs)),
+              "bootstrap_resamples": 999}
+
+    def predict(**extra):
+        return evaluate_models(models, test, {"name": "unet"}, {**params, **extra})[0]
+
+    default, fp32, bf16 = predict(), predict(precision="fp32"), predict(precision="bf16")
+    for i in "ab":  # the default is fp32
+        np.testing.assert_array_equal(default[i], fp32[i])
+    changed = sum(int((bf16[i] != fp32[i]).sum()) for i in "ab")
+    assert 0 < changed < 0.2 * 2 * 48 * 40  # bf16 moves some pixels across the threshold
+    with pytest.raises(ConfigError, match="precision"):
+        predict(precision="fp64")

@@ -1,17 +1,16 @@
 """Entry point of one ``torchrun`` worker: ``python -m sa2_pipeline.engine.ddp_worker SPEC RESULT``.
 
-``SPEC`` is the ``torch.save``'d keyword arguments of
-:func:`~sa2_pipeline.engine.fit.fit_segmentation_model` written by
-:func:`sa2_pipeline.engine.distributed.launch`. Every worker calls that function with
-them; seeing ``WORLD_SIZE > 1`` it joins the process group and trains its share of every
-epoch under ``DistributedDataParallel``. The first worker of each node writes
-``(bundle, history)`` to ``RESULT`` atomically for the launcher to return.
+``SPEC`` is the ``torch.save``'d :class:`~sa2_pipeline.engine.spec.FitSpec` written by
+:func:`sa2_pipeline.engine.distributed.launch`. Every worker calls
+:func:`~sa2_pipeline.engine.fit.fit` with it; seeing ``WORLD_SIZE > 1`` it joins the
+process group and trains its share of every epoch under ``DistributedDataParallel``. The
+first worker of each node writes ``(bundle, history)`` to ``RESULT`` atomically for the
+launcher to return.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 
@@ -25,18 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sa2_pipeline.engine.checkpoint import save_atomic
-    from sa2_pipeline.engine.distributed import WORKER_RUN_ID_ENV, worker_info
-    from sa2_pipeline.engine.fit import fit_segmentation_model
+    from sa2_pipeline.engine.distributed import worker_info
+    from sa2_pipeline.engine.fit import fit
 
     info = worker_info()
-    if info.rank != 0:
-        os.environ.pop(WORKER_RUN_ID_ENV, None)  # only rank 0 logs to MLflow
     logging.basicConfig(
         level=logging.INFO if info.rank == 0 else logging.WARNING,
         format=f"[rank {info.rank}] %(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    kwargs = torch.load(spec_path, map_location="cpu", weights_only=False)
-    bundle, history = fit_segmentation_model(**kwargs)
+    spec = torch.load(spec_path, map_location="cpu", weights_only=False)
+    bundle, history = fit(spec)
     if info.local_rank == 0:
         save_atomic({"bundle": bundle, "history": history}, result_path)
     return 0

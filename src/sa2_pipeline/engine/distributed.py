@@ -3,20 +3,19 @@
 One code path trains in one process or in many. :func:`fit_segmentation_model` (in
 :mod:`sa2_pipeline.engine.fit`) checks :func:`launch_needed`: when the parameters ask for
 ``nproc_per_node * nnodes > 1`` processes and this process is not already a ``torchrun``
-worker, :func:`launch` writes the call's arguments to a spec file, runs::
+worker, :func:`launch` writes the run's :class:`~sa2_pipeline.engine.spec.FitSpec` to a
+file, runs::
 
     python -m torch.distributed.run --nproc_per_node N --nnodes M --node_rank R \\
         --master_addr A --master_port P -m sa2_pipeline.engine.ddp_worker SPEC RESULT
 
 and returns what the workers' rank 0 wrote to ``RESULT``, exactly what the single-process
 call would have returned. Inside a worker (``WORLD_SIZE > 1``) the same function joins the
-process group (:func:`process_group`) and trains under ``DistributedDataParallel``.
+process group (:func:`join`) and trains under ``DistributedDataParallel``.
 
-MLflow: the launcher hands the active run's id to the workers in
-``SA2_DDP_MLFLOW_RUN_ID`` (never ``MLFLOW_RUN_ID``, which ``mlflow.start_run`` would pick
-up and then terminate at exit). Rank 0 keeps it and logs into that run with an
-``MlflowClient``; the other ranks drop it and never log. The parent's active run is left
-as it was.
+Before starting ``torchrun`` the launcher calls every callback's ``on_launch(env)`` with
+the workers' environment, so a callback can hand state over to its copy in rank 0 (the
+experiment tracker passes its run this way).
 """
 
 from __future__ import annotations
@@ -29,17 +28,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sa2_pipeline.io_utils import process_alive
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from sa2_pipeline.engine.spec import FitSpec
 
-#: Environment variable carrying the MLflow run id from the launcher to rank 0.
-WORKER_RUN_ID_ENV = "SA2_DDP_MLFLOW_RUN_ID"
+logger = logging.getLogger(__name__)
 
 # Validation runs on rank 0 while the other ranks wait in a collective: allow it time.
 _COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
@@ -89,6 +88,20 @@ def resolve_backend(requested: str, device_type: str) -> str:
             "to train data-parallel on the CPU"
         )
     return requested
+
+
+def join(stack: contextlib.ExitStack, backend: str, device: Any, worker: WorkerInfo) -> Any:
+    """Join the job's process group for the life of ``stack``; return this rank's device.
+
+    On CUDA each process takes the GPU of its local rank.
+    """
+    import torch
+
+    if device.type == "cuda":
+        device = torch.device("cuda", worker.local_rank)
+        torch.cuda.set_device(device)
+    stack.enter_context(process_group(resolve_backend(backend, device.type)))
+    return device
 
 
 @contextlib.contextmanager
@@ -145,17 +158,11 @@ def all_reduce_sum(values: list[float], device: Any) -> list[float]:
 
 
 # --------------------------------------------------------------------------- launcher
-def launch(
-    *,
-    kwargs: dict[str, Any],
-    dist_cfg: Any,
-    run_folder: Path,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run ``fit_segmentation_model(**kwargs)`` under ``torchrun`` and return its result.
+def launch(spec: FitSpec, *, run_folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run ``fit(spec)`` under ``torchrun`` and return its result.
 
     Args:
-        kwargs: The arguments of the single-process call (arrays, configs, options).
-        dist_cfg: ``TrainingConfig.distributed``.
+        spec: The run (``spec.train_cfg.distributed`` says how many processes).
         run_folder: The run's checkpoint folder: the spec and result go to a temporary
             folder inside it (removed afterwards), the launcher log beside ``last.pt``
             (removed after a success, kept and named after a failure).
@@ -165,6 +172,7 @@ def launch(
     """
     import torch
 
+    dist_cfg = spec.train_cfg.distributed
     run_folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_launch_folders(run_folder)
     tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=run_folder))
@@ -173,7 +181,7 @@ def launch(
     try:
         spec_path, result_path = tmp / "spec.pt", tmp / "result.pt"
         try:
-            torch.save(kwargs, spec_path)
+            torch.save(spec, spec_path)
         except Exception as err:  # noqa: BLE001 - re-raised with what to do
             raise TypeError(
                 "distributed training sends the call's arguments to the worker processes; "
@@ -190,7 +198,7 @@ def launch(
         ]
         logger.info("launching %d training processes: %s (log: %s)", world,
                     " ".join(cmd), log_path)
-        returncode = _run_tee(cmd, _worker_env(), log_path)
+        returncode = _run_tee(cmd, _worker_env(spec.callbacks), log_path)
         if returncode != 0:
             raise RuntimeError(
                 f"distributed training ({world} processes) failed: torchrun exited with code "
@@ -208,18 +216,12 @@ def launch(
     return result["bundle"], result["history"]
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(callbacks: Sequence[Any]) -> dict[str, str]:
     env = dict(os.environ)
-    # mlflow.start_run() honours MLFLOW_RUN_ID and its exit handler would then mark the
-    # parent's run FINISHED: the run id travels under our own name, for rank 0 only.
-    env.pop("MLFLOW_RUN_ID", None)
-    env.pop(WORKER_RUN_ID_ENV, None)
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None:
-        env["MLFLOW_TRACKING_URI"] = str(mlflow.get_tracking_uri())
-        run = mlflow.active_run()
-        if run is not None:
-            env[WORKER_RUN_ID_ENV] = run.info.run_id
+    for callback in callbacks:
+        on_launch = getattr(callback, "on_launch", None)
+        if on_launch is not None:
+            on_launch(env)
     # Make the package importable in the workers even when it is not installed.
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)

@@ -1,4 +1,7 @@
-"""Device, precision, thread and random-state helpers for the training engine."""
+"""Device, thread and random-state helpers for the training engine.
+
+Precision (autocast) is shared with inference: :mod:`sa2_pipeline.inference.precision`.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,6 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def select_device(requested: str = "auto") -> torch.device:
     """Return CUDA when it is present (or asked for), else the CPU.
 
@@ -30,31 +30,6 @@ def select_device(requested: str = "auto") -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise ValueError(f"device must be one of auto, cpu, cuda; got {requested!r}")
     return torch.device(requested)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Map the ``precision`` parameter to an autocast dtype (``None`` = float32).
-
-    ``auto`` picks bf16 on GPUs that support it, fp16 on older GPUs and fp32 on the CPU.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision not in _DTYPES:
-        raise ValueError(f"precision must be one of fp32, bf16, fp16, auto; got {precision!r}")
-    if precision == "fp16" and device.type == "cpu":
-        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on the CPU")
-    return _DTYPES[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    """Autocast context for ``dtype``; a no-op context for float32."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def configure_threads(num_threads: int) -> None:

@@ -29,10 +29,11 @@ from typing import Any
 import torch
 
 from sa2_pipeline.engine import distributed
-from sa2_pipeline.engine.callbacks import Callback, current_mlflow_run_id
+from sa2_pipeline.engine.callbacks import Callback
 from sa2_pipeline.engine.checkpoint import load_checkpoint, save_atomic
 from sa2_pipeline.engine.optim import EpochScheduler
-from sa2_pipeline.engine.runtime import autocast, get_rng_state, set_rng_state
+from sa2_pipeline.engine.runtime import get_rng_state, set_rng_state
+from sa2_pipeline.inference.precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,12 @@ class Trainer:
         checkpoint_path: ``last.pt`` written every epoch; resumed from when ``resume``.
         fingerprint: Identifies model + data + settings; a checkpoint with another
             fingerprint is not resumed from (it belongs to a different run).
-        amp_dtype: Autocast dtype, ``None`` for float32.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto``: the forward pass runs under
+            autocast to it (:mod:`sa2_pipeline.inference.precision`).
         channels_last: Convert input batches to channels-last.
-        callbacks: Lifecycle hooks (logging, MLflow).
-        meta: Stored in the checkpoint beside the weights (model name, kwargs, split...);
-            the MLflow run active at each write is added as ``mlflow_run_id``.
+        callbacks: Lifecycle hooks (logging, experiment tracking); they may add their own
+            state to every checkpoint and read it back on resume.
+        meta: Stored in the checkpoint beside the weights (model name, kwargs, split...).
         rank / world_size: This process's place in a data-parallel job (defaults: none).
     """
 
@@ -94,7 +96,7 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         resume: bool = True,
         fingerprint: str = "",
-        amp_dtype: torch.dtype | None = None,
+        precision: str = "fp32",
         channels_last: bool = False,
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,
@@ -114,7 +116,8 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.resume = resume
         self.fingerprint = fingerprint
-        self.amp_dtype = amp_dtype
+        self.precision = precision
+        self.compute_dtype = resolve_precision(precision, device)
         self.channels_last = channels_last
         self.callbacks = list(callbacks)
         self.meta = dict(meta or {})
@@ -123,7 +126,7 @@ class Trainer:
         self.distributed = world_size > 1
         # Gradient scaling only matters for float16 (bf16 has float32's exponent range).
         self.scaler = torch.amp.GradScaler(
-            device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda"
+            device.type, enabled=self.compute_dtype == torch.float16 and device.type == "cuda"
         )
         self.epoch = 0  # completed epochs
         self.best_score = float("-inf")
@@ -132,15 +135,13 @@ class Trainer:
         self.epochs_without_improvement = 0
         self.history: list[dict[str, Any]] = []
         self.resumed_from_epoch = 0
-        self.resumed_meta: dict[str, Any] = {}  # ``meta`` of the checkpoint resumed from
 
     # ------------------------------------------------------------------ lifecycle
     def fit(self) -> FitResult:
         """Run (or resume) training and return the best weights by validation Dice."""
         if self.resume:
             self._maybe_resume()
-        # Data-parallel: rank 0 alone logs, tracks and checkpoints.
-        callbacks = self.callbacks if self.rank == 0 else []
+        callbacks = self._rank_callbacks()
         for cb in callbacks:
             cb.on_fit_start(self)
         while self.epoch < self.epochs and self.epochs_without_improvement < self.patience:
@@ -200,7 +201,7 @@ class Trainer:
             if self.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp_dtype):
+            with autocast(self.device, self.compute_dtype):
                 outputs = self.model(image)
             # The loss runs in float32: it is cheap and keeps BCE/Dice numerically safe.
             loss = self.loss_fn(_to_float(outputs), target)
@@ -271,7 +272,7 @@ class Trainer:
             "best_state": self.best_state,
             "epochs_without_improvement": self.epochs_without_improvement,
             "history": self.history,
-            "meta": {**self.meta, "mlflow_run_id": current_mlflow_run_id()},
+            "meta": dict(self.meta),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -293,15 +294,26 @@ class Trainer:
         self.epochs_without_improvement = int(state["epochs_without_improvement"])
         self.history = list(state["history"])
 
+    def _rank_callbacks(self) -> list[Callback]:
+        """The callbacks this process runs: all of them on rank 0, none elsewhere."""
+        return self.callbacks if self.rank == 0 else []
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """:meth:`state_dict` plus what the callbacks add to it (rank 0 only)."""
+        state = self.state_dict()
+        for cb in self._rank_callbacks():
+            cb.on_save_checkpoint(self, state)
+        return state
+
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is None:
             return
         if not self.distributed:
-            save_atomic(self.state_dict(), self.checkpoint_path)
+            save_atomic(self._checkpoint_state(), self.checkpoint_path)
             return
         rng_ranks = distributed.gather_objects(get_rng_state())
         if self.rank == 0:
-            state = self.state_dict()
+            state = self._checkpoint_state()
             state["rng_ranks"] = rng_ranks
             save_atomic(state, self.checkpoint_path)
         distributed.barrier()  # nobody runs ahead of a checkpoint that may fail
@@ -321,7 +333,8 @@ class Trainer:
             return
         self.load_state_dict(state)
         self.resumed_from_epoch = self.epoch
-        self.resumed_meta = dict(state.get("meta") or {})
+        for cb in self._rank_callbacks():
+            cb.on_load_checkpoint(self, state)
         logger.info("resumed from %s after epoch %d", path, self.epoch)
 
     def _read_checkpoint(self, path: Path) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ def predict_probabilities(
     tta: bool = False,
     channel_order: str = "rgb",
     device: Any = None,
-    autocast_dtype: Any = None,
+    precision: str = "fp32",
 ) -> Iterable[tuple[str, np.ndarray]]:
     """Yield ``(id, probabilities (C, H, W) float32)`` for uint8 HWC images of any size.
 
@@ -51,7 +51,7 @@ def predict_probabilities(
             num_classes=num_classes,
             channel_order=channel_order,
             device=device,
-            autocast_dtype=autocast_dtype,
+            precision=precision,
         )
         yield image_id, probs
 
@@ -86,7 +86,7 @@ class Predictor:
         overlap: float = 0.5,
         batch_size: int = 4,
         patch_size: int | None = None,
-        autocast_dtype: Any = None,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
@@ -105,7 +105,7 @@ class Predictor:
         self.overlap = overlap
         self.batch_size = batch_size
         self.patch_size = patch_size
-        self.autocast_dtype = autocast_dtype
+        self.precision = precision
 
     def member_probabilities(self, image: np.ndarray, native: bool = True) -> list[np.ndarray]:
         """Each member's probabilities; at the image's size, or (``native=False``) at the
@@ -130,7 +130,7 @@ class Predictor:
                 num_classes=self.num_classes,
                 channel_order=bundle.get("input_convention", {}).get("channel_order", "rgb"),
                 device=self.device,
-                autocast_dtype=self.autocast_dtype,
+                precision=self.precision,
             )
             if native:
                 probs = resize_probabilities(probs, image.shape[0], image.shape[1])

@@ -74,16 +74,7 @@ def tile_forward(predictor: Any, settings: SegmentSettings, patch: int) -> Calla
     every member's tile probabilities (its own channel order, TTA, precision), averaged."""
     import torch
 
-    try:
-        from sa2_pipeline.inference.precision import autocast, resolve_precision
-    except ImportError:  # TEMP until the precision helper lands
-        import contextlib
-
-        def resolve_precision(p, d):
-            return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(p)
-
-        def autocast(d, dt):
-            return contextlib.nullcontext() if dt is None else torch.autocast(d.type, dt)
+    from sa2_pipeline.inference.precision import autocast, resolve_precision
     from sa2_pipeline.inference.sliding_window import _forward_probabilities, _tta_transforms
 
     for bundle in predictor.bundles:

@@ -22,6 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from sa2_pipeline.inference.precision import autocast as autocast_for
+from sa2_pipeline.inference.precision import resolve_precision
+
 __all__ = [
     "gaussian_importance_map",
     "predict_image",
@@ -216,18 +219,16 @@ def predict_sliding_window(
     tta: TTAMode = False,
     num_classes: int = 1,
     device: torch.device | str | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    precision: str = "fp32",
     border: int | None = None,
 ) -> torch.Tensor:
     """Probabilities for whole images from overlapping, Gaussian-weighted tiles.
 
     Every image is first mirrored by ``border`` pixels on each side (U-Net's overlap-tile
     strategy): the convolutions' zero padding then lies in mirrored context, not against
-    the image. Without it the image edge reads as the edge of a black object, and trained
-    models mark the outer columns of a blank image as foreground (docs/deviations.md).
-
-    Runs under ``torch.inference_mode()`` with the model in eval mode; every submodule's
-    train/eval mode is restored afterwards.
+    the image, whose edge would otherwise read as the edge of a black object
+    (docs/deviations.md). Runs under ``torch.inference_mode()`` in eval mode; every
+    submodule's train/eval mode is restored afterwards.
 
     Args:
         model: Returns logits ``(B, num_classes, h, w)`` (or a sequence, first = final).
@@ -236,13 +237,12 @@ def predict_sliding_window(
         overlap: Fraction of a tile shared with its neighbours, in [0, 1).
         batch_size: Tiles per forward pass.
         gaussian: Gaussian importance weighting (sigma = patch / 8); ``False`` = plain mean.
-        tta: ``False``/``"none"``; ``"flips"`` (4 flips); ``"d4"`` (8 rotations/flips, square
-            patches); ``True`` = ``"d4"`` for square patches, else ``"flips"``. The
-            probabilities of all transforms are averaged after the exact inverse transform.
+        tta: ``False``/``"none"``, ``"flips"`` (4), ``"d4"`` (8, square patches), ``True``
+            (``"d4"`` if square, else ``"flips"``): mean after each exact inverse.
         num_classes: Output channels: 1 = sigmoid, >= 2 = softmax.
         device: Where the model runs; default the model's device.
-        autocast_dtype: e.g. ``torch.bfloat16`` / ``torch.float16`` to run the forward under
-            autocast; accumulation stays float32.
+        precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (autocast of the forward,
+            :mod:`sa2_pipeline.inference.precision`); accumulation stays float32.
         border: Mirrored context around the image, in pixels; ``None`` = an eighth of the
             longer patch side (32 for 256), 0 = none (zero padding at the image edge).
 
@@ -252,6 +252,36 @@ def predict_sliding_window(
     Raises:
         ValueError: On bad arguments or a model output of the wrong shape.
     """
+    image = _checked_batch(image, overlap, batch_size, num_classes, border)
+    patch, margin = _geometry(image.shape[-2:], patch_size, border)
+    transforms = _tta_transforms(tta, patch)
+    run_device = torch.device(device) if device is not None else _infer_device(model, image.device)
+    autocast = autocast_for(run_device, resolve_precision(precision, run_device))
+    with _eval_mode(model), torch.inference_mode():
+        weights_tile = (gaussian_importance_map(patch, device=run_device) if gaussian
+                        else torch.ones(patch, dtype=torch.float32, device=run_device))
+        results = [
+            _window_one(model, single.to(run_device), patch, margin, overlap, batch_size,
+                        weights_tile, transforms, num_classes, autocast).to(image.device)
+            for single in image
+        ]
+    return torch.stack(results)
+
+
+def _geometry(size: tuple[int, int], patch_size: int | tuple[int, int] | None,
+              border: int | None) -> tuple[tuple[int, int], int]:
+    """The tile and the mirrored margin for an image of ``size`` ``(H, W)``."""
+    height, width = size
+    patch = (height, width) if patch_size is None else _as_size(patch_size, "patch_size")
+    margin = max(patch) // 8 if border is None else int(border)
+    if patch_size is None:
+        patch = (height + 2 * margin, width + 2 * margin)
+    return _tile_for((height + 2 * margin, width + 2 * margin), patch, margin), margin
+
+
+def _checked_batch(image: torch.Tensor, overlap: float, batch_size: int, num_classes: int,
+                   border: int | None) -> torch.Tensor:
+    """``image`` as ``(N, C, H, W)``, after checking it and the window's settings."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4:
@@ -266,33 +296,7 @@ def predict_sliding_window(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if border is not None and border < 0:
         raise ValueError(f"border must be >= 0 or None, got {border}")
-
-    _, _, height, width = image.shape
-    patch = (height, width) if patch_size is None else _as_size(patch_size, "patch_size")
-    margin = max(patch) // 8 if border is None else int(border)
-    if patch_size is None:
-        patch = (height + 2 * margin, width + 2 * margin)
-    patch = _tile_for((height + 2 * margin, width + 2 * margin), patch, margin)
-    transforms = _tta_transforms(tta, patch)
-    run_device = torch.device(device) if device is not None else _infer_device(model, image.device)
-    autocast: contextlib.AbstractContextManager = (
-        torch.autocast(device_type=run_device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None
-        else contextlib.nullcontext()
-    )
-
-    with _eval_mode(model), torch.inference_mode():
-        weights_tile = (
-            gaussian_importance_map(patch, device=run_device)
-            if gaussian
-            else torch.ones(patch, dtype=torch.float32, device=run_device)
-        )
-        results = [
-            _window_one(model, single.to(run_device), patch, margin, overlap, batch_size,
-                        weights_tile, transforms, num_classes, autocast).to(image.device)
-            for single in image
-        ]
-    return torch.stack(results)
+    return image
 
 
 def _window_axis(length: int, tile: int, margin: int, device: torch.device

@@ -112,10 +112,7 @@ def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[s
     from mlflow.exceptions import MlflowException
 
     from sa2_pipeline.models.bundle import members_of
-    try:
-        from sa2_pipeline.tracking.registry import log_model_bundle
-    except ImportError:  # before the registry moved into tracking/
-        from sa2_pipeline.inference.registry import log_model_bundle
+    from sa2_pipeline.tracking.registry import log_model_bundle
 
     info = log_model_bundle(model.bundle, input_example_size=model.input_example_size)
     members = members_of(model.bundle)

@@ -47,7 +47,7 @@ def evaluate_models(
         primary=primary, threshold=cfg.threshold,
         predictor_options={"device": select_device(cfg.device), "tta": cfg.tta,
                            "overlap": cfg.overlap, "batch_size": cfg.batch_size,
-                           "patch_size": cfg.patch_size},
+                           "patch_size": cfg.patch_size, "precision": cfg.precision},
         instances=model_input_test.get("instances"),
         instance_params=InstanceParams(**dataclasses.asdict(cfg.instances)),
         boundary_tolerance=cfg.boundary_tolerance,
@@ -80,18 +80,17 @@ def register_model(
     Returns:
         The registration record (version, aliases, decision, the gate's numbers).
     """
-    import sys
+    from sa2_pipeline.tracking import active_run_info
 
     cfg = parse(RegistryConfig, registry_params, "registry")
-    mlflow = sys.modules.get("mlflow")
     if not cfg.register:
         return {"registered": False, "reason": "registry.register is false"}
-    if mlflow is None or mlflow.active_run() is None:
+    if active_run_info()["run_id"] is None:
         logger.warning("no active MLflow run: the model is not registered")
         return {"registered": False, "reason": "no active MLflow run"}
 
     from sa2_pipeline.retraining.gate import GateConfig
-    from sa2_pipeline.tracking.registration import ModelToRegister, load_pyfunc, register_gated
+    from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
 
     eval_cfg = parse(EvaluationConfig, evaluation_params, "evaluation")
     primary = test_summary["primary_model"]
@@ -103,17 +102,6 @@ def register_model(
                                   & (test_metrics_per_image["member"] == final)]
     per_image = rows.set_index(rows["id"].astype(str))
 
-    def score_champion(model_uri: str) -> pd.DataFrame:
-        """The champion's per-image scores on this test set, through its own pyfunc."""
-        from sa2_pipeline.metrics import score
-
-        champion = load_pyfunc(model_uri)
-        masks = model_input_test["masks"]
-        scored = {i: score(champion.predict(model_input_test["images"][i],
-                                            params={"threshold": eval_cfg.threshold}),
-                           masks[i], n_classes) for i in sorted(masks)}
-        return pd.DataFrame.from_dict(scored, orient="index")
-
     scores = {k: float(v) for k, v in test_summary.items()
               if k.startswith("test_") and isinstance(v, float)}
     model = ModelToRegister(
@@ -124,4 +112,22 @@ def register_model(
                       class_tolerance=cfg.class_tolerance, n_resamples=cfg.gate_resamples,
                       seed=cfg.gate_seed)
     return {"registered": True,
-            **register_gated(model, gate=gate, score_champion=score_champion)}
+            **register_gated(model, gate=gate, score_champion=_champion_scorer(
+                model_input_test, n_classes, eval_cfg.threshold))}
+
+
+def _champion_scorer(model_input_test: dict, n_classes: int, threshold: float):
+    """``score_champion(model_uri)``: a registered model's per-image scores on this test
+    set, through its own pyfunc (how the gate compares the champion image by image)."""
+    from sa2_pipeline.metrics import score
+    from sa2_pipeline.tracking.registration import load_pyfunc
+
+    def score_champion(model_uri: str) -> pd.DataFrame:
+        champion = load_pyfunc(model_uri)
+        masks = model_input_test["masks"]
+        scored = {i: score(champion.predict(model_input_test["images"][i],
+                                            params={"threshold": threshold}),
+                           masks[i], n_classes) for i in sorted(masks)}
+        return pd.DataFrame.from_dict(scored, orient="index")
+
+    return score_champion

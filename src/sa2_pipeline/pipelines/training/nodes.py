@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import pandas as pd
@@ -15,6 +14,7 @@ from sa2_pipeline.config import (
     parse,
     parse_models,
 )
+from sa2_pipeline.tracking import active_run_info
 
 logger = logging.getLogger(__name__)
 
@@ -48,62 +48,76 @@ def fit_models(
         ``<model>-fold<k>``, one history row per epoch with ``model`` and ``fold``
         columns, and the MLflow run that recorded them.
     """
-    from sa2_pipeline.engine.fit import fit_segmentation_model
-    from sa2_pipeline.splits import fold_ids
-
     models = parse_models(model_params, baseline_params)
     train_cfg = parse(TrainingConfig, training_params, "training")
     proc_cfg = parse(ProcessingConfig, processing_params, "data_processing")
     eval_cfg = parse(EvaluationConfig, evaluation_params, "evaluation")
     folds = _folds(splits, train_cfg.folds)
-    images, masks = model_input_trainval["images"], model_input_trainval["masks"]
 
     trained: dict[str, dict[str, Any]] = {}
     histories, failures = [], {}
     for model_cfg in models:
         for fold in folds:
             key = f"{model_cfg.name}-fold{fold}"
-            train_ids, val_ids = fold_ids(splits, fold)
-            logger.info("training %s: %d train / %d validation images", key, len(train_ids),
-                        len(val_ids))
             try:
-                bundle, history = fit_segmentation_model(
-                    {i: images[i] for i in train_ids}, {i: masks[i] for i in train_ids},
-                    {i: images[i] for i in val_ids}, {i: masks[i] for i in val_ids},
-                    model_cfg, train_cfg,
-                    mode=proc_cfg.mode,
-                    eval_patch_size=eval_cfg.patch_size,
-                    run_name=key,
-                    metric_prefix=f"{model_cfg.name}/fold{fold}/",
-                )
+                bundle, history = _fit_fold(model_input_trainval, splits, fold, key, model_cfg,
+                                            train_cfg, proc_cfg.mode, eval_cfg.patch_size)
             except Exception as err:  # noqa: BLE001 - other folds still run; raised below
                 logger.exception("%s failed; its checkpoint is kept for a rerun", key)
                 failures[key] = err
                 continue
-            bundle["metadata"].update({"fold": fold, "model_key": key})
             trained[key] = bundle
             histories.append(pd.DataFrame(history).assign(model=model_cfg.name, fold=fold))
-            meta = bundle["metadata"]
-            logger.info("%s: best validation Dice %.4f at epoch %d of %d", key,
-                        meta["best_val_dice"], meta["best_epoch"], meta["epochs_run"])
     if failures:
-        from sa2_pipeline.user_errors import find_user_error
-
-        detail = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in failures.items())
-        # A bad file or setting fails the same way on every rerun: say to fix it.
-        fix_first = any(find_user_error(e) for e in failures.values())
-        advice = ("Fix what the message names (delete the file or correct the setting), then "
-                  "rerun; finished runs are checkpointed." if fix_first else
-                  "Finished runs are checkpointed: rerun the same command to resume.")
-        raise RuntimeError(
-            f"{len(failures)} of {len(models) * len(folds)} training runs failed ({detail}). "
-            + advice
-        ) from next(iter(failures.values()))
-    run = _active_mlflow_run()
+        _raise_failures(failures, len(models) * len(folds))
+    run = active_run_info()
     for bundle in trained.values():
         bundle["metadata"]["mlflow_run_id"] = run["run_id"]
     history = pd.concat(histories, ignore_index=True)
     return trained, history[["model", "fold", *history.columns[:-2]]], run
+
+
+def _raise_failures(failures: dict[str, Exception], total: int) -> None:
+    """One error naming every failed (model, fold) run, with what to do next."""
+    from sa2_pipeline.user_errors import find_user_error
+
+    detail = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in failures.items())
+    # A bad file or setting fails the same way on every rerun: say to fix it.
+    fix_first = any(find_user_error(e) for e in failures.values())
+    advice = ("Fix what the message names (delete the file or correct the setting), then "
+              "rerun; finished runs are checkpointed." if fix_first else
+              "Finished runs are checkpointed: rerun the same command to resume.")
+    raise RuntimeError(
+        f"{len(failures)} of {total} training runs failed ({detail}). " + advice
+    ) from next(iter(failures.values()))
+
+
+def _fit_fold(model_input_trainval: dict, splits: pd.DataFrame, fold: int, key: str,
+              model_cfg: Any, train_cfg: TrainingConfig, mode: str,
+              eval_patch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one (model, fold), tracked in the active MLflow run under ``<model>/fold<k>/``."""
+    from sa2_pipeline.engine.fit import fit_segmentation_model
+    from sa2_pipeline.splits import fold_ids
+    from sa2_pipeline.tracking.callbacks import training_callbacks
+
+    images, masks = model_input_trainval["images"], model_input_trainval["masks"]
+    train_ids, val_ids = fold_ids(splits, fold)
+    logger.info("training %s: %d train / %d validation images", key, len(train_ids),
+                len(val_ids))
+    bundle, history = fit_segmentation_model(
+        {i: images[i] for i in train_ids}, {i: masks[i] for i in train_ids},
+        {i: images[i] for i in val_ids}, {i: masks[i] for i in val_ids},
+        model_cfg, train_cfg,
+        mode=mode,
+        eval_patch_size=eval_patch_size,
+        run_name=key,
+        callbacks=training_callbacks(prefix=f"{model_cfg.name}/fold{fold}/"),
+    )
+    bundle["metadata"].update({"fold": fold, "model_key": key})
+    meta = bundle["metadata"]
+    logger.info("%s: best validation Dice %.4f at epoch %d of %d", key,
+                meta["best_val_dice"], meta["best_epoch"], meta["epochs_run"])
+    return bundle, history
 
 
 def _folds(splits: pd.DataFrame, wanted: tuple[int, ...] | str) -> list[int]:
@@ -117,11 +131,3 @@ def _folds(splits: pd.DataFrame, wanted: tuple[int, ...] | str) -> list[int]:
         raise ValueError(f"training.folds {list(wanted)} names folds {bad} but the splits "
                          f"have folds 0..{n_folds - 1}")
     return list(wanted)
-
-
-def _active_mlflow_run() -> dict[str, Any]:
-    mlflow = sys.modules.get("mlflow")
-    run = mlflow.active_run() if mlflow is not None else None
-    if run is None:
-        return {"run_id": None, "experiment_id": None}
-    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}

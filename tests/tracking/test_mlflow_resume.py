@@ -6,6 +6,7 @@ import pytest
 from test_trainer import _CrashAfter, _fit, _train_cfg
 
 from sa2_pipeline.engine.checkpoint import load_checkpoint
+from sa2_pipeline.tracking.callbacks import training_callbacks
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def test_resume_in_a_new_run_links_both_runs_and_completes_the_curves(tmp_path, 
     # Run A: training is killed after epoch 2 was checkpointed.
     run_a = mlflow.start_run(experiment_id=experiment).info.run_id
     with pytest.raises(KeyboardInterrupt):
-        _fit(tmp_path, cfg, callbacks=[_CrashAfter(2)])
+        _fit(tmp_path, cfg, callbacks=[*training_callbacks(), _CrashAfter(2)])
     (checkpoint,) = (tmp_path / "ckpt").rglob("last.pt")
     assert load_checkpoint(checkpoint)["meta"]["mlflow_run_id"] == run_a
     # A killed process never ends its run: it stays RUNNING in the store.
@@ -43,7 +44,7 @@ def test_resume_in_a_new_run_links_both_runs_and_completes_the_curves(tmp_path, 
     # Run B: `kedro run` again, in a new MLflow run.
     with mlflow.start_run(experiment_id=experiment) as run:
         run_b = run.info.run_id
-        bundle, history = _fit(tmp_path, cfg)
+        bundle, history = _fit(tmp_path, cfg, callbacks=training_callbacks())
     assert bundle["metadata"]["resumed_from_epoch"] == 2
     assert len(history) == 4
 
@@ -72,8 +73,9 @@ def test_resume_in_the_same_run_adds_no_links_and_no_duplicates(tmp_path, mlflow
     cfg = _train_cfg(tmp_path, epochs=3)
     with mlflow.start_run(experiment_id=experiment) as run:
         with pytest.raises(KeyboardInterrupt):
-            _fit(tmp_path, cfg, callbacks=[_CrashAfter(1)])
-        _fit(tmp_path, cfg)  # e.g. a failed fold retried inside the same run
+            _fit(tmp_path, cfg, callbacks=[*training_callbacks(), _CrashAfter(1)])
+        # e.g. a failed fold retried inside the same run
+        _fit(tmp_path, cfg, callbacks=training_callbacks())
     tags = mlflow_client.get_run(run.info.run_id).data.tags
     assert not any(k.startswith("sa2.") for k in tags)
     steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "val_dice")]

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from sa2_pipeline.inference.registry import decide_promotion
 from sa2_pipeline.models import create_model
 from sa2_pipeline.models.bundle import make_bundle
+from sa2_pipeline.tracking.registry import decide_promotion
 
 
 def test_gate_promotes_without_champion_and_only_when_better_by_margin():
@@ -38,7 +38,7 @@ def _bundle():
 def test_register_and_promote_moves_champion_only_when_better(mlflow_store):
     from mlflow import MlflowClient
 
-    from sa2_pipeline.inference.registry import register_and_promote
+    from sa2_pipeline.tracking.registry import register_and_promote
 
     mlflow = mlflow_store
     name = "sa2net-test"
@@ -77,7 +77,7 @@ def test_register_and_promote_moves_champion_only_when_better(mlflow_store):
 
 
 def test_unknown_promotion_metric_is_an_error(mlflow_store):
-    from sa2_pipeline.inference.registry import register_and_promote
+    from sa2_pipeline.tracking.registry import register_and_promote
 
     with pytest.raises(KeyError, match="test_iou"):
         register_and_promote(_bundle(), model_name="x", test_scores={"test_dice": 1.0},
@@ -87,7 +87,7 @@ def test_unknown_promotion_metric_is_an_error(mlflow_store):
 def test_identical_model_is_not_registered_twice(mlflow_store):
     from mlflow import MlflowClient
 
-    from sa2_pipeline.inference.registry import register_and_promote
+    from sa2_pipeline.tracking.registry import register_and_promote
 
     mlflow = mlflow_store
     name = "sa2net-rerun"

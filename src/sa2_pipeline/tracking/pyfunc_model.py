@@ -4,6 +4,6 @@ Logging a path rather than a pickled object means the registered model depends o
 the source bundled with it (``code_paths``), never on a pickle of this environment.
 """
 
-from sa2_pipeline.inference.pyfunc import _set_model_from_code
+from sa2_pipeline.tracking.pyfunc import _set_model_from_code
 
 _set_model_from_code()

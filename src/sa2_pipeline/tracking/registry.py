@@ -108,7 +108,7 @@ def log_model_bundle(bundle: dict[str, Any] | list, *, input_example_size: int =
         return mlflow.pyfunc.log_model(
             name="model",
             # Logged by path (MLflow "models from code"), not by pickling an object.
-            python_model=str(package_dir / "inference" / "pyfunc_model.py"),
+            python_model=str(package_dir / "tracking" / "pyfunc_model.py"),
             artifacts={"model_bundle": str(path)},
             code_paths=[str(package_dir)],
             signature=model_signature(),
@@ -161,17 +161,25 @@ def register_and_promote(
     info = log_model_bundle(bundle, input_example_size=input_example_size)
     mv = mlflow.register_model(info.model_uri, model_name)
     version = str(mv.version)
-    tags = {f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in test_scores.items()}
-    tags[f"{TAG_PREFIX}test_set_id"] = test_set_id
-    tags[f"{TAG_PREFIX}bundle_digest"] = digest
-
+    tags = {k: f"{v:.6f}" for k, v in test_scores.items()}
     members = members_of(bundle)
-    tags[f"{TAG_PREFIX}input_convention"] = str(members[0].get("input_convention"))
-    tags[f"{TAG_PREFIX}ensemble_size"] = str(len(members))
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, value)
+    tags.update(test_set_id=test_set_id, bundle_digest=digest,
+                ensemble_size=str(len(members)), **_convention_tag(members[0]))
+    set_version_tags(client, model_name, version, tags)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
 
+    decision = _gate(client, model_name, version, candidate, metric=metric, margin=margin,
+                     test_set_id=test_set_id, score_champion=score_champion)
+    aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
+    return _record(model_name, version, info.model_uri, info.run_id, test_set_id, digest,
+                   aliases, decision, unchanged=False)
+
+
+def _gate(client: Any, model_name: str, version: str, candidate: float, *, metric: str,
+          margin: float, test_set_id: str,
+          score_champion: Callable[[str], float] | None) -> PromotionDecision:
+    """Compare ``version`` with the champion, record the decision on it, and move the
+    champion alias to it if it wins (the last write, so a crash never moves it)."""
     champion_version, champion_score = _champion_score(
         client, model_name, metric, test_set_id, score_champion
     )
@@ -179,21 +187,72 @@ def register_and_promote(
         candidate, champion_score, metric=metric, margin=margin,
         champion_version=champion_version,
     )
-    client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}promotion_decision",
-                                 "promoted" if decision.promote else "rejected")
-    client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}promotion_reason",
-                                 decision.reason)
-    if champion_score is not None:
-        client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}champion_score",
-                                     f"{champion_score:.6f}")
+    set_version_tags(client, model_name, version, {
+        "promotion_decision": "promoted" if decision.promote else "rejected",
+        "promotion_reason": decision.reason,
+        **({} if champion_score is None else {"champion_score": f"{champion_score:.6f}"}),
+    })
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION, version)
     logger.info("%s version %s: %s (%s)", model_name, version,
                 "promoted to champion" if decision.promote else "kept as challenger",
                 decision.reason)
-    aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
-    return _record(model_name, version, info.model_uri, info.run_id, test_set_id, digest,
-                   aliases, decision, unchanged=False)
+    return decision
+
+
+def set_version_tags(client: Any, model_name: str, version: str,
+                     tags: dict[str, str]) -> None:
+    """Tag a model version; every key gets the project's :data:`TAG_PREFIX`."""
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}{key}", value)
+
+
+def _convention_tag(bundle: dict[str, Any]) -> dict[str, str]:
+    """How the model expects its input (channel order, scaling, resize)."""
+    return {"input_convention": str(bundle.get("input_convention"))}
+
+
+def register_release(
+    bundle: dict[str, Any],
+    *,
+    model_name: str,
+    experiment: str,
+    run_name: str,
+    run_tags: dict[str, str],
+    params: dict[str, Any],
+    alias: str,
+) -> dict[str, str]:
+    """Log an imported release model in a new run of ``experiment``, register it and set
+    ``alias`` on the version (no promotion gate: it has no test score of ours).
+
+    ``run_tags`` are set on the run with :data:`TAG_PREFIX`; the version is tagged
+    ``sa2.source = release`` and with its input convention.
+
+    Returns:
+        ``model_name``, ``version``, ``run_id`` and ``alias``.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({f"{TAG_PREFIX}{k}": v for k, v in run_tags.items()})
+        mlflow.log_params(params)
+        info = log_model_bundle(bundle)
+        version = str(mlflow.register_model(info.model_uri, model_name).version)
+    client = MlflowClient()
+    set_version_tags(client, model_name, version, {"source": "release",
+                                                   **_convention_tag(bundle)})
+    client.set_registered_model_alias(model_name, alias, version)
+    return {"model_name": model_name, "version": version, "run_id": run.info.run_id,
+            "alias": alias}
+
+
+def load_model(model_uri: str) -> Any:
+    """A registered model as an MLflow pyfunc (``models:/<name>@<alias>``, a run URI...)."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri)
 
 
 def _record(model_name: str, version: str, model_uri: str, run_id: str, test_set_id: str,

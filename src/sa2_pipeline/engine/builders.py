@@ -1,0 +1,214 @@
+"""Named builders for one training run: each makes one part from a :class:`FitSpec`.
+
+:func:`sa2_pipeline.engine.fit.fit` calls them in this order (the order matters: the
+model's initial weights come from the random state right after seeding)::
+
+    build_model -> build_loss -> build_optimizer -> build_train_loader
+        -> build_validator -> build_trainer -> (train) -> build_bundle
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sa2_pipeline.config import ModelConfig, TrainingConfig
+from sa2_pipeline.engine.callbacks import EpochLogger
+from sa2_pipeline.engine.distributed import WorkerInfo
+from sa2_pipeline.engine.optim import EpochScheduler
+from sa2_pipeline.engine.optim import build_optimizer as _adam
+from sa2_pipeline.engine.runtime import worker_init
+from sa2_pipeline.engine.spec import FitSpec
+from sa2_pipeline.engine.trainer import FitResult, Trainer
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(model_cfg: ModelConfig, train_cfg: TrainingConfig,
+                device: torch.device) -> torch.nn.Module:
+    """The network on ``device``, in channels-last memory format if asked."""
+    from sa2_pipeline.models import create_model
+
+    model = create_model(model_cfg.name, **model_cfg.kwargs()).to(device)
+    if train_cfg.init_from:  # a resumed checkpoint, if any, overrides these weights
+        warm_start(model, train_cfg.init_from, model_cfg)
+    if train_cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig) -> None:
+    """Load the weights of the bundle file ``path`` (or of its member of the same
+    architecture, for a fold ensemble) into ``model``.
+
+    Raises:
+        ValueError: The file holds no member with ``model_cfg``'s name and settings.
+    """
+    from sa2_pipeline.models.bundle import members_of
+
+    bundle = torch.load(path, map_location="cpu", weights_only=False)
+    wanted = model_cfg.kwargs()
+    for member in members_of(bundle):
+        kwargs = {k: member.get("init_kwargs", {}).get(k) for k in wanted}
+        if member.get("model_name") == model_cfg.name and kwargs == wanted:
+            model.load_state_dict(member["state_dict"])
+            logger.info("warm start from %s", path)
+            return
+    found = [(m.get("model_name"), m.get("init_kwargs")) for m in members_of(bundle)]
+    raise ValueError(f"{path}: no model {model_cfg.name} {wanted} to warm-start from "
+                     f"(it holds {found})")
+
+
+def build_loss(model_cfg: ModelConfig, train_cfg: TrainingConfig) -> torch.nn.Module:
+    """Dice + BCE (binary) or Dice + CE (multi-class), weighted over the heads."""
+    from sa2_pipeline.losses.segmentation_loss import build_loss as segmentation_loss
+
+    cfg = train_cfg.loss
+    return segmentation_loss(
+        model_cfg.num_classes,
+        dice_weight=cfg.dice_weight,
+        bce_weight=cfg.bce_weight,
+        ce_weight=cfg.ce_weight,
+        head_weights=list(cfg.head_weights),
+    )
+
+
+def build_optimizer(model: torch.nn.Module, train_cfg: TrainingConfig,
+                    device: torch.device) -> tuple[torch.optim.Optimizer, EpochScheduler]:
+    """Adam and its per-epoch learning-rate schedule."""
+    optimizer = _adam(model, train_cfg.lr, train_cfg.weight_decay, device)
+    return optimizer, EpochScheduler(optimizer, train_cfg.scheduler)
+
+
+def _train_dataset(spec: FitSpec) -> tuple[torch.utils.data.Dataset, bool]:
+    """The training dataset and whether its samples are shuffled by the sampler."""
+    from sa2_pipeline.dataloading.augmentation import build_augmentation
+    from sa2_pipeline.dataloading.dataset import PatchDataset, ResizedDataset
+
+    cfg, ids = spec.train_cfg, spec.train_ids
+    images = [spec.train_images[i] for i in ids]
+    masks = [spec.train_masks[i] for i in ids]
+    common = {"augment": build_augmentation(cfg.augmentation.name), "seed": cfg.seed,
+              "channel_order": cfg.channel_order, "num_classes": spec.model_cfg.num_classes}
+    if spec.mode == "native":
+        # Every index is already an independent random patch: no shuffling.
+        return PatchDataset(images, masks, patch_size=cfg.patch_size,
+                            samples_per_epoch=cfg.samples_per_epoch,
+                            foreground_oversample=cfg.foreground_oversample,
+                            **common), False
+    # build_model_inputs already resized the images.
+    return ResizedDataset(images, masks, size=images[0].shape[:2], **common), True
+
+
+def build_train_loader(spec: FitSpec, worker: WorkerInfo,
+                       device: torch.device) -> torch.utils.data.DataLoader:
+    """The training loader; its sampler yields ``(epoch, index)`` pairs.
+
+    Data-parallel: rank r takes every world_size-th sample (the epoch is padded to a
+    multiple of world_size), so every rank runs the same number of steps.
+    """
+    from sa2_pipeline.dataloading.sampling import EpochIndexed, EpochSampler
+
+    cfg = spec.train_cfg
+    dataset, shuffle = _train_dataset(spec)
+    sampler = EpochSampler(len(dataset), seed=cfg.seed, shuffle=shuffle,
+                           rank=worker.rank, world_size=worker.world_size)
+    return torch.utils.data.DataLoader(
+        EpochIndexed(dataset),
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        worker_init_fn=worker_init if cfg.num_workers > 0 else None,
+        drop_last=len(sampler) > cfg.batch_size,
+    )
+
+
+def build_validator(spec: FitSpec,
+                    device: torch.device) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """``validate(net) -> {"val_dice", "val_iou"}``: whole validation images through the
+    sliding window, at the training precision."""
+    from sa2_pipeline.engine.validation import validate
+
+    def validator(net: torch.nn.Module) -> dict[str, float]:
+        return validate(
+            net, spec.val_images, spec.val_masks,
+            num_classes=spec.model_cfg.num_classes,
+            patch_size=spec.eval_patch_size,
+            batch_size=spec.train_cfg.val_batch_size,
+            channel_order=spec.train_cfg.channel_order,
+            device=device,
+            precision=spec.train_cfg.precision,
+        )
+
+    return validator
+
+
+def _wrap(model: torch.nn.Module, worker: WorkerInfo, device: torch.device,
+          compile_model: bool) -> torch.nn.Module:
+    """DistributedDataParallel in a data-parallel job; ``torch.compile`` if asked."""
+    if worker.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return torch.compile(model) if compile_model else model
+
+
+def build_trainer(spec: FitSpec, model: torch.nn.Module, *, device: torch.device,
+                  worker: WorkerInfo, fingerprint: str, checkpoint_path: Path) -> Trainer:
+    """The trainer over every part above, checkpointing to ``checkpoint_path``."""
+    cfg = spec.train_cfg
+    loss_fn = build_loss(spec.model_cfg, cfg)
+    optimizer, scheduler = build_optimizer(model, cfg, device)
+    loader = build_train_loader(spec, worker, device)
+    return Trainer(
+        _wrap(model, worker, device, cfg.compile), loss_fn, optimizer, scheduler, loader,
+        build_validator(spec, device),
+        device=device,
+        epochs=cfg.epochs,
+        patience=cfg.early_stopping_patience,
+        select_after_epoch=cfg.select_after_epoch,
+        checkpoint_path=checkpoint_path,
+        resume=cfg.resume,
+        fingerprint=fingerprint,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        callbacks=[EpochLogger(), *spec.callbacks],
+        meta={"train_ids": spec.train_ids, "val_ids": spec.val_ids, "mode": spec.mode},
+        rank=worker.rank,
+        world_size=worker.world_size,
+    )
+
+
+def build_bundle(spec: FitSpec, result: FitResult, *, fingerprint: str,
+                 worker: WorkerInfo) -> dict[str, Any]:
+    """The model bundle of the selected weights, with the run's provenance."""
+    from sa2_pipeline.models.bundle import make_bundle
+
+    first: np.ndarray = spec.train_images[spec.train_ids[0]]
+    return make_bundle(
+        model_name=spec.model_cfg.name,
+        init_kwargs=spec.model_cfg.kwargs(),
+        state_dict=result.best_state_dict,
+        channel_order=spec.train_cfg.channel_order,
+        patch_size=spec.eval_patch_size,
+        resize_to=first.shape[0] if spec.mode == "resize" else None,
+        metadata={
+            "best_epoch": result.best_epoch,
+            "best_val_dice": result.best_score,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "fingerprint": fingerprint,
+            "world_size": worker.world_size,
+            "train_ids": spec.train_ids,
+            "val_ids": spec.val_ids,
+            "mode": spec.mode,
+        },
+    )
