@@ -29,6 +29,20 @@ def test_registry_and_tracking_edits_keep_the_fingerprint(tmp_path):
     _edit(root / "tracking" / "registry.py", '"promotion_decision"', '"promotion_verdict"')
     _edit(root / "tracking" / "callbacks.py", '"sa2.resumed_from_epoch"', '"sa2.resumed_at"')
     assert code_fingerprint(root) == before
+    # Whole-slide and folder inference serve models; they do not train them.
+    validation_path = {"precision.py", "predict.py", "sliding_window.py"}
+    serving = [f for f in (root / "inference").glob("*.py") if f.name not in validation_path]
+    for file in serving:
+        file.write_text(file.read_text() + "\n# edited\n")
+    assert code_fingerprint(root) == before
+
+
+def test_the_validation_prediction_path_is_in_the_fingerprint(tmp_path):
+    root = _copy(tmp_path)
+    before = code_fingerprint(root)
+    _edit(root / "inference" / "sliding_window.py", "sigma_scale: float = 1.0 / 8.0",
+          "sigma_scale: float = 1.0 / 4.0")
+    assert code_fingerprint(root) != before
 
 
 def test_engine_and_model_edits_change_the_fingerprint(tmp_path):

@@ -28,11 +28,13 @@ _RUNTIME_ONLY = (
     "num_workers", "num_threads", "resume", "checkpoint_dir", "val_batch_size", "distributed",
 )
 
-# The packages whose code determines a training result. ``inference`` is the sliding-window
-# prediction that validation (and so model selection) runs through; the registry, the
-# served model and run tracking live in ``tracking`` and are deliberately not here, so
-# editing them never invalidates a checkpoint.
-_CODE_PACKAGES = ("engine", "models", "losses", "dataloading", "metrics", "inference")
+# The code that determines a training result: whole packages, plus the three inference
+# modules that validation (and so model selection) runs through. The rest of
+# ``inference`` (whole-slide and folder inference), and the registry, the served model and
+# run tracking in ``tracking``, are deliberately not here: editing them never invalidates
+# a checkpoint.
+_CODE_PACKAGES = ("engine", "models", "losses", "dataloading", "metrics")
+_CODE_MODULES = ("inference/precision.py", "inference/predict.py", "inference/sliding_window.py")
 
 
 def code_fingerprint(root: str | Path | None = None) -> str:
@@ -49,11 +51,12 @@ def code_fingerprint(root: str | Path | None = None) -> str:
 
         root = Path(sa2_pipeline.__file__).parent
     root = Path(root)
+    files = [f for package in _CODE_PACKAGES for f in sorted((root / package).rglob("*.py"))]
+    files += [root / module for module in _CODE_MODULES]
     h = hashlib.sha256()
-    for package in _CODE_PACKAGES:
-        for file in sorted((root / package).rglob("*.py")):
-            h.update(str(file.relative_to(root)).encode())
-            h.update(file.read_bytes())
+    for file in files:
+        h.update(file.relative_to(root).as_posix().encode())
+        h.update(file.read_bytes())
     return h.hexdigest()
 
 
