@@ -10,7 +10,10 @@ def store(tmp_path, monkeypatch):
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("hand-over")  # not another test's experiment id
     monkeypatch.delenv(RUN_ID_ENV, raising=False)
     try:
         yield uri
