@@ -88,8 +88,8 @@ def tile_speed(args: argparse.Namespace, device) -> list[dict[str, object]]:
     """Ours against MONAI on one tile, alternating, per precision."""
     import torch
     from monai.inferers import sliding_window_inference
-    from sa2_pipeline.inference.precision import autocast, resolve_precision
 
+    from sa2_pipeline.inference.precision import autocast, resolve_precision
     from sa2_pipeline.inference.sliding_window import predict_sliding_window
 
     model = build_model("sa2net", args.base, device)
