@@ -74,7 +74,7 @@ _ARRAYS = hnp.arrays(
 
 @given(_ARRAYS)
 def test_pyfunc_input_becomes_images_or_is_refused(array):
-    from sa2_pipeline.inference.pyfunc import _as_images
+    from sa2_pipeline.tracking.pyfunc import _as_images
 
     try:
         images, batched = _as_images(array)

@@ -44,7 +44,7 @@ def tiny_model(tmp_path, monkeypatch) -> TinyModel:
     try:
         from sa2_pipeline.tracking.registry import register_and_promote
     except ImportError:  # TEMP until tracking lands
-        from sa2_pipeline.inference.registry import register_and_promote
+        from sa2_pipeline.tracking.registry import register_and_promote
 
     root = tmp_path / "store"
     root.mkdir()

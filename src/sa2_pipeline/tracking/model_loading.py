@@ -18,7 +18,7 @@ from typing import Any
 try:
     from sa2_pipeline.tracking.registry import TAG_PREFIX
 except ImportError:  # the registry's home before the tracking package
-    from sa2_pipeline.inference.registry import TAG_PREFIX
+    from sa2_pipeline.tracking.registry import TAG_PREFIX
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
