@@ -24,7 +24,7 @@ class ContinueModelRunHook:
     """Evaluation and reporting log into the MLflow run that trained their model.
 
     ``kedro run`` of the whole project is one MLflow run anyway. When the stages run as
-    separate commands (``dvc repro`` runs one ``kedro run --pipeline <stage>`` per stage),
+    separate commands (``dvc repro`` runs one ``kedro run --pipelines <stage>`` per stage),
     a pipeline that consumes ``trained_models`` without producing it continues the training
     run recorded in ``training_run`` instead of opening a new, disconnected one. It does so
     by setting ``MLFLOW_RUN_ID``, which ``mlflow.start_run`` (called by kedro-mlflow right

@@ -13,7 +13,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         A mapping from pipeline names to ``Pipeline`` objects.
     """
     pipelines = find_pipelines(raise_errors=True)
-    # `kedro run --pipeline <name>` loads only that pipeline; __default__ needs them all.
+    # `kedro run --pipelines <name>` loads only that pipeline; __default__ needs them all.
     if all(name in pipelines for name in STAGES):
         pipelines["__default__"] = sum(pipelines[name] for name in STAGES)
     return pipelines

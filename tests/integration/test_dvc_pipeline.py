@@ -231,7 +231,7 @@ def _check_dataset_stages(stages: dict[str, dict], dataset: str) -> None:
 
     for name in STAGES:
         stage = stages[f"{name}@{dataset}"]
-        assert stage["cmd"] == f"kedro run --pipeline {name} --env {dataset}"
+        assert stage["cmd"] == f"kedro run --pipelines {name} --env {dataset}"
         pipe = importlib.import_module(f"sa2_pipeline.pipelines.{name}.pipeline").create_pipeline()
         deps, outs, params = _entries(stage["deps"]), _entries(stage["outs"]), _params(stage)
 
