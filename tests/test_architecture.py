@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -54,3 +55,200 @@ def test_docs_cited_from_code_exist():
             if not (REPO_ROOT / "docs" / name).is_file():
                 missing.append(f"{path.relative_to(REPO_ROOT)} cites docs/{name}")
     assert not missing, "\n".join(sorted(missing))
+
+
+# --------------------------------------------------------------------------------------
+# Imports and function sizes, read from the AST of every module under src/ (comments and
+# strings never count).
+# --------------------------------------------------------------------------------------
+SRC = REPO_ROOT / "src"
+PACKAGE = "sa2_pipeline"
+MAX_FUNCTION_LINES = 60
+
+# The only modules that may import MLflow: the tracking package and the Kedro edge.
+_MLFLOW_ALLOWED_PACKAGES = (f"{PACKAGE}.tracking",)
+_MLFLOW_ALLOWED_MODULES = (f"{PACKAGE}.hooks", f"{PACKAGE}.settings")
+
+
+def _modules() -> dict[str, tuple[Path, ast.Module]]:
+    """Every module of the package by dotted name, parsed."""
+    modules = {}
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = (path, ast.parse(path.read_text(), filename=str(path)))
+    return modules
+
+
+def _is_package(path: Path) -> bool:
+    return path.name == "__init__.py"
+
+
+def _imported_names(module: str, path: Path, tree: ast.Module) -> list[tuple[str, int]]:
+    """Every module named by an import statement anywhere in the file, with its line.
+
+    ``from a.b import c`` yields ``a.b`` and ``a.b.c`` (``c`` may be a submodule);
+    relative imports are resolved against ``module``.
+    """
+    names = []
+    package = module if _is_package(path) else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            names.append((base, node.lineno))
+            names += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
+    return names
+
+
+def _mlflow_allowed(module: str) -> bool:
+    return module in _MLFLOW_ALLOWED_MODULES or any(
+        module == p or module.startswith(p + ".") for p in _MLFLOW_ALLOWED_PACKAGES
+    )
+
+
+def test_only_tracking_and_the_kedro_edge_import_mlflow():
+    importers, offenders = [], []
+    for module, (path, tree) in _modules().items():
+        lines = sorted({line for name, line in _imported_names(module, path, tree)
+                        if name == "mlflow" or name.startswith("mlflow.")})
+        if not lines:
+            continue
+        importers.append(module)
+        if not _mlflow_allowed(module):
+            where = ", ".join(str(line) for line in lines)
+            offenders.append(f"{path.relative_to(REPO_ROOT)}:{where}")
+    assert not offenders, (
+        "MLflow may be imported only in tracking/, hooks.py and settings.py "
+        "(docs/architecture.md); also imported by:\n" + "\n".join(offenders)
+    )
+    assert importers, "no module imports MLflow: the walk found nothing to check"
+
+
+def _import_graph() -> dict[str, dict[str, int]]:
+    """module -> {imported project module: line}, module-level and function-level alike."""
+    modules = _modules()
+    graph: dict[str, dict[str, int]] = {}
+    for module, (path, tree) in modules.items():
+        edges = graph.setdefault(module, {})
+        for name, line in _imported_names(module, path, tree):
+            # ``from pkg import name``: an edge to pkg.name when that is a module, else pkg.
+            target = name if name in modules else None
+            if target is None and name.rpartition(".")[0] in modules:
+                continue  # ``name`` is an attribute; its module was yielded on its own
+            if target and target != module:
+                edges.setdefault(target, line)
+    return graph
+
+
+def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
+    """One cycle [m0, m1, ..., m0] per group of modules that import each other.
+
+    The groups are the strongly connected components of the graph (Tarjan's algorithm,
+    iterative); in each, a breadth-first search from its first module back to itself
+    gives the shortest cycle to report.
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        work.append((node, iter(sorted(graph.get(node, {})))))
+
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list = []
+        visit(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    visit(child)
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = [stack.pop()]
+                while group[-1] != node:
+                    group.append(stack.pop())
+                on_stack.difference_update(group)
+                if len(group) > 1:
+                    groups.append(sorted(group))
+    return [_shortest_cycle(graph, group) for group in sorted(groups)]
+
+
+def _shortest_cycle(graph: dict[str, dict[str, int]], group: list[str]) -> list[str]:
+    start, members = group[0], set(group)
+    previous: dict[str, str] = {}
+    queue = [start]
+    for node in queue:
+        for child in sorted(graph[node]):
+            if child == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(previous[path[-1]])
+                return [*reversed(path), start]
+            if child in members and child not in previous:
+                previous[child] = node
+                queue.append(child)
+    raise AssertionError(f"no cycle through {start}")  # a component always has one
+
+
+def test_no_import_cycle_between_project_modules():
+    graph = _import_graph()
+    assert sum(map(len, graph.values())), "no project imports found: nothing was checked"
+    cycles = _cycles(graph)
+    report = [
+        "\n".join(f"  {a} imports {b} (line {graph[a][b]})"
+                  for a, b in zip(cycle, cycle[1:], strict=False))
+        for cycle in cycles
+    ]
+    assert not cycles, f"{len(cycles)} import cycle(s):\n" + "\n\n".join(report)
+
+
+def test_cycle_search_finds_every_cycle_and_nothing_else():
+    graph = {"a": {"b": 1}, "b": {"c": 2}, "c": {"a": 3}, "d": {"a": 4, "e": 5},
+             "e": {"d": 6}, "f": {"a": 7}}
+    assert _cycles(graph) == [["a", "b", "c", "a"], ["d", "e", "d"]]
+    assert _cycles({"a": {"b": 1}, "b": {}, "c": {"a": 2, "b": 3}}) == []
+    # the shortest way round a larger group
+    graph = {"a": {"b": 1, "c": 2}, "b": {"c": 3}, "c": {"a": 4}}
+    assert _cycles(graph) == [["a", "c", "a"]]
+
+
+def _function_lengths() -> list[tuple[int, str]]:
+    """(length in lines, "file:line name") of every function and method under src/."""
+    lengths = []
+    for _, (path, tree) in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1  # def line to last line
+                lengths.append((length, f"{path.relative_to(REPO_ROOT)}:{node.lineno} "
+                                        f"{node.name}"))
+    return sorted(lengths, reverse=True)
+
+
+def test_no_function_is_longer_than_60_lines():
+    lengths = _function_lengths()
+    assert lengths, "no function found under src/"
+    too_long = [f"{where}: {n} lines" for n, where in lengths if n > MAX_FUNCTION_LINES]
+    assert not too_long, (
+        f"functions over {MAX_FUNCTION_LINES} lines (docs/architecture.md):\n"
+        + "\n".join(too_long)
+    )
