@@ -2,17 +2,25 @@
 
 Which precision is fastest on a CPU depends on the CPU, not on a rule: bf16 autocast is
 ~1.6x faster than fp32 on a Zen 4 EPYC (native ``avx512_bf16``), 1.6x *slower* on a
-Xeon whose bf16 dot product issues at half the fp32 FMA rate, and much slower still on a
-CPU without bf16 instructions, where oneDNN converts in software (docs/measurements.md).
-So on the CPU ``auto`` measures: a few steps of the real model's workload (a training step
-for training, a forward for inference) in fp32 and bf16, alternating so that a busy machine
-slows both alike, and keeps fp32 unless bf16 is faster by more than a margin. The answer is
-cached per CPU (model name and flags), torch version, workload, thread count and model
-shape, one small JSON file per key under :func:`cache_dir`, written atomically, so the
-measurement runs once per machine and model.
+Xeon whose bf16 dot product issues at half the fp32 FMA rate, and ~3x slower on an
+AVX2-only CPU, where oneDNN converts in software (docs/measurements.md). So on the CPU
+``auto`` measures: a few steps of the real model's workload (a training step for
+training, a forward for inference) in each candidate **variant**, alternating so that a
+busy machine slows all alike, and keeps the first (fp32) unless another is faster by
+more than a margin.
 
-On CUDA nothing is measured: bf16 where the GPU supports it, else fp16 (the training loop
-then scales gradients).
+A variant is a precision plus a kernel choice that does not change the result: for a
+channels-last training step, ``fp32-nchw-wgrad`` computes the dense convolutions' weight
+gradients on NCHW copies (:func:`sa2_pipeline.models.layers.set_weight_grad_layout`),
+2-4x faster on AVX2-only CPUs and slower with AVX-512. That choice is measured the same
+way whenever a CPU training step runs in fp32, also when ``fp32`` is asked for.
+
+The answer is cached per CPU (model name and flags), torch version, workload, thread
+count, candidates and model shape, one small JSON file per key under :func:`cache_dir`,
+written atomically, so the measurement runs once per machine and model.
+
+On CUDA nothing is measured: ``auto`` is bf16 where the GPU supports it, else fp16 (the
+training loop then scales gradients).
 """
 
 from __future__ import annotations
@@ -24,17 +32,37 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: Precisions ``auto`` chooses between on a CPU, the default first.
-CPU_CANDIDATES = ("fp32", "bf16")
-#: A candidate must beat fp32's median step by this fraction to be chosen (ties keep fp32).
+#: Variant name -> (precision, weight-gradient layout of the dense convolutions).
+VARIANTS = {
+    "fp32": ("fp32", "native"),
+    "fp32-nchw-wgrad": ("fp32", "nchw"),
+    "bf16": ("bf16", "native"),
+}
+#: A candidate must beat the first candidate's median step by this fraction to be chosen.
 MARGIN = 0.05
 #: A candidate whose first timed step is this many times the best so far stops early.
 GIVE_UP_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """What a run uses: ``precision`` (fp32/bf16/fp16), the dense convolutions' weight-
+    gradient layout (``native``/``nchw``) and the variant's name."""
+
+    precision: str
+    weight_grad_layout: str = "native"
+    variant: str = ""
+
+    @classmethod
+    def of(cls, variant: str) -> RuntimeChoice:
+        precision, layout = VARIANTS[variant]
+        return cls(precision, layout, variant)
 
 
 def cache_dir() -> Path:
@@ -46,7 +74,7 @@ def cache_dir() -> Path:
 
 
 def machine_key() -> dict[str, str]:
-    """CPU model name, the flags that decide oneDNN's low-precision kernels, torch version."""
+    """CPU model name, the flags that decide oneDNN's kernels, torch version."""
     import platform
 
     import torch
@@ -83,6 +111,16 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+def candidates(requested: str, channels_last: bool, workload: str) -> tuple[str, ...]:
+    """The variants worth measuring on a CPU for ``requested`` (one = nothing to measure)."""
+    layouts = workload == "train" and channels_last
+    if requested == "auto":
+        return ("fp32", "fp32-nchw-wgrad", "bf16") if layouts else ("fp32", "bf16")
+    if requested == "fp32" and layouts:
+        return ("fp32", "fp32-nchw-wgrad")
+    return (requested,)
+
+
 def cache_file(key: Mapping[str, Any], folder: Path | None = None) -> Path:
     """The cache file of ``key`` (one file per key: writers never merge)."""
     text = json.dumps(dict(key), sort_keys=True)
@@ -91,25 +129,25 @@ def cache_file(key: Mapping[str, Any], folder: Path | None = None) -> Path:
 
 
 def read_cached(key: Mapping[str, Any], folder: Path | None = None) -> str | None:
-    """The cached choice for ``key``, None when missing, unreadable or for another key."""
+    """The cached variant for ``key``; None when missing, unreadable or for another key."""
     path = cache_file(key, folder)
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if record.get("key") != json.loads(json.dumps(dict(key))):
+    if not isinstance(record, dict) or record.get("key") != json.loads(json.dumps(dict(key))):
         return None
-    precision = record.get("precision")
-    return precision if precision in CPU_CANDIDATES else None
+    variant = record.get("choice")
+    return variant if variant in key.get("candidates", VARIANTS) else None
 
 
-def write_cached(key: Mapping[str, Any], precision: str, timings: Mapping[str, list[float]],
+def write_cached(key: Mapping[str, Any], variant: str, timings: Mapping[str, list[float]],
                  folder: Path | None = None) -> Path | None:
     """Store a choice atomically; a read-only or full cache only logs a warning."""
     from sa2_pipeline.io_utils import atomic_write_text
 
     path = cache_file(key, folder)
-    record = {"key": dict(key), "precision": precision,
+    record = {"key": dict(key), "choice": variant,
               "median_step_s": {k: round(statistics.median(v), 5) for k, v in timings.items()},
               "step_s": {k: [round(t, 5) for t in v] for k, v in timings.items()},
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -121,75 +159,83 @@ def write_cached(key: Mapping[str, Any], precision: str, timings: Mapping[str, l
         return None
 
 
-def measure(time_step: Callable[[str], float], candidates: tuple[str, ...] = CPU_CANDIDATES,
+def measure(time_step: Callable[[str], float], variants: tuple[str, ...],
             rounds: int = 3, warmup: int = 1) -> dict[str, list[float]]:
-    """Step times per candidate, measured round-robin (``time_step(p)`` runs one step of
-    precision ``p`` and returns its seconds). A candidate that raises is left out; one whose
+    """Step times per variant, measured round-robin (``time_step(v)`` runs one step of
+    variant ``v`` and returns its seconds). A variant that raises is left out; one whose
     first timed step takes over :data:`GIVE_UP_RATIO` times the best so far stops there."""
     times: dict[str, list[float]] = {}
-    alive = list(candidates)
+    alive = list(variants)
     for round_ in range(warmup + rounds):
-        for precision in list(alive):
+        for variant in list(alive):
             try:
-                seconds = time_step(precision)
+                seconds = time_step(variant)
             except (RuntimeError, NotImplementedError) as err:
-                logger.info("precision auto: %s failed on this machine (%s)", precision, err)
-                alive.remove(precision)
+                logger.info("precision auto: %s failed on this machine (%s)", variant, err)
+                alive.remove(variant)
                 continue
             if round_ < warmup:
                 continue
-            times.setdefault(precision, []).append(seconds)
+            times.setdefault(variant, []).append(seconds)
             best = min(min(v) for v in times.values())
             if round_ == warmup and seconds > GIVE_UP_RATIO * best:
-                alive.remove(precision)
+                alive.remove(variant)
     if not times:
-        raise RuntimeError("precision auto: no candidate precision could run a step")
+        raise RuntimeError("precision auto: no candidate could run a step")
     return times
 
 
-def fastest(times: Mapping[str, list[float]], margin: float = MARGIN) -> str:
-    """fp32 unless another precision's median is faster than fp32's by more than ``margin``."""
+def fastest(times: Mapping[str, list[float]], default: str = "fp32",
+            margin: float = MARGIN) -> str:
+    """``default`` unless another variant's median beats its median by more than ``margin``."""
     medians = {k: statistics.median(v) for k, v in times.items() if v}
-    if "fp32" not in medians:
-        return min(medians, key=medians.get)
     best = min(medians, key=medians.get)
-    return best if medians[best] < (1 - margin) * medians["fp32"] else "fp32"
+    if default not in medians:
+        return best
+    return best if medians[best] < (1 - margin) * medians[default] else default
 
 
-def choose_precision(requested: str, device: Any, key: Mapping[str, Any] | None = None,
-                     time_step: Callable[[str], float] | None = None,
-                     folder: Path | None = None, rounds: int = 3) -> str:
-    """The concrete precision (``fp32``, ``bf16``, ``fp16``) that ``requested`` means here.
+def choose(requested: str, device: Any, key: Mapping[str, Any] | None = None,
+           time_step: Callable[[str], float] | None = None, *, folder: Path | None = None,
+           channels_last: bool = False, workload: str = "train",
+           rounds: int = 3) -> RuntimeChoice:
+    """What ``requested`` (``training.precision``, ``evaluation.precision``, the pyfunc's
+    ``precision``) means here: a :class:`RuntimeChoice`.
 
     Args:
-        requested: ``training.precision`` / ``evaluation.precision`` / the pyfunc's.
+        requested: ``fp32``, ``bf16``, ``fp16`` or ``auto``.
         device: The ``torch.device`` the work runs on.
-        key: What the answer depends on besides the machine (:func:`model_shape` plus the
-            workload and threads); the machine and torch version are added.
-        time_step: Runs one step in the given precision, returns its seconds (see
-            :func:`training_step_timer`, :func:`forward_timer`). None on a cache miss
-            means fp32 (nothing to measure with).
+        key: What the answer depends on besides the machine (:func:`probe_key`).
+        time_step: Runs one step of a variant and returns its seconds
+            (:func:`training_step_timer`, :func:`forward_timer`). None on a cache miss
+            means the first candidate (nothing to measure with).
         folder: Cache folder (default :func:`cache_dir`).
+        channels_last / workload: Which variants apply (:func:`candidates`).
     """
-    if requested != "auto":
-        return requested
     if device.type == "cuda":
+        if requested != "auto":
+            return RuntimeChoice(requested, "native", requested)
         import torch
 
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    full_key = {**machine_key(), **dict(key or {})}
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return RuntimeChoice(precision, "native", precision)
+    variants = candidates(requested, channels_last, workload)
+    if len(variants) == 1:
+        return RuntimeChoice.of(variants[0]) if variants[0] in VARIANTS else RuntimeChoice(
+            variants[0], "native", variants[0])
+    full_key = {**machine_key(), **dict(key or {}), "candidates": list(variants)}
     cached = read_cached(full_key, folder)
     if cached is not None:
-        logger.info("precision auto: %s (cached for this CPU and model)", cached)
-        return cached
+        logger.info("precision %s: %s (cached for this CPU and model)", requested, cached)
+        return RuntimeChoice.of(cached)
     if time_step is None:
-        return "fp32"
-    times = measure(time_step, rounds=rounds)
-    choice = fastest(times)
+        return RuntimeChoice.of(variants[0])
+    times = measure(time_step, variants, rounds=rounds)
+    choice = fastest(times, default=variants[0])
     medians = ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in times.items())
-    logger.info("precision auto: measured %s per step; using %s", medians, choice)
+    logger.info("precision %s: measured %s per step; using %s", requested, medians, choice)
     write_cached(full_key, choice, times, folder)
-    return choice
+    return RuntimeChoice.of(choice)
 
 
 # --------------------------------------------------------------------------------------
@@ -221,41 +267,51 @@ def _random_batch(input_shape: tuple[int, ...], num_classes: int, device: Any,
 def training_step_timer(model: Any, loss_fn: Callable, input_shape: tuple[int, ...],
                         num_classes: int, device: Any,
                         channels_last: bool = False) -> Callable[[str], float]:
-    """``time_step(precision)``: one training step (forward, loss, backward, Adam) of a
-    *copy* of ``model`` on random data. The model, its optimiser and every random state
-    of the caller are left as they were."""
+    """``time_step(variant)``: one training step (forward, loss, backward, Adam) of a
+    *copy* of ``model`` on random data. The model, its optimiser, every random state of
+    the caller and the weight-gradient layout are left as they were."""
     import copy
 
     import torch
+
+    from sa2_pipeline.models import layers
 
     probe = copy.deepcopy(model).train()
     optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=1e-6)
     with torch.random.fork_rng(devices=[]):
         x, y = _random_batch(input_shape, num_classes, device, channels_last)
 
-    def time_step(precision: str) -> float:
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast_for(precision, device):
-            out = probe(x)
-        out = tuple(o.float() for o in out) if isinstance(out, (tuple, list)) else out.float()
-        loss_fn(out, y).backward()
-        optimizer.step()
-        return time.perf_counter() - start
+    def time_step(variant: str) -> float:
+        precision, layout = VARIANTS[variant]
+        previous = layers.weight_grad_layout()
+        layers.set_weight_grad_layout(layout)
+        try:
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast_for(precision, device):
+                out = probe(x)
+            out = (tuple(o.float() for o in out) if isinstance(out, (tuple, list))
+                   else out.float())
+            loss_fn(out, y).backward()
+            optimizer.step()
+            return time.perf_counter() - start
+        finally:
+            layers.set_weight_grad_layout(previous)
 
     return time_step
 
 
 def forward_timer(model: Any, input_shape: tuple[int, ...], device: Any,
                   channels_last: bool = False) -> Callable[[str], float]:
-    """``time_step(precision)``: one inference forward of ``model`` (eval mode, no grad) on
+    """``time_step(variant)``: one inference forward of ``model`` (eval mode, no grad) on
     random tiles; the model's mode is restored afterwards."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         x, _ = _random_batch(input_shape, 1, device, channels_last)
 
-    def time_step(precision: str) -> float:
+    def time_step(variant: str) -> float:
+        precision = VARIANTS[variant][0]
         was_training = model.training
         model.eval()
         try:
@@ -276,3 +332,42 @@ def probe_key(model: Any, input_shape: tuple[int, ...], workload: str,
 
     return {**model_shape(model, input_shape, channels_last), "workload": workload,
             "threads": torch.get_num_threads()}
+
+
+def _lazy(factory: Callable[[], Callable[[str], float]]) -> Callable[[str], float]:
+    """A ``time_step`` that builds the real one (a model copy, data) on its first call."""
+    built: list[Callable[[str], float]] = []
+
+    def time_step(variant: str) -> float:
+        if not built:
+            built.append(factory())
+        return built[0](variant)
+
+    return time_step
+
+
+def choose_for_training(requested: str, model: Any, loss_fn: Callable,
+                        input_shape: tuple[int, ...], num_classes: int, device: Any, *,
+                        channels_last: bool = False,
+                        folder: Path | None = None) -> RuntimeChoice:
+    """:func:`choose` for a training step of ``model`` on ``input_shape`` batches, and
+    apply its weight-gradient layout (process-wide). Measures on a copy, once per key."""
+    from sa2_pipeline.models import layers
+
+    key = probe_key(model, input_shape, "train", channels_last)
+    timer = _lazy(lambda: training_step_timer(model, loss_fn, input_shape, num_classes,
+                                              device, channels_last))
+    choice = choose(requested, device, key, timer, folder=folder,
+                    channels_last=channels_last, workload="train")
+    layers.set_weight_grad_layout(choice.weight_grad_layout)
+    return choice
+
+
+def choose_for_inference(requested: str, model: Any, input_shape: tuple[int, ...],
+                         device: Any, *, channels_last: bool = False,
+                         folder: Path | None = None) -> str:
+    """The concrete precision of ``requested`` for forwards of ``input_shape`` tiles."""
+    key = probe_key(model, input_shape, "infer", channels_last)
+    timer = _lazy(lambda: forward_timer(model, input_shape, device, channels_last))
+    return choose(requested, device, key, timer, folder=folder, channels_last=channels_last,
+                  workload="infer").precision

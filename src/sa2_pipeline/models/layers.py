@@ -7,7 +7,8 @@ and on GPU with cuDNN). Shapes in docstrings use ``N`` batch, ``C`` channels, ``
 Contents, top to bottom:
     input helpers     ``check_positive_ints``, ``check_input``, ``pad_to_multiple``,
                       ``crop_to``, ``resize_bilinear``
-    generic layers    ``pointwise_conv``, ``ConvBNReLU`` (CBR), ``LayerNorm2d``
+    generic layers    ``pointwise_conv``, ``Conv2d``, ``ConvBNReLU`` (CBR), ``LayerNorm2d``
+    kernel choice     ``set_weight_grad_layout`` / ``weight_grad_layout``
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "Conv2d",
     "ConvBNReLU",
     "LayerNorm2d",
     "check_input",
@@ -25,6 +27,8 @@ __all__ = [
     "pad_to_multiple",
     "pointwise_conv",
     "resize_bilinear",
+    "set_weight_grad_layout",
+    "weight_grad_layout",
 ]
 
 
@@ -136,6 +140,90 @@ def pointwise_conv(
     return F.conv2d(x, weight.reshape(weight.shape[0], x.shape[1], 1, 1), bias)
 
 
+# --------------------------------------------------------------------------------------
+# Dense convolution with a selectable weight-gradient layout
+# --------------------------------------------------------------------------------------
+_WEIGHT_GRAD_LAYOUTS = ("native", "nchw")
+_weight_grad_layout = "native"
+
+
+def set_weight_grad_layout(layout: str) -> None:
+    """Where :class:`Conv2d` computes its weight gradient for channels-last inputs.
+
+    ``native``: in the tensors' own layout (oneDNN's channels-last kernel). ``nchw``: on
+    NCHW copies of the input and output gradient. On AVX2-only CPUs oneDNN has no fast
+    channels-last weight-gradient kernel for dense convolutions (``ONEDNN_VERBOSE``:
+    ``jit:avx2`` on ``acdb``, 2-4x slower than its blocked-layout kernel, which NCHW
+    tensors reach), so ``nchw`` is faster there despite the two copies; with AVX-512 the
+    channels-last kernel (``brg_conv_bwd_w``) is fast and ``native`` wins. The training
+    engine measures both (``precision: auto``, docs/measurements.md). Both give the same
+    gradient up to float summation order. Process-wide, like ``torch.backends`` flags.
+    """
+    global _weight_grad_layout  # noqa: PLW0603 - a process-wide kernel choice
+    if layout not in _WEIGHT_GRAD_LAYOUTS:
+        raise ValueError(f"weight-gradient layout must be one of {_WEIGHT_GRAD_LAYOUTS}, "
+                         f"got {layout!r}")
+    _weight_grad_layout = layout
+
+
+def weight_grad_layout() -> str:
+    """The current :func:`set_weight_grad_layout` choice (``native`` by default)."""
+    return _weight_grad_layout
+
+
+class _NCHWWeightGradConv(torch.autograd.Function):
+    """``F.conv2d`` whose backward computes the weight/bias gradient on NCHW copies."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation):  # noqa: ANN001, PLR0913
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, dilation)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, has_bias = ctx.conv
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        bias_sizes = [weight.shape[0]] if has_bias else None
+        args = (bias_sizes, stride, padding, dilation, False, [0, 0], 1)
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, *args, [True, False, False])[0]
+        if need_w or (need_b and has_bias):
+            _, grad_w, grad_b = torch.ops.aten.convolution_backward(
+                grad.contiguous(), x.contiguous(), weight.contiguous(), *args,
+                [False, need_w, need_b and has_bias])
+            if grad_w is not None and weight.is_contiguous(memory_format=torch.channels_last):
+                grad_w = grad_w.contiguous(memory_format=torch.channels_last)
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters, same state-dict keys, same function) whose weight
+    gradient follows :func:`set_weight_grad_layout` for dense, zero-padded, channels-last
+    float32 convolutions; everything else runs ``nn.Conv2d`` unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            _weight_grad_layout == "nchw"
+            and self.groups == 1
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.is_grad_enabled()
+            and self.weight.requires_grad
+            and x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not torch.compiler.is_compiling()
+        ):
+            return _NCHWWeightGradConv.apply(x, self.weight, self.bias, list(self.stride),
+                                             list(self.padding), list(self.dilation))
+        return super().forward(x)
+
+
 class ConvBNReLU(nn.Module):
     """CBR: Conv3x3 (padding 1, bias) -> BatchNorm2d -> ReLU.
 
@@ -144,7 +232,7 @@ class ConvBNReLU(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.conv = Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sa2_pipeline.models.layers import ConvBNReLU, LayerNorm2d, pointwise_conv
+from sa2_pipeline.models.layers import Conv2d, ConvBNReLU, LayerNorm2d, pointwise_conv
 
 __all__ = [
     "AdaptiveUpAttention",
@@ -150,7 +150,7 @@ class AdaptiveUpAttention(nn.Module):
         self.skip_dw = nn.Conv2d(channels, channels, kernel_size=5, padding=2, groups=channels)
         self.psi_conv = nn.Conv2d(2 * channels, 1, kernel_size=1)
         self.psi_norm = nn.BatchNorm2d(1)
-        self.skip_proj = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.skip_proj = Conv2d(channels, channels, kernel_size=3, padding=1)
         self.convs = nn.Sequential(
             ConvBNReLU(channels, out_channels), ConvBNReLU(out_channels, out_channels)
         )

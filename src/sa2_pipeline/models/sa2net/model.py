@@ -17,7 +17,7 @@ from torch import nn
 
 from sa2_pipeline.models import register_model
 from sa2_pipeline.models.base import SegmentationModel
-from sa2_pipeline.models.layers import ConvBNReLU, resize_bilinear
+from sa2_pipeline.models.layers import Conv2d, ConvBNReLU, resize_bilinear
 from sa2_pipeline.models.sa2net.blocks import AdaptiveUpAttention, ConvMlpBlock, MixedScaleFFN
 
 __all__ = ["SA2Module", "SA2Net", "SA2NetDecoder", "SA2NetEncoder"]
@@ -97,15 +97,15 @@ class SA2Module(nn.Module):
         # x1 already has C channels; x2..x4 get the release's "side" Conv3x3 to C.
         self.side_convs = nn.ModuleList(
             [nn.Identity()]
-            + [nn.Conv2d(ch, c, kernel_size=3, padding=1) for ch in encoder_channels[1:k]]
+            + [Conv2d(ch, c, kernel_size=3, padding=1) for ch in encoder_channels[1:k]]
         )
         self.msfns = nn.ModuleList(MixedScaleFFN(c) for _ in range(k))
         self.fuse_norm = nn.BatchNorm2d(k * c)
-        self.fuse_conv = nn.Conv2d(k * c, c + k, kernel_size=3, padding=1)
+        self.fuse_conv = Conv2d(k * c, c + k, kernel_size=3, padding=1)
         self.query_conv = nn.Conv2d(c, c, kernel_size=5, padding=2, groups=c)
         self.mlps = nn.ModuleList(ConvMlpBlock(c) for _ in range(k))
         self.out_convs = nn.ModuleList(
-            nn.Conv2d(c, ch, kernel_size=3, padding=1) for ch in encoder_channels[:k]
+            Conv2d(c, ch, kernel_size=3, padding=1) for ch in encoder_channels[:k]
         )
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -139,7 +139,7 @@ class SA2NetDecoder(nn.Module):
     def __init__(self, base_channels: int) -> None:
         super().__init__()
         c = base_channels
-        self.input_conv = nn.Conv2d(8 * c, 8 * c, kernel_size=3, padding=1)
+        self.input_conv = Conv2d(8 * c, 8 * c, kernel_size=3, padding=1)
         # (skip/deep width F, output width) of up1..up4
         widths = [(c, c), (2 * c, c), (4 * c, 2 * c), (8 * c, 4 * c)]
         self.blocks = nn.ModuleList(AdaptiveUpAttention(f, out) for f, out in widths)
