@@ -111,12 +111,31 @@ def random_batch(cfg: dict, channels_last: bool, device):
     return x, y
 
 
-def make_step(model, loss_fn, precision: str, device, batch, run=None):
-    """A closure running one training step of ``model`` (forward, loss, backward, Adam)."""
+def resolve_variant(variant: str, model, loss_fn, cfg: dict, channels_last: bool, device) -> str:
+    """``auto`` -> the variant ``precision: auto`` picks here (measured once, then cached);
+    any other name as it is."""
+    if variant != "auto":
+        return variant
+    from sa2_pipeline.engine.precision_probe import choose_for_training
+
+    shape = (cfg["batch"], 3, cfg["size"], cfg["size"])
+    choice = choose_for_training("auto", model, loss_fn, shape, 1, device,
+                                 channels_last=channels_last)
+    print(f"precision auto -> {choice.variant}", flush=True)
+    return choice.variant
+
+
+def make_step(model, loss_fn, variant: str, device, batch, run=None):
+    """A closure running one training step of ``model`` (forward, loss, backward, Adam) in
+    ``variant`` (a precision, or ``fp32-nchw-wgrad``: fp32 with the dense convolutions'
+    weight gradients computed on NCHW copies, see sa2_pipeline.models.layers)."""
     import torch
 
     from sa2_pipeline.engine.optim import build_optimizer
+    from sa2_pipeline.engine.precision_probe import VARIANTS
+    from sa2_pipeline.models import layers
 
+    precision, layout = VARIANTS.get(variant, (variant, "native"))
     resolve_precision, autocast = _precision_helpers()
     amp = resolve_precision(precision, device)
     optimizer = build_optimizer(model, 1e-3, 0.0, device)
@@ -125,6 +144,7 @@ def make_step(model, loss_fn, precision: str, device, batch, run=None):
     x, y = batch
 
     def step() -> None:
+        layers.set_weight_grad_layout(layout)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             out = run(x)
@@ -152,6 +172,7 @@ def bench_one(cfg: dict, precision: str, channels_last: bool, compiled: bool, st
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     run = torch.compile(model) if compiled else model
+    precision = resolve_variant(precision, model, build_loss(1), cfg, channels_last, device)
     step = make_step(model, build_loss(1), precision, device,
                      random_batch(cfg, channels_last, device), run=run)
     if device.type == "cuda":
@@ -170,6 +191,7 @@ def bench_one(cfg: dict, precision: str, channels_last: bool, compiled: bool, st
         "peak_memory_kind": ("cuda max allocated" if device.type == "cuda"
                              else "process max RSS above baseline"),
         "baseline_rss_gib": round(baseline_rss, 2),
+        "variant": precision,
     }
 
 
@@ -232,7 +254,9 @@ def bench_vs_release(args: argparse.Namespace, name: str, device) -> list[dict]:
         ours = ours.to(memory_format=torch.channels_last)
     if args.release_channels_last == "on":
         release = release.to(memory_format=torch.channels_last)
-    steps = {f"ours-{p}": make_step(ours, build_loss(1), p, device, batch)
+    variants = {p: resolve_variant(p, ours, build_loss(1), cfg, cl, device)
+                for p in args.precision}
+    steps = {f"ours-{p}": make_step(ours, build_loss(1), variants[p], device, batch)
              for p in args.precision}
     steps["release-fp32"] = make_step(release, release_loss, "fp32", device, release_batch)
     times = alternate(steps, args.steps, args.warmup)
@@ -242,6 +266,7 @@ def bench_vs_release(args: argparse.Namespace, name: str, device) -> list[dict]:
         ours_s, release_s = medians[f"ours-{precision}"], medians["release-fp32"]
         rows.append({
             "kind": "vs_release", "config": name, "precision": precision,
+            "variant": variants[precision],
             "channels_last": args.channels_last[0], "compile": "off",
             "release_channels_last": args.release_channels_last, **cfg,
             "ours_step_s": round(ours_s, 4), "release_step_s": round(release_s, 4),
@@ -289,7 +314,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="+", default=["full", "default"], choices=CONFIGS)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
-                        choices=["fp32", "bf16", "fp16"])
+                        choices=["fp32", "bf16", "fp16", "fp32-nchw-wgrad", "auto"],
+                        help="auto: what training.precision=auto picks on this machine")
     parser.add_argument("--channels-last", nargs="+", default=["on", "off"],
                         choices=["on", "off"])
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["on", "off"])

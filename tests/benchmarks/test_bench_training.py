@@ -41,11 +41,12 @@ def bench():
     return module
 
 
-def test_release_mode_alternates_and_saves_per_machine(bench, tmp_path, capsys):
+def test_release_mode_alternates_and_saves_per_machine(bench, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SA2_CACHE_DIR", str(tmp_path / "cache"))
     release = tmp_path / "sasanet.py"
     release.write_text(FAKE_RELEASE)
     results = tmp_path / "results"
-    rc = bench.main(["--config", "toy", "--precision", "fp32", "bf16", "--channels-last", "on",
+    rc = bench.main(["--config", "toy", "--precision", "fp32", "auto", "--channels-last", "on",
                      "--steps", "3", "--warmup", "1", "--threads", "1", "--device", "cpu",
                      "--release", str(release), "--save", "--results-dir", str(results)])
     assert rc == 0
@@ -57,7 +58,11 @@ def test_release_mode_alternates_and_saves_per_machine(bench, tmp_path, capsys):
     assert machine["cpu"] and machine["isa_level"] in machine["slug"]
     assert len(machine["load_average_1_5_15"]) == 3
     rows = saved["results"]
-    assert [r["precision"] for r in rows] == ["fp32", "bf16"]
+    assert [r["precision"] for r in rows] == ["fp32", "auto"]
+    # auto ran as the variant measured (and cached) for this machine and model
+    cached = json.loads(next((tmp_path / "cache").glob("precision-*.json")).read_text())
+    assert rows[1]["variant"] == cached["choice"]
+    assert rows[0]["variant"] == "fp32"
     for row in rows:
         assert row["kind"] == "vs_release" and row["config"] == "toy"
         assert len(row["ours_steps_s"]) == len(row["release_steps_s"]) == 3
