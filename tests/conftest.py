@@ -8,6 +8,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# precision auto's measurements are cached per machine (engine.precision_probe): tests
+# write theirs to a throw-away folder, never the user's ~/.cache.
+if "SA2_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["SA2_CACHE_DIR"] = tempfile.mkdtemp(prefix="sa2-test-cache-")
 
 # Property-based tests (hypothesis): a fast profile for CI and `make test`, a deep one on
 # demand (HYPOTHESIS_PROFILE=deep). No deadline: the 2-core CI machine is shared, so an

@@ -61,9 +61,11 @@ def _import_release(args: argparse.Namespace) -> int:
 def _segment(args: argparse.Namespace) -> int:
     """Segment files, folders and globs with a registered model (docs/inference.md)."""
     from sa2_pipeline.config import ConfigError, InferenceConfig
+    from sa2_pipeline.engine.threads import configure_threads
     from sa2_pipeline.inference.run import collect_inputs, run_folder
 
     try:
+        configure_threads(args.threads)
         inputs = collect_inputs(args.images)
         cfg = InferenceConfig(
             model_uri=args.model, output_dir=args.out, threshold=args.threshold, tta=args.tta,
@@ -135,6 +137,8 @@ def import_release(**kwargs) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--threads", type=int, default=0, show_default=True,
+              help="torch CPU threads; 0 = automatic (free cores, or $SA2_NUM_THREADS).")
 def segment(**kwargs) -> None:
     """Segment images and whole slides (files, folders, globs) with a registered model."""
     raise SystemExit(_segment(argparse.Namespace(**kwargs)))

@@ -276,8 +276,12 @@ class EvaluationConfig:
     #: Autocast precision of test-set prediction, as ``training.precision`` (which
     #: validation during training uses), so selection and test scoring can match.
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    #: torch CPU threads; 0 = automatic (engine.threads: free cores, or $SA2_NUM_THREADS).
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
+        if self.num_threads < 0:
+            raise ConfigError(f"evaluation.num_threads must be >= 0, got {self.num_threads}")
         if self.patch_size < 16:
             raise ConfigError(f"evaluation.patch_size must be >= 16, got {self.patch_size}")
         if self.batch_size < 1:

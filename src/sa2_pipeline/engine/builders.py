@@ -42,6 +42,34 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainingConfig,
     return model
 
 
+def resolve_runtime(spec: FitSpec, model: torch.nn.Module, device: torch.device,
+                    worker: WorkerInfo) -> tuple[FitSpec, dict[str, str]]:
+    """``spec`` with ``training.precision`` made concrete for this machine, and what was
+    chosen. ``auto`` (and the weight-gradient layout of a channels-last fp32 CPU step) is
+    measured once per machine and model, then cached (:mod:`~sa2_pipeline.engine.
+    precision_probe`); a data-parallel rank never measures (it reads the cache)."""
+    from dataclasses import replace
+
+    from sa2_pipeline.engine import precision_probe as probe
+
+    cfg = spec.train_cfg
+    size = cfg.patch_size if spec.mode == "native" else spec.train_images[
+        spec.train_ids[0]].shape[0]
+    shape = (cfg.batch_size, spec.model_cfg.in_channels, size, size)
+    if worker.distributed:
+        key = probe.probe_key(model, shape, "train", cfg.channels_last)
+        choice = probe.choose(cfg.precision, device, key, None,
+                              channels_last=cfg.channels_last)
+        probe.apply(choice)
+    else:
+        choice = probe.choose_for_training(
+            cfg.precision, model, build_loss(spec.model_cfg, cfg), shape,
+            spec.model_cfg.num_classes, device, channels_last=cfg.channels_last)
+    used = {"precision_requested": cfg.precision, "precision": choice.precision,
+            "weight_grad_layout": choice.weight_grad_layout}
+    return replace(spec, train_cfg=replace(cfg, precision=choice.precision)), used
+
+
 def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig) -> None:
     """Load the weights of the bundle file ``path`` (or of its member of the same
     architecture, for a fold ensemble) into ``model``.
@@ -161,7 +189,8 @@ def _wrap(model: torch.nn.Module, worker: WorkerInfo, device: torch.device,
 
 
 def build_trainer(spec: FitSpec, model: torch.nn.Module, *, device: torch.device,
-                  worker: WorkerInfo, fingerprint: str, checkpoint_path: Path) -> Trainer:
+                  worker: WorkerInfo, fingerprint: str, checkpoint_path: Path,
+                  runtime: dict[str, str] | None = None) -> Trainer:
     """The trainer over every part above, checkpointing to ``checkpoint_path``."""
     cfg = spec.train_cfg
     loss_fn = build_loss(spec.model_cfg, cfg)
@@ -180,7 +209,8 @@ def build_trainer(spec: FitSpec, model: torch.nn.Module, *, device: torch.device
         precision=cfg.precision,
         channels_last=cfg.channels_last,
         callbacks=[EpochLogger(), *spec.callbacks],
-        meta={"train_ids": spec.train_ids, "val_ids": spec.val_ids, "mode": spec.mode},
+        meta={"train_ids": spec.train_ids, "val_ids": spec.val_ids, "mode": spec.mode,
+              "runtime": dict(runtime or {})},
         rank=worker.rank,
         world_size=worker.world_size,
     )

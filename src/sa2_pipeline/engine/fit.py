@@ -112,9 +112,10 @@ def _fit_here(spec: FitSpec, *, device: Any, worker: WorkerInfo, fingerprint: st
     configure_threads(spec.train_cfg.num_threads)
     seed_everything(spec.train_cfg.seed)
     model = builders.build_model(spec.model_cfg, spec.train_cfg, device)
+    spec, runtime = builders.resolve_runtime(spec, model, device, worker)
     trainer = builders.build_trainer(spec, model, device=device, worker=worker,
                                      fingerprint=fingerprint,
-                                     checkpoint_path=checkpoint_path)
+                                     checkpoint_path=checkpoint_path, runtime=runtime)
     if worker.rank == 0:
         logger.info(
             "training %s (%d parameters) on %s%s, precision %s, %d train / %d val images, "

@@ -352,15 +352,20 @@ def choose_for_training(requested: str, model: Any, loss_fn: Callable,
                         folder: Path | None = None) -> RuntimeChoice:
     """:func:`choose` for a training step of ``model`` on ``input_shape`` batches, and
     apply its weight-gradient layout (process-wide). Measures on a copy, once per key."""
-    from sa2_pipeline.models import layers
-
     key = probe_key(model, input_shape, "train", channels_last)
     timer = _lazy(lambda: training_step_timer(model, loss_fn, input_shape, num_classes,
                                               device, channels_last))
     choice = choose(requested, device, key, timer, folder=folder,
                     channels_last=channels_last, workload="train")
-    layers.set_weight_grad_layout(choice.weight_grad_layout)
+    apply(choice)
     return choice
+
+
+def apply(choice: RuntimeChoice) -> None:
+    """Make ``choice``'s weight-gradient layout the process's (models.layers)."""
+    from sa2_pipeline.models import layers
+
+    layers.set_weight_grad_layout(choice.weight_grad_layout)
 
 
 def choose_for_inference(requested: str, model: Any, input_shape: tuple[int, ...],

@@ -32,11 +32,11 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def configure_threads(num_threads: int) -> None:
-    """Set torch's intra-op threads (0 keeps torch's default)."""
-    if num_threads > 0 and torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
-        logger.info("torch uses %d thread(s)", num_threads)
+def configure_threads(num_threads: int) -> int:
+    """Set torch's intra-op threads; 0 = automatic (:mod:`sa2_pipeline.engine.threads`)."""
+    from sa2_pipeline.engine.threads import configure_threads as configure
+
+    return configure(num_threads)
 
 
 def seed_everything(seed: int) -> None:

@@ -45,3 +45,22 @@ def autocast(device: Any, dtype: Any) -> contextlib.AbstractContextManager:
     import torch
 
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def concrete_precision(precision: str, device: Any, model: Any = None,
+                       tile_shape: tuple[int, ...] | None = None) -> str:
+    """``auto`` on a CPU for ``model``'s forwards of ``tile_shape`` batches: the precision
+    measured fastest there (once per machine and model, then cached:
+    :mod:`sa2_pipeline.engine.precision_probe`). Anything else is returned unchanged
+    (``auto`` on CUDA is resolved by :func:`resolve_precision`)."""
+    if precision != "auto" or model is None or tile_shape is None or device.type != "cpu":
+        return precision
+    import torch
+
+    from sa2_pipeline.engine.precision_probe import choose_for_inference
+
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    channels_last = bool(weights) and weights[0].is_contiguous(
+        memory_format=torch.channels_last)
+    return choose_for_inference("auto", model, tuple(tile_shape), device,
+                                channels_last=channels_last)

@@ -74,7 +74,11 @@ def tile_forward(predictor: Any, settings: SegmentSettings, patch: int) -> Calla
     every member's tile probabilities (its own channel order, TTA, precision), averaged."""
     import torch
 
-    from sa2_pipeline.inference.precision import autocast, resolve_precision
+    from sa2_pipeline.inference.precision import (
+        autocast,
+        concrete_precision,
+        resolve_precision,
+    )
     from sa2_pipeline.inference.sliding_window import _forward_probabilities, _tta_transforms
 
     for bundle in predictor.bundles:
@@ -84,7 +88,10 @@ def tile_forward(predictor: Any, settings: SegmentSettings, patch: int) -> Calla
                 "segments whole images (sliding window not applicable), not slides")
     device = predictor.device
     transforms = _tta_transforms(settings.tta, (patch, patch))
-    context = autocast(device, resolve_precision(settings.precision, device))
+    first = predictor.models[0]
+    precision = concrete_precision(settings.precision, device, first, (
+        settings.batch_size, getattr(first, "in_channels", 3), patch, patch))
+    context = autocast(device, resolve_precision(precision, device))
     orders = [b.get("input_convention", {}).get("channel_order", "rgb")
               for b in predictor.bundles]
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from sa2_pipeline.inference.precision import autocast as autocast_for
-from sa2_pipeline.inference.precision import resolve_precision
+from sa2_pipeline.inference.precision import concrete_precision, resolve_precision
 
 __all__ = [
     "gaussian_importance_map",
@@ -256,6 +256,8 @@ def predict_sliding_window(
     patch, margin = _geometry(image.shape[-2:], patch_size, border)
     transforms = _tta_transforms(tta, patch)
     run_device = torch.device(device) if device is not None else _infer_device(model, image.device)
+    precision = concrete_precision(precision, run_device, model,
+                                   (batch_size, image.shape[1], *patch))
     autocast = autocast_for(run_device, resolve_precision(precision, run_device))
     with _eval_mode(model), torch.inference_mode():
         weights_tile = (gaussian_importance_map(patch, device=run_device) if gaussian

@@ -52,6 +52,19 @@ class MlflowMetricsLogger(Callback):
             return
         log_metrics(run_id, _record_metrics(record, self.prefix), int(record["epoch"]))
 
+    def on_fit_start(self, trainer: Any) -> None:
+        """Tag the run with what training runs as: ``sa2.<prefix>precision`` (``auto``
+        resolved), ``precision_requested`` and ``weight_grad_layout``."""
+        run_id = active_run_id()
+        runtime = getattr(trainer, "meta", {}).get("runtime")
+        if run_id is None or not runtime:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient()
+        for key, value in runtime.items():
+            client.set_tag(run_id, f"sa2.{self.prefix}{key}", str(value))
+
 
 class MlflowRunContinuation(Callback):
     """Links the MLflow run that resumes a checkpoint to the run that wrote it.

@@ -21,8 +21,10 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
+        from sa2_pipeline.engine.threads import configure_threads
         from sa2_pipeline.inference.predict import Predictor
 
+        configure_threads(0)  # free cores, or $SA2_NUM_THREADS (docs/environment.md)
         path = context.artifacts["model_bundle"]
         self.bundles = torch.load(path, map_location="cpu", weights_only=True)
         self.predictor = Predictor(self.bundles)

@@ -34,13 +34,14 @@ def evaluate_models(
         ensemble scores per model, with ``test_dice``/``test_iou`` = the primary model's
         ensemble (what the promotion gate compares); the same as flat MLflow metrics.
     """
-    from sa2_pipeline.engine.runtime import select_device
+    from sa2_pipeline.engine.runtime import configure_threads, select_device
     from sa2_pipeline.metrics.comparison import add_uncertainty
     from sa2_pipeline.metrics.evaluate import evaluate_test_set
     from sa2_pipeline.metrics.instances import InstanceParams
     from sa2_pipeline.metrics.summary import flat_metrics, frozen_test_set_id, summarise_test_set
 
     cfg = parse(EvaluationConfig, params, "evaluation")
+    configure_threads(cfg.num_threads)
     primary = str(model_params["name"])
     predictions, per_image = evaluate_test_set(
         trained_models, model_input_test["images"], model_input_test["masks"],
