@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sa2_pipeline.models import create_model
-from sa2_pipeline.models import layers
+from sa2_pipeline.models import create_model, layers
 
 
 @pytest.fixture
