@@ -68,13 +68,22 @@ def test_nothing_is_measured_where_there_is_one_candidate(tmp_path):
     assert probe.choose("fp32", CPU, KEY, never, folder=tmp_path).variant == "fp32"
 
 
+def test_a_hopeless_candidate_stops_after_its_warm_up_step():
+    calls = []
+    times = probe.measure(fake_timer({"fp32": 1.0, "bf16": 12.0}, calls), ("fp32", "bf16"),
+                          rounds=3, warmup=1)
+    assert calls == ["fp32", "bf16", "fp32", "fp32", "fp32"]
+    assert times == {"fp32": [1.0, 1.0, 1.0], "bf16": [12.0]}
+    assert probe.fastest(times) == "fp32"
+
+
 def test_measurement_alternates_and_gives_up_on_a_clear_loser():
     calls = []
-    times = probe.measure(fake_timer({"fp32": 1.0, "bf16": 5.0}, calls), ("fp32", "bf16"),
+    times = probe.measure(fake_timer({"fp32": 1.0, "bf16": 3.0}, calls), ("fp32", "bf16"),
                           rounds=3, warmup=1)
     # warm-up both, then fp32/bf16 alternate until bf16's first timed step shows it loses
     assert calls == ["fp32", "bf16", "fp32", "bf16", "fp32", "fp32"]
-    assert times == {"fp32": [1.0, 1.0, 1.0], "bf16": [5.0]}
+    assert times == {"fp32": [1.0, 1.0, 1.0], "bf16": [3.0]}
 
 
 def test_no_candidate_running_is_an_error():

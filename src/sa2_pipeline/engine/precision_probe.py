@@ -48,6 +48,8 @@ VARIANTS = {
 MARGIN = 0.05
 #: A candidate whose first timed step is this many times the best so far stops early.
 GIVE_UP_RATIO = 2.0
+#: A candidate whose warm-up step is this many times the fastest warm-up stops there.
+WARMUP_GIVE_UP_RATIO = 4.0
 
 
 @dataclass(frozen=True)
@@ -162,9 +164,12 @@ def write_cached(key: Mapping[str, Any], variant: str, timings: Mapping[str, lis
 def measure(time_step: Callable[[str], float], variants: tuple[str, ...],
             rounds: int = 3, warmup: int = 1) -> dict[str, list[float]]:
     """Step times per variant, measured round-robin (``time_step(v)`` runs one step of
-    variant ``v`` and returns its seconds). A variant that raises is left out; one whose
-    first timed step takes over :data:`GIVE_UP_RATIO` times the best so far stops there."""
+    variant ``v`` and returns its seconds). A variant that raises is left out. One whose
+    warm-up step takes over :data:`WARMUP_GIVE_UP_RATIO` times the fastest warm-up, or
+    whose first timed step over :data:`GIVE_UP_RATIO` times the best so far, stops there
+    (its one step is kept as its time): a clear loser costs one or two steps, not many."""
     times: dict[str, list[float]] = {}
+    first: dict[str, float] = {}
     alive = list(variants)
     for round_ in range(warmup + rounds):
         for variant in list(alive):
@@ -175,11 +180,18 @@ def measure(time_step: Callable[[str], float], variants: tuple[str, ...],
                 alive.remove(variant)
                 continue
             if round_ < warmup:
+                first.setdefault(variant, seconds)
                 continue
             times.setdefault(variant, []).append(seconds)
             best = min(min(v) for v in times.values())
             if round_ == warmup and seconds > GIVE_UP_RATIO * best:
                 alive.remove(variant)
+        if round_ == warmup - 1 and first:
+            fastest_warmup = min(first.values())
+            for variant in list(alive):
+                if first.get(variant, 0.0) > WARMUP_GIVE_UP_RATIO * fastest_warmup:
+                    alive.remove(variant)
+                    times[variant] = [first[variant]]
     if not times:
         raise RuntimeError("precision auto: no candidate could run a step")
     return times
