@@ -97,14 +97,17 @@ def tile_speed(args: argparse.Namespace, device) -> list[dict[str, object]]:
                        .manual_seed(0)).to(device)
     rows = []
     for precision in args.precisions:
-        dtype = resolve_precision(precision, device)
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
         def ours(precision=precision):
             return predict_sliding_window(model, image, patch_size=args.patch, overlap=0.5,
-                                          batch_size=args.batch_size, precision=precision)
+                                          batch_size=args.batch_size,
+                                          **_precision_kwargs(precision))
 
         def monai(dtype=dtype):
-            with torch.inference_mode(), autocast(device, dtype):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or
+                                                        torch.float32,
+                                                        enabled=dtype is not None):
                 return sliding_window_inference(
                     image, roi_size=(args.patch, args.patch), sw_batch_size=args.batch_size,
                     predictor=lambda x: torch.sigmoid(model(x).float()), overlap=0.5,
@@ -128,6 +131,20 @@ def tile_speed(args: argparse.Namespace, device) -> list[dict[str, object]]:
     return rows
 
 
+def _precision_kwargs(precision: str) -> dict:
+    """``precision=`` for the sliding window (or the older ``autocast_dtype=``)."""
+    import inspect
+
+    import torch
+
+    from sa2_pipeline.inference.sliding_window import predict_sliding_window
+
+    if "precision" in inspect.signature(predict_sliding_window).parameters:
+        return {"precision": precision}
+    return {"autocast_dtype": {"fp32": None, "bf16": torch.bfloat16,
+                               "fp16": torch.float16}[precision]}
+
+
 def profile_ours(args: argparse.Namespace, device) -> str:
     import torch
 
@@ -135,12 +152,13 @@ def profile_ours(args: argparse.Namespace, device) -> str:
 
     model = build_model("sa2net", args.base, device)
     image = torch.rand(1, 3, args.tile_size, args.tile_size)
+    kwargs = _precision_kwargs(args.precisions[0])
     predict_sliding_window(model, image, patch_size=args.patch, batch_size=args.batch_size,
-                           precision=args.precisions[0])
+                           **kwargs)
     profiler = cProfile.Profile()
     profiler.enable()
     predict_sliding_window(model, image, patch_size=args.patch, batch_size=args.batch_size,
-                           precision=args.precisions[0])
+                           **kwargs)
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(15)
