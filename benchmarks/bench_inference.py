@@ -189,7 +189,8 @@ def write_slide(path: Path, size: int, tissue: float = 0.4, tile: int = 512) -> 
     levels = [size]
     while levels[-1] > 2048:
         levels.append(-(-levels[-1] // 2))
-    options = {"tile": (tile, tile), "compression": ("jpeg", 90), "photometric": "rgb",
+    options = {"tile": (tile, tile), "compression": "jpeg", "compressionargs": {"level": 90},
+               "photometric": "rgb",
                "dtype": np.uint8}
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         tif.write(tiles(size, 1), shape=(size, size, 3), subifds=len(levels) - 1,

@@ -3,8 +3,8 @@
 - any dict given to a group's schema parses to a frozen config, or fails with a
   ConfigError that names one of the keys given (never a TypeError or AttributeError);
 - any parameter tree passes :func:`validate_parameters` or fails naming a key;
-- any array given to the registered model's input conversion becomes uint8 RGB images
-  of positive size, or is refused with a TypeError/ValueError saying what is expected.
+- any array given to the registered model's input conversion becomes one uint8 RGB image
+  of at least MIN_SIDE px a side, or is refused (MlflowException, HTTP 400) saying why.
 """
 
 from __future__ import annotations
@@ -74,14 +74,14 @@ _ARRAYS = hnp.arrays(
 
 @given(_ARRAYS)
 def test_pyfunc_input_becomes_images_or_is_refused(array):
-    from sa2_pipeline.tracking.pyfunc import _as_images
+    from mlflow.exceptions import MlflowException
+
+    from sa2_pipeline.tracking.pyfunc import MIN_SIDE, _as_image
 
     try:
-        images, batched = _as_images(array)
-    except (TypeError, ValueError) as err:
-        assert "expected" in str(err), str(err)
+        image = _as_image(array)
+    except MlflowException as err:
+        assert "expected" in err.message or "at least" in err.message, err.message
     else:
-        assert isinstance(batched, bool) and images
-        for image in images:
-            assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-            assert image.shape[0] >= 1 and image.shape[1] >= 1, f"empty image {image.shape}"
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        assert min(image.shape[:2]) >= MIN_SIDE, f"small image {image.shape}"

@@ -107,11 +107,17 @@ class Predictor:
         self.patch_size = patch_size
         self.precision = precision
 
-    def member_probabilities(self, image: np.ndarray, native: bool = True) -> list[np.ndarray]:
+    def member_probabilities(self, image: np.ndarray, native: bool = True, *,
+                             tta: bool | None = None) -> list[np.ndarray]:
         """Each member's probabilities; at the image's size, or (``native=False``) at the
-        member's working resolution (its ``resize_to`` side, e.g. the paper's 224)."""
+        member's working resolution (its ``resize_to`` side, e.g. the paper's 224).
+
+        ``tta`` overrides the predictor's setting for this call only (nothing is stored,
+        so concurrent callers, e.g. a scoring server's threads, cannot affect each other).
+        """
         from sa2_pipeline.inference.sliding_window import predict_image
 
+        tta = self.tta if tta is None else tta
         out = []
         for model, bundle in zip(self.models, self.bundles, strict=True):
             side = bundle.get("resize_to")
@@ -126,7 +132,7 @@ class Predictor:
                 patch_size=max(patch, side or 0),
                 overlap=self.overlap,
                 batch_size=self.batch_size,
-                tta=self.tta,
+                tta=tta,
                 num_classes=self.num_classes,
                 channel_order=bundle.get("input_convention", {}).get("channel_order", "rgb"),
                 device=self.device,
@@ -137,11 +143,12 @@ class Predictor:
             out.append(probs)
         return out
 
-    def probabilities(self, image: np.ndarray) -> np.ndarray:
+    def probabilities(self, image: np.ndarray, *, tta: bool | None = None) -> np.ndarray:
         """Mean probabilities (C, H, W) over the members, at the image's size."""
-        members = self.member_probabilities(image)
+        members = self.member_probabilities(image, tta=tta)
         return members[0] if len(members) == 1 else np.mean(members, axis=0)
 
-    def predict_mask(self, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """uint8 label mask (H, W)."""
-        return probabilities_to_mask(self.probabilities(image), threshold)
+    def predict_mask(self, image: np.ndarray, threshold: float = 0.5, *,
+                     tta: bool | None = None) -> np.ndarray:
+        """uint8 label mask (H, W); ``tta`` as in :meth:`member_probabilities`."""
+        return probabilities_to_mask(self.probabilities(image, tta=tta), threshold)

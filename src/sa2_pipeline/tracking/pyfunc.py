@@ -1,10 +1,16 @@
-"""The registered MLflow model: raw images in, label masks out, no Kedro needed.
+"""The registered MLflow model: one RGB image in, its label mask out, no Kedro needed.
 
 The pyfunc owns the whole inference contract so a user can call
 ``mlflow.pyfunc.load_model("models:/sa2net-<dataset>@champion").predict(image)`` in a
 fresh process: it converts the input to the network's convention (RGB or BGR, uint8 scaled
-to [0, 1]), runs a Gaussian-weighted sliding window for images of any size, and returns a
-uint8 label mask of the input's height and width (0/1 for binary models).
+to [0, 1]), runs a Gaussian-weighted sliding window, and returns a uint8 label mask of the
+input's height and width (0/1 for binary models).
+
+It takes exactly what its signature declares (docs/inference.md): one ``uint8 (H, W, 3)``
+image per call, each side at least :data:`MIN_SIDE` px, at most :data:`MAX_PIXELS`
+pixels, and the params ``threshold`` and ``tta``, which reach the model with each call
+and change nothing shared. Anything else is refused before any work, with a message that
+MLflow's scoring server returns as HTTP 400.
 """
 
 from __future__ import annotations
@@ -32,43 +38,52 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     # No type hints on predict: MLflow would try (and fail) to derive a schema from them;
     # the explicit tensor signature in registry.model_signature() is the contract.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
-        """Segment one image (H, W, 3) / (H, W) uint8, or a batch (N, H, W, 3) of equal size.
+        """Segment one RGB image ``uint8 (H, W, 3)`` (exactly what the signature declares).
 
-        Params (optional): ``threshold`` (binary models, default 0.5), ``tta`` (bool).
+        Params (per call, declared in the signature): ``threshold`` (binary models, default
+        0.5), ``tta`` (bool, default false). They are passed down with this call only.
         """
         params = params or {}
-        images, batched = _as_images(model_input)
-        self.predictor.tta = bool(params.get("tta", False))
-        threshold = float(params.get("threshold", 0.5))
-        masks = [self.predictor.predict_mask(image, threshold) for image in images]
-        return np.stack(masks) if batched else masks[0]
+        image = _as_image(model_input)
+        threshold = float(params.get("threshold", PARAM_DEFAULTS["threshold"]))
+        if not 0.0 <= threshold <= 1.0:
+            raise _refuse(f"threshold must be in [0, 1], got {threshold}")
+        tta = bool(params.get("tta", PARAM_DEFAULTS["tta"]))
+        return self.predictor.predict_mask(image, threshold, tta=tta)
 
 
-def _as_images(model_input: Any) -> tuple[list[np.ndarray], bool]:
-    if isinstance(model_input, dict) and len(model_input) == 1:
-        model_input = next(iter(model_input.values()))
-    if hasattr(model_input, "to_numpy") and not isinstance(model_input, np.ndarray):
-        raise TypeError(
-            "SA2NetSegmenter.predict takes a uint8 image array (H, W, 3), not a DataFrame"
-        )
+#: Params the signature declares, with their defaults.
+PARAM_DEFAULTS = {"threshold": 0.5, "tta": False}
+#: Smallest side and largest size (pixels) of an image the served model takes; larger
+#: images go through the slide pipeline (docs/inference.md).
+MIN_SIDE = 32
+MAX_PIXELS = 64_000_000
+
+
+def _refuse(message: str) -> Exception:
+    """An error MLflow's scoring server answers with HTTP 400 and this message."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _as_image(model_input: Any) -> np.ndarray:
+    """The one RGB uint8 image of a request, refused up front when it is not one."""
     arr = np.asarray(model_input)
     if arr.dtype != np.uint8:
-        # JSON payloads (model serving) arrive as int64: accept exact 0..255 integers.
-        if np.issubdtype(arr.dtype, np.integer) and arr.size and 0 <= arr.min() <= arr.max() <= 255:
-            arr = arr.astype(np.uint8)
-        else:
-            raise TypeError(f"expected a uint8 image, got dtype {arr.dtype}")
-    if arr.ndim in (2, 3, 4) and 0 in arr.shape:  # found by tests/test_config_properties.py
-        raise ValueError(f"expected an image of at least 1 x 1 pixels, got shape {arr.shape}")
-    if arr.ndim == 2:
-        return [np.repeat(arr[..., None], 3, axis=-1)], False
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        return [arr[..., :3]], False
-    if arr.ndim == 4 and arr.shape[-1] in (3, 4):
-        return [a[..., :3] for a in arr], True
-    raise ValueError(
-        f"expected an image (H, W), (H, W, 3) or a batch (N, H, W, 3); got shape {arr.shape}"
-    )
+        raise _refuse(f"expected a uint8 image, got dtype {arr.dtype}")
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise _refuse(f"expected one RGB image of shape (H, W, 3), got shape {arr.shape} "
+                      "(grey: repeat it into 3 channels; several images: one request each)")
+    height, width = arr.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise _refuse(f"image of shape {arr.shape} is empty, too small or degenerate: each "
+                      f"side must be at least {MIN_SIDE} px")
+    if height * width > MAX_PIXELS:
+        raise _refuse(f"image of shape {arr.shape} has {height * width:,} pixels, over the "
+                      f"limit of {MAX_PIXELS:,}: segment it with `sa2-pipeline segment`")
+    return arr
 
 
 def _set_model_from_code() -> None:

@@ -64,14 +64,49 @@ def decide_promotion(
 
 
 def model_signature():
-    """uint8 image (H, W, 3) of any size in, uint8 label mask (H, W) out."""
+    """uint8 RGB image (H, W, 3) of any size in, uint8 label mask (H, W) out; the per-call
+    params ``threshold`` (double, 0.5) and ``tta`` (boolean, false)."""
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     return ModelSignature(
         inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]),
+        params=ParamSchema([ParamSpec("threshold", "double", 0.5),
+                            ParamSpec("tta", "boolean", False)]),
     )
+
+
+def usage_tags(bundle: dict[str, Any] | list, model_name: str,
+               root: str | Path = ".") -> dict[str, str]:
+    """What a user needs to use a version correctly, as version tags (without
+    :data:`TAG_PREFIX`, see :func:`set_version_tags`): the training pixel
+    size (bundle metadata ``pixel_size_um``), the raw data's DVC hash (``dvc.lock``, or the
+    ``data/01_raw/<dataset>.dvc`` file; the dataset is the one ``sa2net-<dataset>`` names),
+    the git commit, and the input convention. ``unknown`` where a value is not known."""
+    from sa2_pipeline.models.bundle import members_of
+    from sa2_pipeline.reporting.provenance import dvc_data_version, git_commit
+
+    first = members_of(bundle)[0]
+    dataset = model_name.split("-", 1)[1] if "-" in model_name else model_name
+    pixel = (first.get("metadata") or {}).get("pixel_size_um")
+    return {
+        "pixel_size_um": "unknown" if pixel is None else f"{float(pixel):g}",
+        "data_version": dvc_data_version(root, dataset)
+        or _dvc_file_hash(Path(root) / "data" / "01_raw" / f"{dataset}.dvc") or "unknown",
+        "git_commit": git_commit(root),
+        "input_convention": str(first.get("input_convention")),
+    }
+
+
+def _dvc_file_hash(path: Path) -> str | None:
+    import yaml
+
+    try:
+        outs = (yaml.safe_load(path.read_text()) or {}).get("outs") or []
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+    return next((o.get("md5") or o.get("hash") for o in outs if isinstance(o, dict)), None)
 
 
 def _pip_requirements() -> list[str]:
@@ -164,7 +199,7 @@ def register_and_promote(
     tags = {k: f"{v:.6f}" for k, v in test_scores.items()}
     members = members_of(bundle)
     tags.update(test_set_id=test_set_id, bundle_digest=digest,
-                ensemble_size=str(len(members)), **_convention_tag(members[0]))
+                ensemble_size=str(len(members)), **usage_tags(bundle, model_name))
     set_version_tags(client, model_name, version, tags)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
 
@@ -207,11 +242,6 @@ def set_version_tags(client: Any, model_name: str, version: str,
         client.set_model_version_tag(model_name, version, f"{TAG_PREFIX}{key}", value)
 
 
-def _convention_tag(bundle: dict[str, Any]) -> dict[str, str]:
-    """How the model expects its input (channel order, scaling, resize)."""
-    return {"input_convention": str(bundle.get("input_convention"))}
-
-
 def register_release(
     bundle: dict[str, Any],
     *,
@@ -242,7 +272,7 @@ def register_release(
         version = str(mlflow.register_model(info.model_uri, model_name).version)
     client = MlflowClient()
     set_version_tags(client, model_name, version, {"source": "release",
-                                                   **_convention_tag(bundle)})
+                                                   **usage_tags(bundle, model_name)})
     client.set_registered_model_alias(model_name, alias, version)
     return {"model_name": model_name, "version": version, "run_id": run.info.run_id,
             "alias": alias}
