@@ -89,7 +89,6 @@ def tile_speed(args: argparse.Namespace, device) -> list[dict[str, object]]:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from sa2_pipeline.inference.precision import autocast, resolve_precision
     from sa2_pipeline.inference.sliding_window import predict_sliding_window
 
     model = build_model("sa2net", args.base, device)
