@@ -35,7 +35,10 @@ def _ddp_cfg(root: Path):
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """Files left under ``root``, without the run folders' lock files (``.<run>.lock``,
+    kept by design: see ``engine.fit._run_lock``)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not p.name.endswith(".lock"))
 
 
 @pytest.fixture(scope="module")
