@@ -254,11 +254,16 @@ def choose(requested: str, device: Any, key: Mapping[str, Any] | None = None,
 # What is timed: the real model's step, on a copy, on random data
 # --------------------------------------------------------------------------------------
 def _autocast_for(precision: str, device: Any):
-    try:
-        from sa2_pipeline.inference.precision import autocast, resolve_precision
-    except ImportError:  # older layout
-        from sa2_pipeline.engine.runtime import autocast, resolve_precision
-    return autocast(device, resolve_precision(precision, device))
+    """Autocast for one probe step (the shared helper lives in inference.precision, which
+    imports this module; the probe only needs the dtype)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _random_batch(input_shape: tuple[int, ...], num_classes: int, device: Any,
