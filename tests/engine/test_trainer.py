@@ -182,3 +182,13 @@ def test_bf16_training_step_runs_on_cpu(tmp_path):
     bundle, history = _fit(tmp_path, cfg)
     assert np.isfinite(history[0]["train_loss"])
     assert all(v.dtype != torch.bfloat16 for v in bundle["state_dict"].values())
+
+
+def test_validation_masks_enter_the_fingerprint(tmp_path):
+    # They choose the best epoch: a checkpoint selected against other masks is not resumed.
+    images, masks = _toy_data(2)
+    cfg = _train_cfg(tmp_path)
+    fp = run_fingerprint(MODEL, cfg, images, masks, images, val_masks=masks)
+    other = {k: 1 - v for k, v in masks.items()}
+    assert fp != run_fingerprint(MODEL, cfg, images, masks, images, val_masks=other)
+    assert fp == run_fingerprint(MODEL, cfg, images, masks, images, val_masks=masks)

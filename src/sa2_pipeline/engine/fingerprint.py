@@ -67,13 +67,21 @@ def run_fingerprint(
     train_masks: Mapping[str, np.ndarray],
     val_images: Mapping[str, np.ndarray],
     extra: Mapping[str, Any] | None = None,
+    val_masks: Mapping[str, np.ndarray] | None = None,
 ) -> str:
-    """A hash of the model, the settings that affect results and the exact data."""
+    """A hash of the model, the settings that affect results and the exact data.
+
+    ``val_masks`` enter too: they decide which epoch is kept as the best model, so a
+    checkpoint selected against other validation masks is not resumed.
+    """
     settings = {k: v for k, v in asdict(train_cfg).items() if k not in _RUNTIME_ONLY}
     h = hashlib.sha256()
     h.update(json.dumps([asdict(model_cfg), settings, dict(extra or {})], sort_keys=True,
                         default=str).encode())
-    for name, bundle in (("train", train_images), ("mask", train_masks), ("val", val_images)):
+    parts = [("train", train_images), ("mask", train_masks), ("val", val_images)]
+    if val_masks is not None:
+        parts.append(("val_mask", val_masks))
+    for name, bundle in parts:
         for key in sorted(bundle):
             arr = np.ascontiguousarray(bundle[key])
             h.update(f"{name}/{key}/{arr.shape}/{arr.dtype}".encode())

@@ -76,6 +76,7 @@ class FitSpec:
             self.val_images,
             extra={"mode": self.mode, "eval_patch_size": self.eval_patch_size,
                    "code": code_fingerprint()},
+            val_masks=self.val_masks,
         )
 
     def run_folder(self, fingerprint: str) -> Path:
