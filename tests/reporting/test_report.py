@@ -110,3 +110,16 @@ def test_per_class_rows_follow_the_headline_metrics():
     table = headline_table(summary)
     assert table["metric"].tolist() == ["Dice", "AJI", "Dice, class 1", "Dice, class 2",
                                         "AJI, class 1"]
+
+
+def test_folds_table_gives_fold_mean_std_and_the_ensemble_per_model():
+    from sa2_pipeline.reporting.report import folds_table
+
+    entry = {"members": {"fold0": {}, "fold1": {}, "ensemble": {}},
+             "fold_mean": {"dice": 0.9, "aji": 0.5}, "fold_std": {"dice": 0.01, "aji": 0.1},
+             "final_member": "ensemble", "final": {"dice": 0.92, "aji": 0.6}}
+    table = folds_table({"models": {"sa2net": entry}})
+    row = table.iloc[0]
+    assert (row["model"], row["folds"]) == ("sa2net", 2)
+    assert row["dice (folds)"] == "0.9000 ± 0.0100" and row["dice (ensemble)"] == "0.9200"
+    assert "aji (folds)" not in table.columns  # object metrics live in the headline table

@@ -82,6 +82,24 @@ def _label(metric: str) -> str:
     return f"{HEADLINE[base]}, class {cls}" if cls else HEADLINE[metric]
 
 
+def folds_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per model: Dice/IoU as fold mean ± std and of the final member (ensemble)."""
+    rows = []
+    for name, entry in test_summary.get("models", {}).items():
+        if not {"members", "fold_mean", "fold_std", "final"} <= set(entry):
+            continue
+        folds = len(entry["members"]) - (1 if "ensemble" in entry["members"] else 0)
+        row: dict[str, Any] = {"model": name, "folds": folds}
+        pixel = [m for m in entry["fold_mean"] if m.startswith(("dice", "iou"))]
+        for metric in pixel:
+            row[f"{metric} (folds)"] = (f"{entry['fold_mean'][metric]:.4f} ± "
+                                        f"{entry['fold_std'][metric]:.4f}")
+        for metric in pixel:
+            row[f"{metric} ({entry['final_member']})"] = f"{entry['final'][metric]:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def headline_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
     """Rows: headline metrics; columns: each model's mean [95 % interval], and n images."""
     models = test_summary.get("models", {})
@@ -259,6 +277,9 @@ def build_sections(
     headline = headline_table(test_summary)
     if not headline.empty:
         sections.append(("Test scores (95 % bootstrap intervals of the mean)", headline))
+    folds = folds_table(test_summary)
+    if not folds.empty:
+        sections.append(("Model comparison (same data, folds and budget)", folds))
     for baseline, table in comparison_tables(test_summary).items():
         sections.append(
             (
