@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 # Keep torch from fighting other processes for the 2 cores (docs/environment.md), and keep
 # tools quiet and offline.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -29,3 +31,18 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _restore_mlflow_environment():
+    """MLflow writes ``MLFLOW_EXPERIMENT_ID`` (and kedro-mlflow ``MLFLOW_RUN_ID``) into
+    ``os.environ`` when a test sets an experiment or runs Kedro in-process; a later test's
+    subprocess would inherit an id that its own store does not have."""
+    import os
+
+    before = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        if key not in before:
+            del os.environ[key]
+    os.environ.update(before)

@@ -35,7 +35,9 @@ def _interrupted_status(tmp_path: Path, mode: str) -> str:
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    leaked = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID")  # ids of another test's store
+    env = {k: v for k, v in os.environ.items() if k not in leaked}
+    env["PYTHONPATH"] = str(ROOT / "src")
     child = subprocess.Popen([sys.executable, "-c", _CHILD, uri, mode], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
