@@ -30,11 +30,17 @@ import pandas as pd
 
 from sa2_pipeline.retraining.gate import GateConfig, GateResult, statistical_gate
 
+# One definition of the aliases, the tag prefix and the digest look-up, shared with the
+# plain registry (registry.py imports MLflow only inside its functions).
+from sa2_pipeline.tracking.registry import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_PREFIX,
+    _identical_version,
+)
+
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-TAG_PREFIX = "sa2."
 DECISION_TAG = f"{TAG_PREFIX}promotion_decision"
 
 __all__ = ["ModelToRegister", "champion_bundle_file", "load_pyfunc", "register_gated",
@@ -167,19 +173,6 @@ def _champion_version(client: Any, model_name: str) -> str | None:
         return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
     except MlflowException:
         return None
-
-
-def _identical_version(client: Any, model_name: str, digest: str, test_set_id: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException:
-        return None
-    same = [v for v in versions
-            if (v.tags or {}).get(f"{TAG_PREFIX}bundle_digest") == digest
-            and (v.tags or {}).get(f"{TAG_PREFIX}test_set_id") == test_set_id]
-    return max(same, key=lambda v: int(v.version), default=None)
 
 
 def _finished(client: Any, model_name: str, version: Any) -> bool:
