@@ -192,3 +192,44 @@ def test_validation_masks_enter_the_fingerprint(tmp_path):
     other = {k: 1 - v for k, v in masks.items()}
     assert fp != run_fingerprint(MODEL, cfg, images, masks, images, val_masks=other)
     assert fp == run_fingerprint(MODEL, cfg, images, masks, images, val_masks=masks)
+
+
+def _pin_runtime(monkeypatch, variant: str) -> None:
+    """Make the engine's precision/layout measurement answer ``variant``."""
+    from sa2_pipeline.engine import precision_probe as probe
+
+    def choose_for_training(requested, *args, **kwargs):
+        choice = probe.RuntimeChoice.of(variant)
+        probe.apply(choice)
+        return choice
+
+    monkeypatch.setattr(probe, "choose_for_training", choose_for_training)
+
+
+def test_resume_keeps_the_weight_gradient_layout_its_checkpoint_was_trained_with(
+    tmp_path, monkeypatch
+):
+    # The layout is measured (and cached) per machine; the cache can say something else
+    # by the time a killed run resumes (another run measured meanwhile). The resumed run
+    # must still finish bit-identical to the run that was never stopped.
+    from sa2_pipeline.models import layers
+
+    try:
+        _pin_runtime(monkeypatch, "fp32")
+        full_bundle, full_history = _fit(tmp_path / "a", _train_cfg(tmp_path / "a"))
+        cfg_b = _train_cfg(tmp_path / "b")
+        with pytest.raises(KeyboardInterrupt):
+            _fit(tmp_path / "b", cfg_b, callbacks=[_CrashAfter(1)])
+
+        _pin_runtime(monkeypatch, "fp32-nchw-wgrad")
+        resumed_bundle, resumed_history = _fit(tmp_path / "b", cfg_b)
+        assert resumed_bundle["metadata"]["resumed_from_epoch"] == 1
+        assert _strip_times(resumed_history) == _strip_times(full_history)
+        for key, value in full_bundle["state_dict"].items():
+            assert torch.equal(value, resumed_bundle["state_dict"][key]), key
+
+        # The layout does change the last bits here, so the check above can fail.
+        _, nchw_history = _fit(tmp_path / "c", _train_cfg(tmp_path / "c"))
+        assert _strip_times(nchw_history) != _strip_times(full_history)
+    finally:
+        layers.set_weight_grad_layout("native")

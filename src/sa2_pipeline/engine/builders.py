@@ -43,11 +43,16 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainingConfig,
 
 
 def resolve_runtime(spec: FitSpec, model: torch.nn.Module, device: torch.device,
-                    worker: WorkerInfo) -> tuple[FitSpec, dict[str, str]]:
+                    worker: WorkerInfo, *, checkpoint_path: Path | None = None,
+                    fingerprint: str = "") -> tuple[FitSpec, dict[str, str]]:
     """``spec`` with ``training.precision`` made concrete for this machine, and what was
     chosen. ``auto`` (and the weight-gradient layout of a channels-last fp32 CPU step) is
     measured once per machine and model, then cached (:mod:`~sa2_pipeline.engine.
-    precision_probe`); a data-parallel rank never measures (it reads the cache)."""
+    precision_probe`); a data-parallel rank never measures (it reads the cache).
+
+    A run that resumes ``checkpoint_path`` (same ``fingerprint``) keeps the choice it was
+    trained with, whatever the cache says now: the layout changes the gradients' last
+    bits, and a resumed run must be bit-identical to one that was never stopped."""
     from dataclasses import replace
 
     from sa2_pipeline.engine import precision_probe as probe
@@ -56,7 +61,13 @@ def resolve_runtime(spec: FitSpec, model: torch.nn.Module, device: torch.device,
     size = cfg.patch_size if spec.mode == "native" else spec.train_images[
         spec.train_ids[0]].shape[0]
     shape = (cfg.batch_size, spec.model_cfg.in_channels, size, size)
-    if worker.distributed:
+    kept = _checkpoint_runtime(checkpoint_path, fingerprint, worker) if cfg.resume else None
+    if kept is not None:
+        choice = probe.RuntimeChoice(kept["precision"], kept["weight_grad_layout"])
+        probe.apply(choice)
+        logger.info("precision %s (weight gradients %s), as in the checkpoint resumed",
+                    choice.precision, choice.weight_grad_layout)
+    elif worker.distributed:
         key = probe.probe_key(model, shape, "train", cfg.channels_last)
         choice = probe.choose(cfg.precision, device, key, None,
                               channels_last=cfg.channels_last)
@@ -68,6 +79,26 @@ def resolve_runtime(spec: FitSpec, model: torch.nn.Module, device: torch.device,
     used = {"precision_requested": cfg.precision, "precision": choice.precision,
             "weight_grad_layout": choice.weight_grad_layout}
     return replace(spec, train_cfg=replace(cfg, precision=choice.precision)), used
+
+
+def _checkpoint_runtime(path: Path | None, fingerprint: str,
+                        worker: WorkerInfo) -> dict[str, str] | None:
+    """The runtime choice stored in the resumable checkpoint at ``path`` (``None`` when
+    there is none, it belongs to another run, or it predates the choice being stored).
+    With several processes rank 0 reads it and every rank gets its answer."""
+    from sa2_pipeline.engine import distributed
+    from sa2_pipeline.engine.checkpoint import load_checkpoint
+    from sa2_pipeline.engine.trainer import CHECKPOINT_FORMAT
+
+    runtime = None
+    if worker.rank == 0 and path is not None and Path(path).exists():
+        state = load_checkpoint(path)
+        if (state.get("format") == CHECKPOINT_FORMAT
+                and state.get("fingerprint") == fingerprint):
+            stored = dict(state.get("meta", {}).get("runtime") or {})
+            if {"precision", "weight_grad_layout"} <= stored.keys():
+                runtime = stored
+    return distributed.broadcast_object(runtime) if worker.distributed else runtime
 
 
 def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig) -> None:

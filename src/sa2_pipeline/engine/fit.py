@@ -112,7 +112,9 @@ def _fit_here(spec: FitSpec, *, device: Any, worker: WorkerInfo, fingerprint: st
     configure_threads(spec.train_cfg.num_threads)
     seed_everything(spec.train_cfg.seed)
     model = builders.build_model(spec.model_cfg, spec.train_cfg, device)
-    spec, runtime = builders.resolve_runtime(spec, model, device, worker)
+    spec, runtime = builders.resolve_runtime(spec, model, device, worker,
+                                             checkpoint_path=checkpoint_path,
+                                             fingerprint=fingerprint)
     trainer = builders.build_trainer(spec, model, device=device, worker=worker,
                                      fingerprint=fingerprint,
                                      checkpoint_path=checkpoint_path, runtime=runtime)

@@ -9,11 +9,14 @@ training, a forward for inference) in each candidate **variant**, alternating so
 busy machine slows all alike, and keeps the first (fp32) unless another is faster by
 more than a margin.
 
-A variant is a precision plus a kernel choice that does not change the result: for a
-channels-last training step, ``fp32-nchw-wgrad`` computes the dense convolutions' weight
-gradients on NCHW copies (:func:`sa2_pipeline.models.layers.set_weight_grad_layout`),
-2-4x faster on AVX2-only CPUs and slower with AVX-512. That choice is measured the same
-way whenever a CPU training step runs in fp32, also when ``fp32`` is asked for.
+A variant is a precision plus a kernel choice: for a channels-last training step,
+``fp32-nchw-wgrad`` computes the dense convolutions' weight gradients on NCHW copies
+(:func:`sa2_pipeline.models.layers.set_weight_grad_layout`), 2-4x faster on AVX2-only
+CPUs and slower with AVX-512. It is the same arithmetic summed in another order, so the
+gradients agree to rounding (not bit for bit). That choice is measured the same way
+whenever a CPU training step runs in fp32, also when ``fp32`` is asked for; a resumed
+run keeps the choice stored in its checkpoint, so resuming stays bit-identical
+(:func:`sa2_pipeline.engine.builders.resolve_runtime`).
 
 The answer is cached per CPU (model name and flags), torch version, workload, thread
 count, candidates and model shape, one small JSON file per key under :func:`cache_dir`,
