@@ -40,8 +40,9 @@ $(AIRFLOW_VENV)/.installed:
 run: setup
 	$(BIN)/kedro run
 
+# One worker per core, each test file on one worker (files share module fixtures).
 test: setup airflow-venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-all: setup
 	$(BIN)/python -m pytest -m ""

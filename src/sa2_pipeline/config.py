@@ -68,11 +68,18 @@ class IngestionConfig:
     #: The folder format's mask rule (docs/datasets.md): auto, binary, labels, or
     #: instances (one id per object: binary training mask + instance map for evaluation).
     mask_kind: Literal["auto", "binary", "labels", "instances"] = "auto"
+    #: The raw images' pixel size (um/px), recorded with the trained model (the version
+    #: tag ``sa2.pixel_size_um``) so slide inference reads the matching pyramid level.
+    #: null: the format's own when it has one (``datasets.registry.ADAPTERS``).
+    pixel_size_um: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_side is not None and self.max_side < 16:
             raise ConfigError(f"data_ingestion.max_side must be >= 16 or null, "
                               f"got {self.max_side}")
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise ConfigError(f"data_ingestion.pixel_size_um must be > 0 or null, "
+                              f"got {self.pixel_size_um}")
 
 
 # --------------------------------------------------------------------------- processing

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from inference_helpers import he_image
 
+from sa2_pipeline.inference.encoding import decode_mask
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,3 +141,52 @@ def test_served_model_answers_like_in_process_predict(tiny_model):
         thin = np.zeros((500, 1, 3), np.uint8).tolist()
         status, answer = _post(url, {"inputs": thin})
         assert status == 400 and "degenerate" in answer["message"], answer
+        # floats are refused, not cast to uint8 by the server's parser
+        status, answer = _post(url, {"inputs": (image / 255.0).tolist()})
+        assert status == 400 and "float" in answer["message"], answer
+        # the compact form: base64 PNG in a DataFrame column, the same mask, params honoured
+        for params, want in (({}, expected), ({"threshold": 0.2}, expected_low)):
+            status, answer = _post(url, {"dataframe_split": _compact(image), "params": params})
+            assert status == 200, answer
+            row = answer["predictions"][0]
+            np.testing.assert_array_equal(decode_mask(row["mask"]), want)
+            assert (row["height"], row["width"]) == image.shape[:2]
+        status, answer = _post(url, {"dataframe_split": {"columns": ["image"],
+                                                         "data": [["bm90IGFuIGltYWdl"]]}})
+        assert status == 400 and "not a PNG" in answer["message"], answer
+
+
+def _compact(image: np.ndarray) -> dict:
+    """The compact request body of ``image``: its PNG, base64, in the column ``image``."""
+    import base64
+
+    from sa2_pipeline.inference.encoding import encode_image
+
+    return {"columns": ["image"],
+            "data": [[base64.b64encode(encode_image(image)).decode("ascii")]]}
+
+
+def test_compact_form_gives_the_array_forms_mask_and_refuses_bad_tables(tiny_model):
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    image = he_image(80, 96, seed=6)
+    model = mlflow.pyfunc.load_model(tiny_model.uri)
+    for params in (None, {"threshold": 0.2}, {"tta": True}):
+        table = pd.DataFrame(_compact(image)["data"], columns=["image"])
+        answer = model.predict(table, params=params)
+        np.testing.assert_array_equal(decode_mask(answer["mask"].iloc[0]),
+                                      model.predict(image, params=params))
+    # JSON integers arrive as int64: accepted when 0-255, the same mask as uint8
+    np.testing.assert_array_equal(model.predict(image.astype(np.int64)), model.predict(image))
+    for bad, reason in [
+        (image.astype(np.float32), "float pixel values are refused"),
+        (image.astype(np.int64) + 200, "0-255"),
+        (pd.DataFrame({"image": ["eA==", "eA=="]}), "one row"),
+        (pd.DataFrame({"pixels": ["eA=="]}), "column 'image'"),
+        (pd.DataFrame({"image": ["%%%"]}), "bad base64"),
+        (pd.DataFrame({"image": [""]}), "bad image"),
+    ]:
+        with pytest.raises(MlflowException, match=reason):
+            model.predict(bad)

@@ -138,6 +138,9 @@ def _check_changed_run_promotion_gate(project) -> None:
     assert str(champion.version) == ("2" if better else "1"), "champion moved against the gate"
     assert v2.tags["sa2.champion_version"] == "1"
     assert int(v2.tags["sa2.gate.n"]) == 2  # the tiny test set
+    # The training pixel size: the MoNuSeg format's own, then the one passed with --params.
+    assert v1.tags["sa2.pixel_size_um"] == "0.25"
+    assert v2.tags["sa2.pixel_size_um"] == "0.4"
     # the champion was re-scored per image through its pyfunc on the same test images
     assert float(v2.tags["sa2.champion_score"]) == pytest.approx(
         float(v1.tags["sa2.test_dice"]), abs=0.05)
@@ -197,7 +200,8 @@ def test_kedro_run_end_to_end(kedro_project, tmp_path):
     _check_unchanged_rerun_registers_nothing(kedro_project)
 
     # Another seed trains another model: version 2, and the gate decides about champion.
-    kedro_project.kedro("run", "--params", "training.seed=1")
+    # It also says the raw data's pixel size, recorded as the new version's tag.
+    kedro_project.kedro("run", "--params", "training.seed=1,data_ingestion.pixel_size_um=0.4")
     _check_changed_run_promotion_gate(kedro_project)
 
     _check_champion_serves_without_kedro(kedro_project, tmp_path)

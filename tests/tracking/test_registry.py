@@ -72,7 +72,7 @@ def test_register_and_promote_moves_champion_only_when_better(mlflow_store):
     assert out.shape == (37, 50) and out.dtype == np.uint8
     from mlflow.exceptions import MlflowException
 
-    with pytest.raises(MlflowException, match="uint8"):  # the signature is enforced
+    with pytest.raises(MlflowException, match="uint8"):  # floats refused, not cast
         model.predict(np.zeros((8, 8, 3), np.float32) + 0.5)
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sa2_pipeline.datasets.schema import IngestedDataset
 
-__all__ = ["ADAPTERS", "FORMATS", "SUPPORTS_MAX_SIDE", "Adapter", "load_raw_dataset"]
+__all__ = ["ADAPTERS", "FORMATS", "SUPPORTS_MAX_SIDE", "Adapter", "load_raw_dataset",
+           "training_pixel_size"]
 
 
 @dataclass(frozen=True)
@@ -29,16 +30,21 @@ class Adapter:
         max_side: Whether the loader can cap the image size as it reads (``max_side=``).
         mask_kind: Whether the loader takes a mask rule (``mask_kind=``, the folder
             adapter: ``auto``, ``binary``, ``labels`` or ``instances``).
+        pixel_size_um: The format's pixel size (um/px) when all its images share one
+            (MoNuSeg: TCGA slides scanned at 40x, 0.25; GlaS: 20x, 0.62); ``None`` when
+            it varies or is not a microscope's (dermoscopy, MRI, arbitrary folders).
     """
 
     loader: str
     max_side: bool = False
     mask_kind: bool = False
+    pixel_size_um: float | None = None
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "monuseg": Adapter("sa2_pipeline.datasets.monuseg:load_monuseg"),
-    "glas": Adapter("sa2_pipeline.datasets.glas:load_glas", max_side=True),
+    "monuseg": Adapter("sa2_pipeline.datasets.monuseg:load_monuseg", pixel_size_um=0.25),
+    "glas": Adapter("sa2_pipeline.datasets.glas:load_glas", max_side=True,
+                    pixel_size_um=0.62),
     "isic2018": Adapter("sa2_pipeline.datasets.isic2018:load_isic2018", max_side=True),
     "segpc2021": Adapter("sa2_pipeline.datasets.segpc2021:load_segpc2021"),
     "acdc": Adapter("sa2_pipeline.datasets.acdc:load_acdc"),
@@ -93,3 +99,16 @@ def load_raw_dataset(fmt: str, root: str | Path, dataset_name: str,
         if problems:
             raise DatasetValidationError(problems, root)
     return dataset
+
+
+def training_pixel_size(fmt: str, pixel_size_um: float | None, *, max_side: int | None,
+                        mode: str) -> float | None:
+    """The pixel size (um/px) a model trained on this data sees, or ``None`` if unknown.
+
+    ``pixel_size_um`` (``data_ingestion.pixel_size_um``) when set, else the format's own.
+    Unknown when the images were rescaled by their own factor each: downscaled as read
+    (``max_side``) or resized to one size for training (``data_processing.mode: resize``).
+    """
+    if max_side is not None or mode == "resize":
+        return None
+    return pixel_size_um if pixel_size_um is not None else ADAPTERS[fmt].pixel_size_um

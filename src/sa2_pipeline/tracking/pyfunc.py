@@ -6,11 +6,25 @@ fresh process: it converts the input to the network's convention (RGB or BGR, ui
 to [0, 1]), runs a Gaussian-weighted sliding window, and returns a uint8 label mask of the
 input's height and width (0/1 for binary models).
 
-It takes exactly what its signature declares (docs/inference.md): one ``uint8 (H, W, 3)``
-image per call, each side at least :data:`MIN_SIDE` px, at most :data:`MAX_PIXELS`
-pixels, and the params ``threshold`` and ``tta``, which reach the model with each call
-and change nothing shared. Anything else is refused before any work, with a message that
-MLflow's scoring server returns as HTTP 400.
+It takes one image per call in one of two forms (docs/inference.md):
+
+- an array ``(H, W, 3)`` of integers 0-255 (uint8 in process; over HTTP the JSON
+  ``{"inputs": <nested list>}``), answered with the ``uint8 (H, W)`` mask;
+- the compact form: a one-row table with the column ``image`` holding an encoded PNG,
+  JPEG, BMP or TIFF file (bytes, or base64 text: over HTTP ``{"dataframe_split":
+  {"columns": ["image"], "data": [["<base64>"]]}}``), answered with a one-row table:
+  ``mask`` (base64 PNG), ``height``, ``width``, ``foreground_fraction``.
+
+Each side must be at least :data:`MIN_SIDE` px and the image at most :data:`MAX_PIXELS`
+pixels. Float, boolean or out-of-range values, other shapes, several images and anything
+else are refused before any work, with a message that MLflow's scoring server returns as
+HTTP 400. The params ``threshold`` and ``tta`` reach the model with each call and change
+nothing shared.
+
+The signature therefore declares the params and the mask output but no input schema: an
+MLflow signature holds one input form, and a uint8 tensor schema makes the scoring server
+cast a float JSON payload to uint8 before the model can refuse it. The checks here are the
+input contract, and ``tests/inference/test_serving.py`` holds them to it over HTTP.
 """
 
 from __future__ import annotations
@@ -20,9 +34,16 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from sa2_pipeline.inference.encoding import MAX_PIXELS, MIN_SIDE
+
 
 class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc around a model bundle or a fold ensemble of bundles."""
+
+    # The explicit signature (tracking.registry.model_signature) and the checks below are
+    # the contract: no schema is derived from type hints, and MLflow does not warn about
+    # their absence on every import.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         import torch
@@ -35,29 +56,32 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
         self.bundles = torch.load(path, map_location="cpu", weights_only=True)
         self.predictor = Predictor(self.bundles)
 
-    # No type hints on predict: MLflow would try (and fail) to derive a schema from them;
-    # the explicit tensor signature in registry.model_signature() is the contract.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
-        """Segment one RGB image ``uint8 (H, W, 3)`` (exactly what the signature declares).
+        """Segment one image: an ``(H, W, 3)`` array of 0-255 integers (answered with the
+        uint8 mask) or a one-row table with an encoded image in ``image`` (answered with
+        a one-row table: base64 PNG ``mask``, ``height``, ``width``,
+        ``foreground_fraction``).
 
         Params (per call, declared in the signature): ``threshold`` (binary models, default
         0.5), ``tta`` (bool, default false). They are passed down with this call only.
         """
         params = params or {}
-        image = _as_image(model_input)
+        encoded = _is_table(model_input)
+        image = _decoded(model_input) if encoded else _as_image(model_input)
         threshold = float(params.get("threshold", PARAM_DEFAULTS["threshold"]))
         if not 0.0 <= threshold <= 1.0:
             raise _refuse(f"threshold must be in [0, 1], got {threshold}")
         tta = bool(params.get("tta", PARAM_DEFAULTS["tta"]))
-        return self.predictor.predict_mask(image, threshold, tta=tta)
+        mask = self.predictor.predict_mask(image, threshold, tta=tta)
+        return _encoded_answer(mask) if encoded else mask
 
 
 #: Params the signature declares, with their defaults.
 PARAM_DEFAULTS = {"threshold": 0.5, "tta": False}
-#: Smallest side and largest size (pixels) of an image the served model takes; larger
-#: images go through the slide pipeline (docs/inference.md).
-MIN_SIDE = 32
-MAX_PIXELS = 64_000_000
+# MIN_SIDE, MAX_PIXELS: the smallest side and largest size (pixels) of an image the
+# served model takes, in both forms; larger images go through the slide pipeline.
+#: The column of a compact request (docs/inference.md).
+ENCODED_COLUMN = "image"
 
 
 def _refuse(message: str) -> Exception:
@@ -69,21 +93,69 @@ def _refuse(message: str) -> Exception:
 
 
 def _as_image(model_input: Any) -> np.ndarray:
-    """The one RGB uint8 image of a request, refused up front when it is not one."""
+    """The one RGB uint8 image of an array request, refused up front when it is not one."""
     arr = np.asarray(model_input)
-    if arr.dtype != np.uint8:
-        raise _refuse(f"expected a uint8 image, got dtype {arr.dtype}")
+    if arr.dtype.kind not in "ui":
+        raise _refuse(f"expected an image of integers 0-255 (uint8), got dtype {arr.dtype}"
+                      + (": float pixel values are refused, not rounded; send the uint8 "
+                         "image" if arr.dtype.kind == "f" else ""))
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise _refuse(f"expected one RGB image of shape (H, W, 3), got shape {arr.shape} "
                       "(grey: repeat it into 3 channels; several images: one request each)")
-    height, width = arr.shape[:2]
+    _check_size(arr.shape)
+    if arr.dtype != np.uint8:  # JSON integers arrive as int64
+        if arr.min() < 0 or arr.max() > 255:
+            raise _refuse(f"expected pixel values 0-255, got {arr.min()}..{arr.max()}")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def _check_size(shape: tuple[int, ...]) -> None:
+    height, width = shape[:2]
     if min(height, width) < MIN_SIDE:
-        raise _refuse(f"image of shape {arr.shape} is empty, too small or degenerate: each "
+        raise _refuse(f"image of shape {shape} is empty, too small or degenerate: each "
                       f"side must be at least {MIN_SIDE} px")
     if height * width > MAX_PIXELS:
-        raise _refuse(f"image of shape {arr.shape} has {height * width:,} pixels, over the "
+        raise _refuse(f"image of shape {shape} has {height * width:,} pixels, over the "
                       f"limit of {MAX_PIXELS:,}: segment it with `sa2-pipeline segment`")
-    return arr
+
+
+def _is_table(model_input: Any) -> bool:
+    import pandas as pd
+
+    return isinstance(model_input, pd.DataFrame)
+
+
+def _decoded(table: Any) -> np.ndarray:
+    """The RGB uint8 image of a compact request: one row, an encoded file in ``image``."""
+    import base64
+    import binascii
+
+    from sa2_pipeline.inference.encoding import ImageRequestError, decode_image
+
+    if list(table.columns) != [ENCODED_COLUMN] or len(table) != 1:
+        raise _refuse(f"expected a table of one row and the one column "
+                      f"{ENCODED_COLUMN!r} (an encoded PNG/JPEG/BMP/TIFF, base64), got "
+                      f"{len(table)} row(s) and columns {list(table.columns)}")
+    cell = table[ENCODED_COLUMN].iloc[0]
+    try:
+        data = bytes(cell) if isinstance(cell, bytes | bytearray) else base64.b64decode(
+            str(cell), validate=True)
+        return decode_image(data)
+    except (binascii.Error, ValueError) as err:  # ImageRequestError is a ValueError
+        what = "image" if isinstance(err, ImageRequestError) else "base64 text"
+        raise _refuse(f"column {ENCODED_COLUMN!r}: bad {what}: {err}") from err
+
+
+def _encoded_answer(mask: np.ndarray) -> Any:
+    """The one-row answer of a compact request."""
+    import pandas as pd
+
+    from sa2_pipeline.inference.encoding import encode_mask
+
+    return pd.DataFrame({"mask": [encode_mask(mask)], "height": [mask.shape[0]],
+                         "width": [mask.shape[1]],
+                         "foreground_fraction": [float((mask > 0).mean())]})
 
 
 def _set_model_from_code() -> None:

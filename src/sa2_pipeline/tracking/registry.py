@@ -64,13 +64,16 @@ def decide_promotion(
 
 
 def model_signature():
-    """uint8 RGB image (H, W, 3) of any size in, uint8 label mask (H, W) out; the per-call
-    params ``threshold`` (double, 0.5) and ``tta`` (boolean, false)."""
+    """The params ``threshold`` (double, 0.5) and ``tta`` (boolean, false) and the uint8
+    label mask ``(H, W)`` out. No input schema: the pyfunc takes two input forms (an
+    ``(H, W, 3)`` 0-255 array, or a one-row table with an encoded image) and checks them
+    itself, refusing floats that a uint8 tensor schema would make the scoring server cast
+    (tracking/pyfunc.py, docs/inference.md)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
     return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1, 3))]),
+        inputs=None,
         outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, -1))]),
         params=ParamSchema([ParamSpec("threshold", "double", 0.5),
                             ParamSpec("tta", "boolean", False)]),

@@ -9,6 +9,7 @@ import pandas as pd
 
 from sa2_pipeline.config import (
     EvaluationConfig,
+    IngestionConfig,
     ProcessingConfig,
     TrainingConfig,
     parse,
@@ -27,6 +28,7 @@ def fit_models(
     training_params: dict[str, Any],
     processing_params: dict[str, Any],
     evaluation_params: dict[str, Any],
+    ingestion_params: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame, dict[str, Any]]:
     """Train the primary model and each baseline on the same folds with the same budget.
 
@@ -42,6 +44,7 @@ def fit_models(
         training_params: ``params:training`` (``folds``: list of folds or ``all``).
         processing_params: ``params:data_processing`` (native or resize mode).
         evaluation_params: ``params:evaluation`` (validation uses its tile size).
+        ingestion_params: ``params:data_ingestion`` (the bundles' ``pixel_size_um``).
 
     Returns:
         ``(trained_models, training_history, training_run)``: bundles keyed
@@ -71,10 +74,23 @@ def fit_models(
     if failures:
         _raise_failures(failures, len(models) * len(folds))
     run = active_run_info()
+    provenance = {"mlflow_run_id": run["run_id"],
+                  "pixel_size_um": _pixel_size(ingestion_params, proc_cfg.mode)}
     for bundle in trained.values():
-        bundle["metadata"]["mlflow_run_id"] = run["run_id"]
+        bundle["metadata"].update(provenance)
     history = pd.concat(histories, ignore_index=True)
     return trained, history[["model", "fold", *history.columns[:-2]]], run
+
+
+def _pixel_size(ingestion_params: dict[str, Any] | None, mode: str) -> float | None:
+    from sa2_pipeline.datasets.registry import training_pixel_size
+
+    cfg = parse(IngestionConfig, ingestion_params or {}, "data_ingestion")
+    size = training_pixel_size(cfg.format, cfg.pixel_size_um, max_side=cfg.max_side,
+                               mode=mode)
+    logger.info("training pixel size: %s", "unknown (set data_ingestion.pixel_size_um)"
+                if size is None else f"{size:g} um/px")
+    return size
 
 
 def _raise_failures(failures: dict[str, Exception], total: int) -> None:

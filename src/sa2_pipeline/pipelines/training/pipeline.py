@@ -18,6 +18,7 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
                     "params:training",
                     "params:data_processing",
                     "params:evaluation",
+                    "params:data_ingestion",
                 ],
                 outputs=["trained_models", "training_history", "training_run"],
                 name="fit_models",
