@@ -141,6 +141,9 @@ def _check_changed_run_promotion_gate(project) -> None:
     # The training pixel size: the MoNuSeg format's own, then the one passed with --params.
     assert v1.tags["sa2.pixel_size_um"] == "0.25"
     assert v2.tags["sa2.pixel_size_um"] == "0.4"
+    # ...and the rest of what a user needs (this copy has no git or DVC: "unknown").
+    assert {"sa2.git_commit", "sa2.data_version"} <= v2.tags.keys()
+    assert "channel_order" in v2.tags["sa2.input_convention"]
     # the champion was re-scored per image through its pyfunc on the same test images
     assert float(v2.tags["sa2.champion_score"]) == pytest.approx(
         float(v1.tags["sa2.test_dice"]), abs=0.05)

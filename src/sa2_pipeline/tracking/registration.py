@@ -118,14 +118,16 @@ def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[s
     from mlflow.exceptions import MlflowException
 
     from sa2_pipeline.models.bundle import members_of
-    from sa2_pipeline.tracking.registry import log_model_bundle
+    from sa2_pipeline.tracking.registry import log_model_bundle, usage_tags
 
     info = log_model_bundle(model.bundle, input_example_size=model.input_example_size)
     members = members_of(model.bundle)
-    tags = {f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in model.test_scores.items()}
+    # How to use it (pixel size, data version, commit, input convention), then identity.
+    tags = {f"{TAG_PREFIX}{k}": v for k, v in usage_tags(model.bundle,
+                                                          model.model_name).items()}
+    tags.update({f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in model.test_scores.items()})
     tags.update({f"{TAG_PREFIX}test_set_id": model.test_set_id,
                  f"{TAG_PREFIX}bundle_digest": digest,
-                 f"{TAG_PREFIX}input_convention": str(members[0].get("input_convention")),
                  f"{TAG_PREFIX}ensemble_size": str(len(members))})
     if model.data_version:
         tags[f"{TAG_PREFIX}data_version"] = model.data_version
