@@ -48,13 +48,42 @@ class ContinueModelRunHook:
         try:
             from mlflow.tracking import MlflowClient
 
-            if MlflowClient().get_run(run_id).info.lifecycle_stage != "active":
+            run = MlflowClient().get_run(run_id)
+            if run.info.lifecycle_stage != "active":
                 return
         except Exception as err:  # noqa: BLE001 - run deleted or another tracking store
             logger.info("training run %s not found in this tracking store (%s)", run_id, err)
             return
+        changed = changed_params(run.data.params, pipeline, catalog)
+        if changed:
+            # MLflow never changes a logged param: `--params evaluation.tta=true` after a
+            # run that logged false gets a run of its own.
+            logger.info("not continuing MLflow run %s, whose logged parameters differ "
+                        "from this run's (%s): MLflow opens a new run", run_id,
+                        "; ".join(changed[:5]))
+            return
         os.environ["MLFLOW_RUN_ID"] = run_id
         logger.info("continuing MLflow run %s of the model being evaluated", run_id)
+
+
+def changed_params(logged: dict[str, str], pipeline: Any, catalog: Any) -> list[str]:
+    """``key: logged -> now`` for each parameter ``pipeline`` reads whose value differs
+    from the one already logged (keys flattened with ``.``, as conf/base/mlflow.yml has
+    kedro-mlflow log them)."""
+    now: dict[str, Any] = {}
+    for name in sorted(pipeline.inputs()):
+        if name.startswith("params:"):
+            _flatten(name.removeprefix("params:"), catalog.load(name), now)
+    return [f"{key}: {logged[key]} -> {value}" for key, value in now.items()
+            if key in logged and logged[key] != str(value)]
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}", item, out)
+    else:
+        out[prefix] = value
 
 
 class RetrainingRunHook:

@@ -208,3 +208,19 @@ def test_kedro_run_end_to_end(kedro_project, tmp_path):
     _check_changed_run_promotion_gate(kedro_project)
 
     _check_champion_serves_without_kedro(kedro_project, tmp_path)
+
+    # Re-evaluating with another setting gets an MLflow run of its own (MLflow never
+    # changes a logged param) instead of failing on the training run it would continue.
+    kedro_project.kedro("run", "--pipelines", "evaluation", "--params", "evaluation.tta=true")
+    _check_reevaluation_has_its_own_run(kedro_project)
+
+
+def _check_reevaluation_has_its_own_run(project) -> None:
+    experiment_name, _ = _names(project)
+    client = _client(project)
+    experiment = client.get_experiment_by_name(experiment_name)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    assert len(runs) == 4
+    assert runs[0].data.params["evaluation.tta"] == "True"
+    assert runs[0].info.status == "FINISHED"
+    assert all(r.data.params.get("evaluation.tta") == "False" for r in runs[1:])
