@@ -85,3 +85,32 @@ def test_pyfunc_input_becomes_images_or_is_refused(array):
     else:
         assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
         assert min(image.shape[:2]) >= MIN_SIDE, f"small image {image.shape}"
+
+
+_IMAGE_SIZED = hnp.arrays(
+    dtype=st.sampled_from([np.uint8, np.int64, np.int16, np.float32, np.float64, np.bool_,
+                           np.uint16]),
+    shape=st.tuples(st.integers(31, 34), st.integers(31, 34), st.sampled_from([1, 3, 4])),
+)
+
+
+@given(_IMAGE_SIZED)
+def test_pyfunc_keeps_pixel_values_exactly_or_refuses(array):
+    # Images of a size the model takes: the values reach the model unchanged (uint8) or
+    # the call is refused: never rounded (floats) nor wrapped (integers outside 0-255).
+    from mlflow.exceptions import MlflowException
+
+    from sa2_pipeline.tracking.pyfunc import _as_image
+
+    try:
+        image = _as_image(array)
+    except MlflowException as err:
+        assert "expected" in err.message or "at least" in err.message, err.message
+        acceptable = (array.dtype.kind in "ui" and array.shape[2] == 3
+                      and min(array.shape[:2]) >= 32 and array.min() >= 0
+                      and array.max() <= 255)
+        assert not acceptable, err.message
+    else:
+        assert array.dtype.kind in "ui", array.dtype
+        assert image.dtype == np.uint8 and image.shape == array.shape
+        np.testing.assert_array_equal(image.astype(np.int64), array.astype(np.int64))
