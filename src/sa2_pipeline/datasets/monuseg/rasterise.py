@@ -76,7 +76,9 @@ def check_regions(
 def polygons_to_instances(polygons: list[np.ndarray], height: int, width: int) -> np.ndarray:
     """Rasterise polygons into an instance label image.
 
-    A pixel belongs to a polygon when its centre (integer coordinates) lies inside it.
+    A pixel belongs to a polygon when its centre (integer coordinates) lies inside it:
+    the pixels of one :func:`skimage.draw.polygon` call per polygon, computed for all
+    polygons at once (:func:`_scanline_fill`).
 
     Args:
         polygons: ``(K, 2)`` arrays of ``(x, y)`` vertices; parts outside the image are cut.
@@ -85,12 +87,10 @@ def polygons_to_instances(polygons: list[np.ndarray], height: int, width: int) -
 
     Returns:
         int32 ``(height, width)``: 0 = background, polygon ``i`` gets label ``i + 1``;
-        where polygons overlap, the later one wins.
+        where polygons overlap, the later one wins (the highest label covering a pixel).
     """
     labels = np.zeros((height, width), dtype=np.int32)
-    for index, vertices in enumerate(polygons):
-        rows, cols = draw_polygon(vertices[:, 1], vertices[:, 0], shape=(height, width))
-        labels[rows, cols] = index + 1
+    _rasterise(labels, polygons, labelled=True)
     return labels
 
 
@@ -110,6 +110,15 @@ def polygons_to_mask(polygons: list[np.ndarray], height: int, width: int) -> np.
         uint8 ``(height, width)``: 1 inside any polygon, 0 elsewhere.
     """
     mask = np.zeros((height, width), dtype=np.uint8)
+    _rasterise(mask, polygons, labelled=False)
+    return mask
+
+
+def _rasterise(out: np.ndarray, polygons: list[np.ndarray], *, labelled: bool) -> None:
+    """Draw ``polygons`` into ``out``: 1 (mask), or polygon ``i``'s ``i + 1`` where it is
+    the highest index covering the pixel (``labelled``). Polygons with a tie in the pixel
+    rule, or that are not plain finite ``(K >= 3, 2)`` arrays, go to skimage one by one."""
+    height, width = out.shape
     arrays = [np.asarray(vertices) for vertices in polygons]
     fast = [
         index
@@ -129,14 +138,17 @@ def polygons_to_mask(polygons: list[np.ndarray], height: int, width: int) -> np.
             fast = [fast[j] for j in np.flatnonzero(ok)]
             vertices, counts = vertices[ok[owner]], counts[ok]
         if fast:
-            left += [fast[j] for j in _scanline_fill(mask, vertices, counts)]
+            values = np.asarray(fast, dtype=np.int64) + 1 if labelled else None
+            left += [fast[j] for j in _scanline_fill(out, vertices, counts, values)]
     else:
         left = list(range(len(arrays)))
-    for index in left:  # the rest, exactly as skimage draws them
+    for index in sorted(left):  # the rest, exactly as skimage draws them
         vertices = arrays[index]
         rows, cols = draw_polygon(vertices[:, 1], vertices[:, 0], shape=(height, width))
-        mask[rows, cols] = 1
-    return mask
+        if labelled:
+            out[rows, cols] = np.maximum(out[rows, cols], index + 1)
+        else:
+            out[rows, cols] = 1
 
 
 #: A vertex this close to a pixel row (or a crossing this close to a pixel centre, times
@@ -145,7 +157,8 @@ _ROW_TIE = 1e-6
 _CROSSING_TIE = 1e-9
 
 
-def _scanline_fill(mask: np.ndarray, vertices: np.ndarray, counts: np.ndarray) -> np.ndarray:
+def _scanline_fill(mask: np.ndarray, vertices: np.ndarray, counts: np.ndarray,
+                   values: np.ndarray | None = None) -> np.ndarray:
     """Set the pixels skimage.draw.polygon would set for each polygon; vectorised.
 
     skimage tests the pixels ``(r, c)`` of the polygon's bounding box (rounded outwards,
@@ -162,9 +175,9 @@ def _scanline_fill(mask: np.ndarray, vertices: np.ndarray, counts: np.ndarray) -
     mostly a vertex on an integer row).
 
     Args:
-        mask: uint8 ``(H, W)`` mask, updated in place.
-        vertices: finite ``(x, y)`` vertices of all polygons, one after the other.
-        counts: vertices per polygon, each at least 3.
+        mask: ``(H, W)`` mask or label image, updated in place.
+        vertices / counts: all polygons' finite ``(x, y)`` vertices; each one's count (>= 3).
+        values: Polygon labels; a pixel keeps the highest that covers it. ``None``: 1.
 
     Returns:
         Indices (into ``counts``) of the polygons left to skimage.
@@ -202,7 +215,7 @@ def _scanline_fill(mask: np.ndarray, vertices: np.ndarray, counts: np.ndarray) -
 
     keep = ~tied[polygon]
     _fill_runs(mask, row[keep].astype(np.int64), crossing[keep], polygon[keep], min_col,
-               max_col)
+               max_col, values)
     return np.flatnonzero(tied)
 
 
@@ -218,7 +231,8 @@ def _boxes(x: np.ndarray, y: np.ndarray, starts: np.ndarray, height: int,
 
 
 def _fill_runs(mask: np.ndarray, row: np.ndarray, crossing: np.ndarray, polygon: np.ndarray,
-               min_col: np.ndarray, max_col: np.ndarray) -> None:
+               min_col: np.ndarray, max_col: np.ndarray,
+               values: np.ndarray | None = None) -> None:
     """Set the inside pixels of each (polygon, row) given its edge crossings (no ties).
 
     Args:
@@ -235,13 +249,20 @@ def _fill_runs(mask: np.ndarray, row: np.ndarray, crossing: np.ndarray, polygon:
     if len(max_col) * height * stride < 2**62:
         key = np.sort((polygon * height + row) * stride + toggle.astype(np.int64))
         run_row, toggle = (key // stride) % height, key % stride
+        run_polygon = key // (stride * height)
     else:  # pragma: no cover - beyond int64 keys
         order = np.lexsort((toggle, row, polygon))
         run_row, toggle = row[order], toggle[order].astype(np.int64)
+        run_polygon = polygon[order]
     run_row, begin, end = run_row[0::2], toggle[0::2], toggle[1::2]
+    run_polygon = run_polygon[0::2]
     lengths = end - begin
     filled = lengths > 0
     run_row, begin, lengths = run_row[filled], begin[filled], lengths[filled]
     offsets = np.cumsum(lengths) - lengths
     flat = np.repeat(run_row * width + begin - offsets, lengths) + np.arange(int(lengths.sum()))
-    mask.reshape(-1)[flat] = 1
+    if values is None:
+        mask.reshape(-1)[flat] = 1
+        return
+    label = np.repeat(values[run_polygon[filled]], lengths)
+    np.maximum.at(mask.reshape(-1), flat, label.astype(mask.dtype))
