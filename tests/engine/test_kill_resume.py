@@ -26,10 +26,12 @@ from sa2_pipeline.io_utils import atomic_write_bytes
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="SIGKILL is POSIX")
 
-EPOCHS = 6
+# Epochs of a few milliseconds: enough of them that a kill aimed after epoch 3 cannot
+# land after the run's end when the poll lags on a loaded machine (it once did with 6).
+EPOCHS = 12
 _TESTS_DIR = Path(__file__).resolve().parent
 
-# Same toy data and model as test_trainer.py (imported from it), 6 epochs of 4 patches.
+# Same toy data and model as test_trainer.py (imported from it), 12 epochs of 4 patches.
 _SCRIPT = textwrap.dedent(
     f"""
     import sys
