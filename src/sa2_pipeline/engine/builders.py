@@ -88,13 +88,12 @@ def _checkpoint_runtime(path: Path | None, fingerprint: str,
     With several processes rank 0 reads it and every rank gets its answer."""
     from sa2_pipeline.engine import distributed
     from sa2_pipeline.engine.checkpoint import load_checkpoint
-    from sa2_pipeline.engine.trainer import CHECKPOINT_FORMAT
+    from sa2_pipeline.engine.trainer import belongs_to_run
 
     runtime = None
     if worker.rank == 0 and path is not None and Path(path).exists():
         state = load_checkpoint(path)
-        if (state.get("format") == CHECKPOINT_FORMAT
-                and state.get("fingerprint") == fingerprint):
+        if belongs_to_run(state, fingerprint):
             stored = dict(state.get("meta", {}).get("runtime") or {})
             if {"precision", "weight_grad_layout"} <= stored.keys():
                 runtime = stored

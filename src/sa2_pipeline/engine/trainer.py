@@ -342,9 +342,7 @@ class Trainer:
         if not path.exists():
             return None
         state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("fingerprint") != (
-            self.fingerprint
-        ):
+        if not belongs_to_run(state, self.fingerprint):
             logger.warning(
                 "%s belongs to a different run (model, data or settings changed); "
                 "starting from scratch and replacing it",
@@ -352,6 +350,12 @@ class Trainer:
             )
             return None
         return state
+
+
+def belongs_to_run(state: dict[str, Any], fingerprint: str) -> bool:
+    """Whether a loaded checkpoint is this format and this run's (same fingerprint)."""
+    return (state.get("format") == CHECKPOINT_FORMAT
+            and state.get("fingerprint") == fingerprint)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -93,7 +93,7 @@ def header_shape(data: bytes, suffix: str) -> tuple[int, ...]:
         return (height, width, len(img.getbands()))
 
 
-def _check_shape(shape: tuple[int, ...]) -> None:
+def check_shape(shape: tuple[int, ...]) -> None:
     """Refuse a stored shape that is not one 2D image within the size limits."""
     dims = list(shape)
     while len(dims) > 2 and dims[0] == 1:
@@ -136,7 +136,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise
     except Exception as err:  # noqa: BLE001 - PIL/tifffile raise many types
         raise ImageRequestError(f"unreadable {suffix[1:].upper()} header: {err}") from err
-    _check_shape(shape)
+    check_shape(shape)
     with tempfile.TemporaryDirectory(prefix="sa2-request-") as tmp:
         path = Path(tmp, f"image{suffix}")
         path.write_bytes(data)

@@ -34,7 +34,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from sa2_pipeline.inference.encoding import MAX_PIXELS, MIN_SIDE
+from sa2_pipeline.inference.encoding import MAX_PIXELS, MIN_SIDE  # noqa: F401 - the limits
 
 
 class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
@@ -111,13 +111,13 @@ def _as_image(model_input: Any) -> np.ndarray:
 
 
 def _check_size(shape: tuple[int, ...]) -> None:
-    height, width = shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise _refuse(f"image of shape {shape} is empty, too small or degenerate: each "
-                      f"side must be at least {MIN_SIDE} px")
-    if height * width > MAX_PIXELS:
-        raise _refuse(f"image of shape {shape} has {height * width:,} pixels, over the "
-                      f"limit of {MAX_PIXELS:,}: segment it with `sa2-pipeline segment`")
+    """The size limits of both forms (``inference.encoding``), as an HTTP 400."""
+    from sa2_pipeline.inference.encoding import ImageRequestError, check_shape
+
+    try:
+        check_shape(shape)
+    except ImageRequestError as err:
+        raise _refuse(str(err)) from err
 
 
 def _is_table(model_input: Any) -> bool:
