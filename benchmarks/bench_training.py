@@ -269,8 +269,8 @@ def bench_vs_release(args: argparse.Namespace, name: str, device) -> list[dict]:
             "variant": variants[precision],
             "channels_last": args.channels_last[0], "compile": "off",
             "release_channels_last": args.release_channels_last, **cfg,
-            "ours_step_s": round(ours_s, 4), "release_step_s": round(release_s, 4),
-            "speedup_vs_release": round(release_s / ours_s, 3),
+            "ours_step_s": round(ours_s, 6), "release_step_s": round(release_s, 6),
+            "speedup_vs_release": round(release_s / ours_s, 4),
             "ours_steps_s": [round(t, 3) for t in times[f"ours-{precision}"]],
             "release_steps_s": [round(t, 3) for t in times["release-fp32"]],
         })
