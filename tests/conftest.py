@@ -7,6 +7,9 @@ import pytest
 # Keep torch from fighting other processes for the 2 cores (docs/environment.md), and keep
 # tools quiet and offline.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Two test workers share the cores: idle OpenMP threads sleep (the package sets this only
+# when the CPU is busy at import, which a worker cannot count on).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")

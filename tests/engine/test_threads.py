@@ -56,17 +56,93 @@ def test_configure_sets_torch_threads(monkeypatch):
 
 
 def _wait_policy_after(code: str, **env: str) -> str:
-    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    clean = {k: v for k, v in os.environ.items() if k not in threads.WAIT_ENV}
     done = subprocess.run([sys.executable, "-c", code], env={**clean, **env},
                           capture_output=True, text=True, check=True)
     return done.stdout.strip()
 
 
-def test_importing_the_package_makes_openmp_wait_passively():
+def test_openmp_threads_sleep_only_when_others_keep_the_cpu_busy():
+    assert threads.wait_policy_for(0) is None        # idle machine: libgomp's short spin
+    assert threads.wait_policy_for(1) == "PASSIVE"
+    assert threads.wait_policy_for(5) == "PASSIVE"
+
+
+def test_importing_the_package_next_to_a_busy_process_makes_openmp_wait_passively():
     show = "import os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
-    assert _wait_policy_after(f"import sa2_pipeline; {show}") == "PASSIVE"
-    # a policy the user chose is kept
-    assert _wait_policy_after(f"import sa2_pipeline; {show}", OMP_WAIT_POLICY="ACTIVE") == (
-        "ACTIVE")
-    # torch already loaded: setting it would not take effect, so it is not pretended
-    assert _wait_policy_after(f"import torch, sa2_pipeline; {show}") == "unset"
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        assert _wait_policy_after(f"import sa2_pipeline; {show}") == "PASSIVE"
+        # a policy the user chose is kept, and so is a spin count
+        assert _wait_policy_after(f"import sa2_pipeline; {show}",
+                                  OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+        assert _wait_policy_after(f"import sa2_pipeline; {show}",
+                                  GOMP_SPINCOUNT="1000") == "unset"
+        # torch already loaded: setting it would not take effect, so it is not pretended
+        assert _wait_policy_after(f"import torch, sa2_pipeline; {show}") == "unset"
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_this_process_s_own_running_threads_are_not_counted_as_others(monkeypatch):
+    monkeypatch.setattr(threads, "running_tasks", lambda: 3)
+    monkeypatch.setattr(threads, "own_running_threads", lambda: 2)  # e.g. a spinning worker
+    assert threads.other_runnable(samples=3, interval_s=0.0) == 1
+    monkeypatch.setattr(threads, "running_tasks", lambda: None)
+    assert threads.other_runnable(samples=3, interval_s=0.0) == 0
+
+
+def test_own_running_threads_sees_a_busy_torch_worker():
+    import threading
+
+    stop = threading.Event()
+    a = torch.randn(256, 256)
+
+    def work():
+        while not stop.is_set():
+            a @ a  # releases the GIL: this thread stays running
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        seen = max(threads.own_running_threads() for _ in range(50))
+    finally:
+        stop.set()
+        worker.join()
+    assert seen >= 2  # the caller and the worker
+
+
+def test_the_rebalancer_follows_the_free_cores_after_every_epoch(monkeypatch):
+    from sa2_pipeline.engine.callbacks import ThreadRebalancer
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(threads, "auto_threads", lambda: 1)
+        ThreadRebalancer().on_epoch_end(None, {})
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr(threads, "auto_threads", lambda: 2)
+        ThreadRebalancer().on_epoch_end(None, {})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_only_an_automatic_single_process_cpu_run_rebalances(monkeypatch):
+    from types import SimpleNamespace
+
+    from sa2_pipeline.engine.builders import _thread_callbacks
+    from sa2_pipeline.engine.callbacks import ThreadRebalancer
+
+    monkeypatch.delenv(threads.THREADS_ENV, raising=False)
+    one = SimpleNamespace(distributed=False)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto, fixed = SimpleNamespace(num_threads=0), SimpleNamespace(num_threads=2)
+    assert [type(c) for c in _thread_callbacks(auto, cpu, one)] == [ThreadRebalancer]
+    assert _thread_callbacks(fixed, cpu, one) == []
+    assert _thread_callbacks(auto, cuda, one) == []
+    assert _thread_callbacks(auto, cpu, SimpleNamespace(distributed=True)) == []
+    monkeypatch.setenv(threads.THREADS_ENV, "1")
+    assert _thread_callbacks(auto, cpu, one) == []

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from sa2_pipeline.config import ModelConfig, TrainingConfig
-from sa2_pipeline.engine.callbacks import EpochLogger
+from sa2_pipeline.engine.callbacks import EpochLogger, ThreadRebalancer
 from sa2_pipeline.engine.distributed import WorkerInfo
 from sa2_pipeline.engine.optim import EpochScheduler
 from sa2_pipeline.engine.optim import build_optimizer as _adam
@@ -238,12 +238,21 @@ def build_trainer(spec: FitSpec, model: torch.nn.Module, *, device: torch.device
         fingerprint=fingerprint,
         precision=cfg.precision,
         channels_last=cfg.channels_last,
-        callbacks=[EpochLogger(), *spec.callbacks],
+        callbacks=[EpochLogger(), *_thread_callbacks(cfg, device, worker), *spec.callbacks],
         meta={"train_ids": spec.train_ids, "val_ids": spec.val_ids, "mode": spec.mode,
               "runtime": dict(runtime or {})},
         rank=worker.rank,
         world_size=worker.world_size,
     )
+
+
+def _thread_callbacks(cfg: TrainingConfig, device: torch.device, worker: WorkerInfo) -> list[Any]:
+    """:class:`ThreadRebalancer` for a single-process CPU run with the automatic count."""
+    from sa2_pipeline.engine.threads import is_automatic
+
+    if device.type != "cpu" or worker.distributed or not is_automatic(cfg.num_threads):
+        return []
+    return [ThreadRebalancer()]
 
 
 def build_bundle(spec: FitSpec, result: FitResult, *, fingerprint: str,

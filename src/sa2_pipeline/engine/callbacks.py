@@ -57,3 +57,21 @@ class EpochLogger(Callback):
             record["epoch_seconds"],
             "  *best*" if record["is_best"] else "",
         )
+
+
+class ThreadRebalancer(Callback):
+    """For the automatic thread count (``num_threads: 0``) on a CPU: after every epoch
+    torch's threads are set to :func:`~sa2_pipeline.engine.threads.auto_threads` again
+    (logged when they change), so a training gives up a core while another process needs
+    it and takes it back once it is free (docs/environment.md, "CPU threads")."""
+
+    def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:  # noqa: ARG002
+        import torch
+
+        from sa2_pipeline.engine.threads import auto_threads
+
+        threads = auto_threads()
+        if threads != torch.get_num_threads():
+            logger.info("torch now uses %d thread(s) (automatic; was %d)", threads,
+                        torch.get_num_threads())
+            torch.set_num_threads(threads)

@@ -5,17 +5,22 @@ Two things make torch slow on a busy CPU (docs/environment.md, "CPU threads"):
 * **Spinning.** GNU OpenMP threads that finish a parallel region busy-wait for the next
   one; with another process on the same cores the spinning threads take the cores from
   the threads that do the work, and a step can get 10-60x slower. ``OMP_WAIT_POLICY=PASSIVE``
-  makes them sleep at once. It is read when torch loads its OpenMP runtime, so
-  :func:`prefer_passive_wait` runs when :mod:`sa2_pipeline` is imported (before torch,
-  in the Kedro and command-line entry points) and only sets a default: an
-  ``OMP_WAIT_POLICY`` already in the environment wins.
+  makes them sleep at once, but on an idle machine waking them for every parallel region
+  costs 5-10 % (Zen 3) to 45 % (Zen 5) of a small model's training. So
+  :func:`choose_wait_policy`, run when :mod:`sa2_pipeline` is imported (before torch, in
+  the Kedro and command-line entry points), sets ``PASSIVE`` only when other processes
+  keep cores busy at that moment; a policy (or ``GOMP_SPINCOUNT``) already in the
+  environment wins.
 * **More threads than free cores.** ``num_threads: 0`` (the default everywhere) means
   :func:`auto_threads`: the cores this process may run on, less those other processes keep
-  busy right now (running or runnable), at least one.
+  busy right now (running or runnable), at least one. A CPU training with the automatic
+  count checks again after every epoch (:class:`ThreadRebalancer`), so two trainings
+  that started together on an idle machine settle on one core each instead of fighting.
 
 Every entry point takes an explicit count (``training.num_threads``,
 ``evaluation.num_threads``, ``sa2-pipeline segment --threads``, the pyfunc's
-``num_threads`` parameter, or ``SA2_NUM_THREADS``); any positive value is used as is.
+``num_threads`` parameter, or ``SA2_NUM_THREADS``); any positive value is used as is,
+and never changes during a run.
 """
 
 from __future__ import annotations
@@ -31,12 +36,25 @@ logger = logging.getLogger(__name__)
 THREADS_ENV = "SA2_NUM_THREADS"
 
 
-def prefer_passive_wait() -> bool:
-    """Default ``OMP_WAIT_POLICY`` to ``PASSIVE`` if torch is not loaded yet; True if set."""
-    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
-        return False
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    return True
+#: Environment variables that already decide how idle OpenMP threads wait.
+WAIT_ENV = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def choose_wait_policy() -> str | None:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` when other processes keep cores busy now, torch is
+    not loaded yet and the environment does not decide already; returns what it set."""
+    if "torch" in sys.modules or any(name in os.environ for name in WAIT_ENV):
+        return None
+    policy = wait_policy_for(other_runnable(samples=3, interval_s=0.005))
+    if policy is not None:
+        os.environ["OMP_WAIT_POLICY"] = policy
+    return policy
+
+
+def wait_policy_for(busy: int) -> str | None:
+    """``PASSIVE`` when ``busy`` threads of other processes are running, else None (leave
+    libgomp's default: spin about 3 ms, then sleep; the fast choice on an idle machine)."""
+    return "PASSIVE" if busy >= 1 else None
 
 
 def available_cores() -> int:
@@ -48,24 +66,50 @@ def available_cores() -> int:
 
 
 def other_runnable(samples: int = 5, interval_s: float = 0.01) -> int:
-    """Processes other than this one that are running or runnable right now.
+    """Threads of other processes that are running or runnable right now.
 
     The median over a few reads of /proc/loadavg's ``running/total`` field, less this
-    process; 0 where that file does not exist. (The 1-minute load average lags by a
-    minute and counts this process's own earlier work.)
+    process's own running threads at that moment (an OpenMP worker still spinning after
+    the last parallel region counts as running: it must not read as another process's);
+    0 where the file does not exist. (The 1-minute load average lags by a minute and
+    counts this process's own earlier work.)
     """
     import statistics
     import time
 
     counts = []
     for i in range(samples):
-        try:
-            counts.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]))
-        except (OSError, IndexError, ValueError):
+        running = running_tasks()
+        if running is None:
             return 0
+        counts.append(max(0, running - own_running_threads()))
         if i + 1 < samples:
             time.sleep(interval_s)
-    return max(0, round(statistics.median(counts)) - 1)
+    return round(statistics.median(counts))
+
+
+def running_tasks() -> int | None:
+    """Running or runnable threads on the machine (/proc/loadavg), None where unknown."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def own_running_threads() -> int:
+    """This process's threads in state R (running or runnable), at least 1: the caller."""
+    running = 0
+    try:
+        stats = list(Path("/proc/self/task").glob("*/stat"))
+    except OSError:
+        return 1
+    for stat in stats:
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        running += bool(fields) and fields[0] == "R"
+    return max(1, running)
 
 
 def auto_threads(cores: int | None = None, busy: int | None = None) -> int:
@@ -102,3 +146,9 @@ def configure_threads(num_threads: int | None) -> int:
         torch.set_num_threads(threads)
     logger.info("torch uses %d thread(s)%s", threads, "" if num_threads else " (automatic)")
     return threads
+
+
+def is_automatic(num_threads: int | None) -> bool:
+    """Whether ``num_threads`` leaves the count to :func:`auto_threads`."""
+    return not num_threads and not os.environ.get(THREADS_ENV, "").strip()
+
