@@ -94,6 +94,14 @@ def test_this_process_s_own_running_threads_are_not_counted_as_others(monkeypatc
     assert threads.other_runnable(samples=3, interval_s=0.0) == 0
 
 
+def test_a_thread_that_wakes_for_a_moment_is_not_a_busy_core(monkeypatch):
+    reads = iter([4, 2, 2, 3, 3, 3])  # a kernel thread runnable in the first read only
+    monkeypatch.setattr(threads, "running_tasks", lambda: next(reads))
+    monkeypatch.setattr(threads, "own_running_threads", lambda: 2)
+    assert threads.other_runnable(samples=3, interval_s=0.0) == 0
+    assert threads.other_runnable(samples=3, interval_s=0.0) == 1  # busy in every read
+
+
 def test_own_running_threads_sees_a_busy_torch_worker():
     import threading
 
