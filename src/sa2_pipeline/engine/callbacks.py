@@ -70,8 +70,7 @@ class ThreadRebalancer(Callback):
 
         from sa2_pipeline.engine.threads import auto_threads
 
-        threads = auto_threads()
-        if threads != torch.get_num_threads():
-            logger.info("torch now uses %d thread(s) (automatic; was %d)", threads,
-                        torch.get_num_threads())
+        threads, before = auto_threads(), torch.get_num_threads()
+        if threads != before:
+            logger.info("torch now uses %d thread(s) (automatic; was %d)", threads, before)
             torch.set_num_threads(threads)

@@ -101,16 +101,12 @@ def running_tasks() -> int | None:
 def own_running_threads() -> int:
     """This process's threads in state R (running or runnable), at least 1: the caller."""
     running = 0
-    try:
-        stats = list(Path("/proc/self/task").glob("*/stat"))
-    except OSError:
-        return 1
-    for stat in stats:
+    for stat in Path("/proc/self/task").glob("*/stat"):  # nothing where /proc is absent
         try:
-            fields = stat.read_text().rpartition(")")[2].split()
+            state = stat.read_text().rpartition(")")[2].split()[:1]
         except OSError:  # the thread ended meanwhile
             continue
-        running += bool(fields) and fields[0] == "R"
+        running += state == ["R"]
     return max(1, running)
 
 
