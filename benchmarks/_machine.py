@@ -1,8 +1,9 @@
 """What the benchmarks record about the CPU they ran on (read from /proc/cpuinfo).
 
 Results are stored per machine under ``benchmarks/results/<slug>.json``; the slug is the
-CPU's model name plus its widest vector/matrix extension, because one marketing name
-("AMD EPYC") covers CPUs whose fp32 and bf16 speeds differ by 2x or more.
+CPU's model name, its widest vector/matrix extension and its family/model number, because
+one marketing name ("AMD EPYC") covers CPUs whose fp32 and bf16 speeds differ by 2x or
+more, and a Zen 4 and a Zen 5 even share the extensions.
 """
 
 from __future__ import annotations
@@ -50,13 +51,21 @@ def isa_level(flags: set[str]) -> str:
     return "base"
 
 
-def machine_slug(model: str | None = None, flags: set[str] | None = None) -> str:
-    """File-name key of this machine: ``amd-epyc-avx2``, ``intel-xeon-processor-avx512bf16``."""
+def machine_slug(model: str | None = None, flags: set[str] | None = None,
+                 generation: tuple[str | None, str | None] | None = None) -> str:
+    """File-name key of this machine: ``amd-epyc-avx512bf16-f25m17``, ``intel-xeon-platinum-
+    8480-amx-f6m143``. ``generation`` is the CPU family and model number (read from
+    /proc/cpuinfo when not given); they tell apart a Zen 4 and a Zen 5, which share the
+    name "AMD EPYC" and the flags but not their speeds."""
     model = cpu_model() if model is None else model
     flags = cpu_flags() if flags is None else flags
+    if generation is None:
+        generation = (_cpuinfo_field("cpu family"), _cpuinfo_field("model"))
     name = re.sub(r"\((?:r|tm)\)|\bcpu\b|@.*$", " ", model.lower())
     name = re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown-cpu"
-    return f"{name}-{isa_level(flags)}"
+    family, number = generation
+    suffix = f"-f{family}m{number}" if family and number else ""
+    return f"{name}-{isa_level(flags)}{suffix}"
 
 
 def cpu_identity() -> dict:

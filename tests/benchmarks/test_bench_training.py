@@ -101,9 +101,12 @@ def test_machine_slug_separates_cpus_sharing_a_name():
     spec = importlib.util.spec_from_file_location("_machine", BENCH.parent / "_machine.py")
     machine = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(machine)
-    zen3 = machine.machine_slug("AMD EPYC", {"avx2", "fma"})
-    zen4 = machine.machine_slug("AMD EPYC", {"avx2", "fma", "avx512f", "avx512_bf16"})
-    assert (zen3, zen4) == ("amd-epyc-avx2", "amd-epyc-avx512bf16")
+    avx512 = {"avx2", "fma", "avx512f", "avx512_bf16"}
+    zen3 = machine.machine_slug("AMD EPYC", {"avx2", "fma"}, ("25", "1"))
+    zen4 = machine.machine_slug("AMD EPYC", avx512, ("25", "17"))
+    zen5 = machine.machine_slug("AMD EPYC", avx512, ("26", "2"))
+    assert (zen3, zen4, zen5) == ("amd-epyc-avx2-f25m1", "amd-epyc-avx512bf16-f25m17",
+                                  "amd-epyc-avx512bf16-f26m2")
     assert machine.machine_slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz",
-                                {"avx512f", "avx512_bf16", "amx_bf16"}) == (
+                                {"avx512f", "avx512_bf16", "amx_bf16"}, (None, None)) == (
         "intel-xeon-platinum-8480-amx")

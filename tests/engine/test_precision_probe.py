@@ -197,3 +197,23 @@ def test_choosing_for_training_applies_the_layout_and_caches(tmp_path):
         layers.set_weight_grad_layout("native")
     assert probe.choose_for_inference("auto", model, (1, 3, 32, 32), CPU,
                                       folder=tmp_path) in ("fp32", "bf16")
+
+
+def test_two_generations_sharing_one_model_name_do_not_share_a_cache_entry(tmp_path,
+                                                                            monkeypatch):
+    """"AMD EPYC" names a Zen 4 and a Zen 5 alike; a home directory shared by mixed nodes
+    must measure each generation, not reuse the other's answer."""
+    def cpuinfo(family, model):
+        return (f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\n"
+                f"model\t\t: {model}\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+                "flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+
+    zen4, zen5 = probe.machine_key(cpuinfo(25, 17)), probe.machine_key(cpuinfo(26, 2))
+    assert zen4["cpu"] == zen5["cpu"] == "AMD EPYC"
+    assert zen4["cpu_generation"] == "25/17/1" and zen5["cpu_generation"] == "26/2/1"
+    monkeypatch.setattr(probe, "machine_key", lambda: zen5)
+    probe.choose("auto", CPU, KEY, fake_timer({"fp32": 1.0, "bf16": 0.5}), folder=tmp_path)
+    monkeypatch.setattr(probe, "machine_key", lambda: zen4)
+    assert probe.choose("auto", CPU, KEY, fake_timer({"fp32": 0.5, "bf16": 1.0}),
+                        folder=tmp_path).precision == "fp32"
+    assert len(list(tmp_path.glob("precision-*.json"))) == 2

@@ -18,7 +18,7 @@ whenever a CPU training step runs in fp32, also when ``fp32`` is asked for; a re
 run keeps the choice stored in its checkpoint, so resuming stays bit-identical
 (:func:`sa2_pipeline.engine.builders.resolve_runtime`).
 
-The answer is cached per CPU (model name and flags), torch version, workload, thread
+The answer is cached per CPU (model name, family/model/stepping and flags), torch version, workload, thread
 count, candidates and model shape, one small JSON file per key under :func:`cache_dir`,
 written atomically, so the measurement runs once per machine and model.
 
@@ -78,25 +78,31 @@ def cache_dir() -> Path:
     return Path(base) / "sa2-pipeline"
 
 
-def machine_key() -> dict[str, str]:
-    """CPU model name, the flags that decide oneDNN's kernels, torch version."""
+def machine_key(cpuinfo: str | None = None) -> dict[str, str]:
+    """CPU model name, family/model/stepping, the flags that decide oneDNN's kernels, torch
+    version. The family and model matter: "AMD EPYC" names a Zen 3, a Zen 4 and a Zen 5
+    alike, whose fastest precisions differ, and a home directory shared by a cluster's
+    mixed nodes must not hand one generation's answer to another."""
     import platform
 
     import torch
 
-    model, flags = platform.processor() or platform.machine(), set()
+    fields = {"model name": platform.processor() or platform.machine()}
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            name, _, value = line.partition(":")
-            if name.strip() == "model name":
-                model = value.strip()
-            elif name.strip() == "flags":
-                flags = set(value.split())
-                break
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
     except OSError:
-        pass
+        text = ""
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("model name", "cpu family", "model", "stepping", "flags"):
+            fields[name.strip()] = value.strip()
+        if name.strip() == "flags":
+            break
+    flags = set(fields.get("flags", "").split())
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
-    return {"cpu": model, "cpu_flags": ",".join(f for f in wanted if f in flags),
+    generation = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return {"cpu": fields["model name"], "cpu_generation": generation,
+            "cpu_flags": ",".join(f for f in wanted if f in flags),
             "torch": torch.__version__}
 
 

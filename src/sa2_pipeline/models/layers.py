@@ -7,7 +7,8 @@ and on GPU with cuDNN). Shapes in docstrings use ``N`` batch, ``C`` channels, ``
 Contents, top to bottom:
     input helpers     ``check_positive_ints``, ``check_input``, ``pad_to_multiple``,
                       ``crop_to``, ``resize_bilinear``
-    generic layers    ``pointwise_conv``, ``Conv2d``, ``ConvBNReLU`` (CBR), ``LayerNorm2d``
+    generic layers    ``pointwise_conv``, ``Conv2d``, ``DepthwiseConv2d``,
+                      ``depthwise_conv2d``, ``ConvBNReLU`` (CBR), ``LayerNorm2d``
     kernel choice     ``set_weight_grad_layout`` / ``weight_grad_layout``
 """
 
@@ -20,10 +21,12 @@ from torch import nn
 __all__ = [
     "Conv2d",
     "ConvBNReLU",
+    "DepthwiseConv2d",
     "LayerNorm2d",
     "check_input",
     "check_positive_ints",
     "crop_to",
+    "depthwise_conv2d",
     "pad_to_multiple",
     "pointwise_conv",
     "resize_bilinear",
@@ -222,6 +225,95 @@ class Conv2d(nn.Conv2d):
             return _NCHWWeightGradConv.apply(x, self.weight, self.bias, list(self.stride),
                                              list(self.padding), list(self.dilation))
         return super().forward(x)
+
+
+# --------------------------------------------------------------------------------------
+# Depthwise convolution with a fast CPU backward
+# --------------------------------------------------------------------------------------
+class _DepthwiseConv(torch.autograd.Function):
+    """Stride-1, "same"-padded depthwise convolution (``groups`` = input channels, ``m``
+    output channels per group) whose CPU backward avoids oneDNN's depthwise weight-
+    gradient kernel, which runs 20-40x slower than the forward (docs/measurements.md).
+
+    * weight gradient: ``dW[c*m+j] = sum_n corr(x_pad[n, c], g[n, c*m+j])`` is itself a
+      depthwise *forward* convolution, of the padded input (one group per image and
+      channel) with the output gradient as the kernel, then summed over the batch;
+    * input gradient: the forward convolution of the output gradient with the flipped
+      kernel (``m`` input channels per group);
+    * bias gradient: the output gradient summed over batch and space.
+
+    The same sums in another order: equal to oneDNN's gradients up to rounding. Under
+    CPU autocast it computes in the autocast dtype, as ``F.conv2d`` would.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):  # noqa: ANN001
+        dtype = (torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                 else x.dtype)
+        xc, wc = x.to(dtype), weight.to(dtype)
+        bc = None if bias is None else bias.to(dtype)
+        ctx.save_for_backward(xc, wc)
+        ctx.meta = (padding, bias is not None, x.dtype, weight.dtype)
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(xc, wc, bc, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        x, weight = ctx.saved_tensors
+        padding, has_bias, x_dtype, w_dtype = ctx.meta
+        grad = grad.to(x.dtype)
+        acc = torch.promote_types(x.dtype, torch.float32)  # sums of bf16 terms in fp32
+        (n, channels, height, width), k = x.shape, weight.shape[-1]
+        multiplier = weight.shape[0] // channels
+        grad_x = grad_w = grad_b = None
+        with torch.autocast("cpu", enabled=False):
+            if ctx.needs_input_grad[0]:
+                flipped = weight.flip(-2, -1).reshape(channels, multiplier, k, k)
+                grad_x = F.conv2d(grad, flipped, padding=k - 1 - padding,
+                                  groups=channels).to(x_dtype)
+            if ctx.needs_input_grad[1]:
+                x_pad = F.pad(x, (padding,) * 4).reshape(1, n * channels, height + 2 * padding,
+                                                         width + 2 * padding)
+                kernels = grad.reshape(n * channels * multiplier, 1, height, width)
+                per_image = F.conv2d(x_pad, kernels, groups=n * channels)
+                grad_w = (per_image.reshape(n, channels * multiplier, k, k).to(acc).sum(0)
+                          .unsqueeze(1).to(w_dtype))
+            if has_bias and ctx.needs_input_grad[2]:
+                grad_b = grad.to(acc).sum((0, 2, 3)).to(w_dtype)
+        return grad_x, grad_w, grad_b, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding, groups=C)`` for a square odd kernel
+    ``(C*m, 1, k, k)``, stride 1 and ``padding`` = k // 2. A CPU training step with one
+    output channel per group uses :class:`_DepthwiseConv`'s backward; anything else
+    (CUDA, no gradient, compile, m > 1, where oneDNN's grouped kernels are faster than
+    this backward's: docs/measurements.md) runs ``F.conv2d``."""
+    if (
+        x.device.type == "cpu"
+        and weight.shape[0] == x.shape[1]
+        and torch.is_grad_enabled()
+        and (weight.requires_grad or x.requires_grad)
+        and not torch.compiler.is_compiling()
+    ):
+        return _DepthwiseConv.apply(x, weight, bias, padding)
+    return F.conv2d(x, weight, bias, padding=padding, groups=x.shape[1])
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise ``nn.Conv2d`` (``channels`` in and out, ``groups=channels``, stride 1,
+    padding ``kernel_size // 2``: same parameters and state-dict keys) whose CPU backward
+    is :func:`depthwise_conv2d`'s."""
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        if kernel_size % 2 == 0:
+            raise ValueError(f"DepthwiseConv2d needs an odd kernel_size, got {kernel_size}")
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2,
+                         groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depthwise_conv2d(x, self.weight, self.bias, self.kernel_size[0] // 2)
 
 
 class ConvBNReLU(nn.Module):

@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sa2_pipeline.models.layers import Conv2d, ConvBNReLU, LayerNorm2d, pointwise_conv
+from sa2_pipeline.models.layers import (
+    Conv2d,
+    ConvBNReLU,
+    DepthwiseConv2d,
+    LayerNorm2d,
+    depthwise_conv2d,
+    pointwise_conv,
+)
 
 __all__ = [
     "AdaptiveUpAttention",
@@ -43,8 +50,8 @@ class MixedScaleFFN(nn.Module):
         super().__init__()
         hidden = channels * expansion
         self.project_in = nn.Conv2d(channels, hidden, kernel_size=1)
-        self.dwconv3 = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1, groups=hidden)
-        self.dwconv5 = nn.Conv2d(hidden, hidden, kernel_size=5, padding=2, groups=hidden)
+        self.dwconv3 = DepthwiseConv2d(hidden, kernel_size=3)
+        self.dwconv5 = DepthwiseConv2d(hidden, kernel_size=5)
         self.project_out = nn.Conv2d(hidden, channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,7 +76,7 @@ class ConvMlpBlock(nn.Module):
         super().__init__()
         hidden = channels * expansion
         self.norm = LayerNorm2d(channels)
-        self.dwconv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
+        self.dwconv = DepthwiseConv2d(channels, kernel_size=3)
         self.fc1 = nn.Conv2d(channels, hidden, kernel_size=1)
         self.fc2 = nn.Conv2d(hidden, channels, kernel_size=1)
 
@@ -125,7 +132,7 @@ def upsample2x_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor)
     # (C, a, b, T, T) -> (4C, 1, T, T), channel order c*4 + a*2 + b as pixel_shuffle expects
     phase_weight = torch.einsum("atu,cuv,bsv->cabts", phases, weight[:, 0], phases)
     phase_weight = phase_weight.reshape(4 * channels, 1, taps, taps)
-    out = F.conv2d(x, phase_weight, bias.repeat_interleave(4), padding=taps // 2, groups=channels)
+    out = depthwise_conv2d(x, phase_weight, bias.repeat_interleave(4), taps // 2)
     return F.pixel_shuffle(out, 2)
 
 
@@ -146,8 +153,8 @@ class AdaptiveUpAttention(nn.Module):
         self.channels = channels
         self.up_norm = LayerNorm2d(channels)
         self.up_pw = nn.Conv2d(channels, channels, kernel_size=1)
-        self.up_dw = nn.Conv2d(channels, channels, kernel_size=11, padding=5, groups=channels)
-        self.skip_dw = nn.Conv2d(channels, channels, kernel_size=5, padding=2, groups=channels)
+        self.up_dw = DepthwiseConv2d(channels, kernel_size=11)
+        self.skip_dw = DepthwiseConv2d(channels, kernel_size=5)
         self.psi_conv = nn.Conv2d(2 * channels, 1, kernel_size=1)
         self.psi_norm = nn.BatchNorm2d(1)
         self.skip_proj = Conv2d(channels, channels, kernel_size=3, padding=1)

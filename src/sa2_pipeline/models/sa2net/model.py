@@ -17,7 +17,7 @@ from torch import nn
 
 from sa2_pipeline.models import register_model
 from sa2_pipeline.models.base import SegmentationModel
-from sa2_pipeline.models.layers import Conv2d, ConvBNReLU, resize_bilinear
+from sa2_pipeline.models.layers import Conv2d, ConvBNReLU, DepthwiseConv2d, resize_bilinear
 from sa2_pipeline.models.sa2net.blocks import AdaptiveUpAttention, ConvMlpBlock, MixedScaleFFN
 
 __all__ = ["SA2Module", "SA2Net", "SA2NetDecoder", "SA2NetEncoder"]
@@ -102,7 +102,7 @@ class SA2Module(nn.Module):
         self.msfns = nn.ModuleList(MixedScaleFFN(c) for _ in range(k))
         self.fuse_norm = nn.BatchNorm2d(k * c)
         self.fuse_conv = Conv2d(k * c, c + k, kernel_size=3, padding=1)
-        self.query_conv = nn.Conv2d(c, c, kernel_size=5, padding=2, groups=c)
+        self.query_conv = DepthwiseConv2d(c, kernel_size=5)
         self.mlps = nn.ModuleList(ConvMlpBlock(c) for _ in range(k))
         self.out_convs = nn.ModuleList(
             Conv2d(c, ch, kernel_size=3, padding=1) for ch in encoder_channels[:k]
