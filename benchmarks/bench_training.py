@@ -27,8 +27,8 @@ process's peak resident set minus that of the same process before the model was 
 throttling machine slows both alike; it prints each median and the ratio release / ours.
 
 ``--save`` merges the rows into ``benchmarks/results/<machine>.json`` (the machine's slug,
-e.g. ``amd-epyc-avx512bf16-f25m17``, see ``_machine.py``), replacing rows with the same settings, so each
-machine keeps one file and machines sit side by side.
+e.g. ``amd-epyc-avx512bf16-f25m17``, see ``_machine.py``), replacing rows with the same
+settings, so each machine keeps one file and machines sit side by side.
 """
 
 from __future__ import annotations

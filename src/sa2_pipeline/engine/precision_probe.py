@@ -18,9 +18,9 @@ whenever a CPU training step runs in fp32, also when ``fp32`` is asked for; a re
 run keeps the choice stored in its checkpoint, so resuming stays bit-identical
 (:func:`sa2_pipeline.engine.builders.resolve_runtime`).
 
-The answer is cached per CPU (model name, family/model/stepping and flags), torch version, workload, thread
-count, candidates and model shape, one small JSON file per key under :func:`cache_dir`,
-written atomically, so the measurement runs once per machine and model.
+The answer is cached per CPU (model name, family/model/stepping and flags), torch version,
+workload, thread count, candidates and model shape, one small JSON file per key under
+:func:`cache_dir`, written atomically, so the measurement runs once per machine and model.
 
 On CUDA nothing is measured: ``auto`` is bf16 where the GPU supports it, else fp16 (the
 training loop then scales gradients).
