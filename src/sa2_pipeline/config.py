@@ -217,7 +217,7 @@ class TrainingConfig:
     select_after_epoch: int = 0
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
     channels_last: bool = True
     compile: bool = False
     num_workers: int = 0
