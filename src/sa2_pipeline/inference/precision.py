@@ -17,7 +17,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 def resolve_precision(precision: str, device: Any) -> Any:
     """The autocast dtype of ``precision`` on ``device`` (a ``torch.device``); ``None`` = fp32.
 
-    ``auto`` picks bf16 on GPUs that support it, fp16 on older GPUs and fp32 on the CPU.
+    ``auto`` picks bf16 on GPUs that support it, fp16 on older GPUs and fp32 on the CPU;
+    callers that can measure make a CPU ``auto`` concrete first (:func:`concrete_precision`,
+    :mod:`sa2_pipeline.engine.precision_probe`), so this fp32 is only the unmeasured answer.
 
     Raises:
         ValueError: An unknown name, or fp16 on the CPU.
