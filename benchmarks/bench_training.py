@@ -54,6 +54,9 @@ CONFIGS = {
     "toy": {"base_channels": 4, "size": 32, "batch": 1},
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: Suffix of a --precision variant that runs oneDNN's own depthwise backward (for A/B).
+NATIVE_DW = "-native-dw"
+PRECISIONS = ("fp32", "bf16", "fp16", "fp32-nchw-wgrad", "auto")
 #: The settings that identify a row (a new row with the same values replaces the old one).
 ROW_KEY = ("kind", "config", "precision", "channels_last", "compile", "threads", "allocator")
 
@@ -128,14 +131,17 @@ def resolve_variant(variant: str, model, loss_fn, cfg: dict, channels_last: bool
 def make_step(model, loss_fn, variant: str, device, batch, run=None):
     """A closure running one training step of ``model`` (forward, loss, backward, Adam) in
     ``variant`` (a precision, or ``fp32-nchw-wgrad``: fp32 with the dense convolutions'
-    weight gradients computed on NCHW copies, see sa2_pipeline.models.layers)."""
+    weight gradients computed on NCHW copies, see sa2_pipeline.models.layers; a
+    ``-native-dw`` suffix runs oneDNN's own depthwise backward instead of ours)."""
     import torch
 
     from sa2_pipeline.engine.optim import build_optimizer
     from sa2_pipeline.engine.precision_probe import VARIANTS
     from sa2_pipeline.models import layers
 
-    precision, layout = VARIANTS.get(variant, (variant, "native"))
+    base, native_dw = (variant.removesuffix(NATIVE_DW), variant.endswith(NATIVE_DW))
+    precision, layout = VARIANTS.get(base, (base, "native"))
+    depthwise = "native" if native_dw else "conv"
     resolve_precision, autocast = _precision_helpers()
     amp = resolve_precision(precision, device)
     optimizer = build_optimizer(model, 1e-3, 0.0, device)
@@ -145,6 +151,8 @@ def make_step(model, loss_fn, variant: str, device, batch, run=None):
 
     def step() -> None:
         layers.set_weight_grad_layout(layout)
+        if hasattr(layers, "set_depthwise_backward"):  # older checkouts have one backward
+            layers.set_depthwise_backward(depthwise)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             out = run(x)
@@ -314,8 +322,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="+", default=["full", "default"], choices=CONFIGS)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
-                        choices=["fp32", "bf16", "fp16", "fp32-nchw-wgrad", "auto"],
-                        help="auto: what training.precision=auto picks on this machine")
+                        choices=[*PRECISIONS, *(p + NATIVE_DW for p in PRECISIONS
+                                                if p != "auto")],
+                        help="auto: what training.precision=auto picks on this machine; "
+                             f"a '{NATIVE_DW}' suffix: with oneDNN's depthwise backward")
     parser.add_argument("--channels-last", nargs="+", default=["on", "off"],
                         choices=["on", "off"])
     parser.add_argument("--compile", nargs="+", default=["off"], choices=["on", "off"])
@@ -344,7 +354,7 @@ def step_rows(args: argparse.Namespace, device) -> list[dict]:
     for combo in itertools.product(args.config, args.precision, args.channels_last,
                                    args.compile):
         name, precision, cl, comp = combo
-        if precision == "fp16" and device.type != "cuda":
+        if precision.startswith("fp16") and device.type != "cuda":
             continue
         try:
             if args.in_process:

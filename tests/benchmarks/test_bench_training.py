@@ -110,3 +110,34 @@ def test_machine_slug_separates_cpus_sharing_a_name():
     assert machine.machine_slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz",
                                 {"avx512f", "avx512_bf16", "amx_bf16"}, (None, None)) == (
         "intel-xeon-platinum-8480-amx")
+
+
+def test_a_native_dw_variant_runs_onednns_depthwise_backward_and_the_plain_one_ours(bench):
+    import torch
+
+    from sa2_pipeline.losses.segmentation_loss import build_loss
+    from sa2_pipeline.models import create_model, layers
+
+    cfg = bench.CONFIGS["toy"]
+    model = create_model("sa2net", base_channels=cfg["base_channels"])
+    batch = bench.random_batch(cfg, False, torch.device("cpu"))
+    calls = []
+    original = layers._DepthwiseConv.apply
+
+    def spy(*args):
+        calls.append(layers.depthwise_backward())
+        return original(*args)
+
+    layers._DepthwiseConv.apply = spy
+    try:
+        for variant, expected in (("fp32-native-dw", "native"), ("fp32", "conv")):
+            calls.clear()
+            bench.make_step(model, build_loss(1), variant, torch.device("cpu"), batch)()
+            assert layers.depthwise_backward() == expected
+            # our backward runs only when it is the one chosen
+            assert bool(calls) == (expected == "conv")
+    finally:
+        del layers._DepthwiseConv.apply
+        layers.set_depthwise_backward("conv")
+    with pytest.raises(ValueError, match="depthwise backward must be one of"):
+        layers.set_depthwise_backward("fast")

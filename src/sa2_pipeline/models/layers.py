@@ -9,7 +9,8 @@ Contents, top to bottom:
                       ``crop_to``, ``resize_bilinear``
     generic layers    ``pointwise_conv``, ``Conv2d``, ``DepthwiseConv2d``,
                       ``depthwise_conv2d``, ``ConvBNReLU`` (CBR), ``LayerNorm2d``
-    kernel choice     ``set_weight_grad_layout`` / ``weight_grad_layout``
+    kernel choices    ``set_weight_grad_layout`` / ``weight_grad_layout``,
+                      ``set_depthwise_backward`` / ``depthwise_backward``
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ __all__ = [
     "check_input",
     "check_positive_ints",
     "crop_to",
+    "depthwise_backward",
     "depthwise_conv2d",
     "pad_to_multiple",
     "pointwise_conv",
     "resize_bilinear",
+    "set_depthwise_backward",
     "set_weight_grad_layout",
     "weight_grad_layout",
 ]
@@ -283,6 +286,27 @@ class _DepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+_DEPTHWISE_BACKWARDS = ("conv", "native")
+_depthwise_backward = "conv"
+
+
+def set_depthwise_backward(mode: str) -> None:
+    """How :func:`depthwise_conv2d` computes its CPU backward: ``conv`` (the default,
+    :class:`_DepthwiseConv`) or ``native`` (oneDNN's own depthwise backward, kept for
+    comparison: ``benchmarks/bench_training.py --precision bf16 bf16-native-dw``).
+    Process-wide, like :func:`set_weight_grad_layout`."""
+    global _depthwise_backward  # noqa: PLW0603 - a process-wide kernel choice
+    if mode not in _DEPTHWISE_BACKWARDS:
+        raise ValueError(f"depthwise backward must be one of {_DEPTHWISE_BACKWARDS}, "
+                         f"got {mode!r}")
+    _depthwise_backward = mode
+
+
+def depthwise_backward() -> str:
+    """The current :func:`set_depthwise_backward` choice (``conv`` by default)."""
+    return _depthwise_backward
+
+
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding, groups=C)`` for a square odd kernel
@@ -291,7 +315,8 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     (CUDA, no gradient, compile, m > 1, where oneDNN's grouped kernels are faster than
     this backward's: docs/measurements.md) runs ``F.conv2d``."""
     if (
-        x.device.type == "cpu"
+        _depthwise_backward == "conv"
+        and x.device.type == "cpu"
         and weight.shape[0] == x.shape[1]
         and torch.is_grad_enabled()
         and (weight.requires_grad or x.requires_grad)
