@@ -149,8 +149,18 @@ def pointwise_conv(
 # --------------------------------------------------------------------------------------
 # Dense convolution with a selectable weight-gradient layout
 # --------------------------------------------------------------------------------------
-_WEIGHT_GRAD_LAYOUTS = ("native", "nchw")
-_weight_grad_layout = "native"
+#: Process-wide kernel choices (like ``torch.backends`` flags): name -> allowed values,
+#: the first being the default.
+_KERNEL_CHOICES = {"weight-gradient layout": ("native", "nchw"),
+                   "depthwise backward": ("conv", "native")}
+_kernel = {name: allowed[0] for name, allowed in _KERNEL_CHOICES.items()}
+
+
+def _set_kernel_choice(name: str, value: str) -> None:
+    allowed = _KERNEL_CHOICES[name]
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    _kernel[name] = value
 
 
 def set_weight_grad_layout(layout: str) -> None:
@@ -165,16 +175,12 @@ def set_weight_grad_layout(layout: str) -> None:
     engine measures both (``precision: auto``, docs/measurements.md). Both give the same
     gradient up to float summation order. Process-wide, like ``torch.backends`` flags.
     """
-    global _weight_grad_layout  # noqa: PLW0603 - a process-wide kernel choice
-    if layout not in _WEIGHT_GRAD_LAYOUTS:
-        raise ValueError(f"weight-gradient layout must be one of {_WEIGHT_GRAD_LAYOUTS}, "
-                         f"got {layout!r}")
-    _weight_grad_layout = layout
+    _set_kernel_choice("weight-gradient layout", layout)
 
 
 def weight_grad_layout() -> str:
     """The current :func:`set_weight_grad_layout` choice (``native`` by default)."""
-    return _weight_grad_layout
+    return _kernel["weight-gradient layout"]
 
 
 class _NCHWWeightGradConv(torch.autograd.Function):
@@ -213,7 +219,7 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            _weight_grad_layout == "nchw"
+            _kernel["weight-gradient layout"] == "nchw"
             and self.groups == 1
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
@@ -286,25 +292,17 @@ class _DepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-_DEPTHWISE_BACKWARDS = ("conv", "native")
-_depthwise_backward = "conv"
-
-
 def set_depthwise_backward(mode: str) -> None:
     """How :func:`depthwise_conv2d` computes its CPU backward: ``conv`` (the default,
     :class:`_DepthwiseConv`) or ``native`` (oneDNN's own depthwise backward, kept for
     comparison: ``benchmarks/bench_training.py --precision bf16 bf16-native-dw``).
     Process-wide, like :func:`set_weight_grad_layout`."""
-    global _depthwise_backward  # noqa: PLW0603 - a process-wide kernel choice
-    if mode not in _DEPTHWISE_BACKWARDS:
-        raise ValueError(f"depthwise backward must be one of {_DEPTHWISE_BACKWARDS}, "
-                         f"got {mode!r}")
-    _depthwise_backward = mode
+    _set_kernel_choice("depthwise backward", mode)
 
 
 def depthwise_backward() -> str:
     """The current :func:`set_depthwise_backward` choice (``conv`` by default)."""
-    return _depthwise_backward
+    return _kernel["depthwise backward"]
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -315,7 +313,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     (CUDA, no gradient, compile, m > 1, where oneDNN's grouped kernels are faster than
     this backward's: docs/measurements.md) runs ``F.conv2d``."""
     if (
-        _depthwise_backward == "conv"
+        _kernel["depthwise backward"] == "conv"
         and x.device.type == "cpu"
         and weight.shape[0] == x.shape[1]
         and torch.is_grad_enabled()
