@@ -78,3 +78,10 @@ def test_a_channel_multiplier_runs_the_plain_grouped_conv():
     out = depthwise_conv2d(x, weight, None, 1)
     assert out.shape == (1, 12, 8, 8) and "Depthwise" not in type(out.grad_fn).__name__
     torch.testing.assert_close(out, F.conv2d(x, weight, padding=1, groups=3))
+
+
+@pytest.mark.parametrize(("kernel", "padding"), [((3, 5), 1), ((4, 4), 2), ((5, 5), 1)])
+def test_a_kernel_or_padding_the_backward_cannot_take_is_refused(kernel, padding):
+    x = torch.randn(1, 2, 8, 8, requires_grad=True)
+    with pytest.raises(ValueError, match="square odd kernel and padding k // 2"):
+        depthwise_conv2d(x, torch.randn(2, 1, *kernel), None, padding)

@@ -311,7 +311,15 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     ``(C*m, 1, k, k)``, stride 1 and ``padding`` = k // 2. A CPU training step with one
     output channel per group uses :class:`_DepthwiseConv`'s backward; anything else
     (CUDA, no gradient, compile, m > 1, where oneDNN's grouped kernels are faster than
-    this backward's: docs/measurements.md) runs ``F.conv2d``."""
+    this backward's: docs/measurements.md) runs ``F.conv2d``.
+
+    Raises:
+        ValueError: A kernel that is not square and odd, or ``padding`` != k // 2.
+    """
+    k_h, k_w = weight.shape[-2:]
+    if k_h != k_w or k_h % 2 == 0 or padding != k_h // 2:
+        raise ValueError(f"depthwise_conv2d needs a square odd kernel and padding k // 2, "
+                         f"got kernel {k_h}x{k_w} and padding {padding}")
     if (
         _kernel["depthwise backward"] == "conv"
         and x.device.type == "cpu"
