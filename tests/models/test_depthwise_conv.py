@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sa2_pipeline.models import layers
 from sa2_pipeline.models.layers import DepthwiseConv2d, depthwise_conv2d
 
 
@@ -62,9 +63,18 @@ def test_the_module_keeps_conv2d_parameters_and_state_dict_keys():
     assert list(ours.state_dict()) == ["weight", "bias"]
     x = torch.randn(1, 4, 9, 9, requires_grad=True)
     torch.testing.assert_close(ours(x), plain(x))
-    assert ours(x).grad_fn is not None and "Depthwise" in type(ours(x).grad_fn).__name__
-    with torch.no_grad():
-        assert "Depthwise" not in type(ours(x.detach()).grad_fn).__name__
+    assert "Depthwise" in type(ours(x).grad_fn).__name__
+    # without a gradient to compute, the plain convolution runs (our Function never does)
+    calls = []
+    original = layers._DepthwiseConv.apply
+    layers._DepthwiseConv.apply = lambda *args: calls.append(args) or original(*args)
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), plain(x))
+        ours(x)
+    finally:
+        del layers._DepthwiseConv.apply
+    assert len(calls) == 1
 
 
 def test_an_even_kernel_is_refused():

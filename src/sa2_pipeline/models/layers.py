@@ -240,15 +240,15 @@ class Conv2d(nn.Conv2d):
 # Depthwise convolution with a fast CPU backward
 # --------------------------------------------------------------------------------------
 class _DepthwiseConv(torch.autograd.Function):
-    """Stride-1, "same"-padded depthwise convolution (``groups`` = input channels, ``m``
-    output channels per group) whose CPU backward avoids oneDNN's depthwise weight-
-    gradient kernel, which runs 20-40x slower than the forward (docs/measurements.md).
+    """Stride-1, "same"-padded depthwise convolution (one output channel per input
+    channel) whose CPU backward avoids oneDNN's depthwise weight-gradient kernel, which
+    runs 20-40x slower than the forward (docs/measurements.md).
 
-    * weight gradient: ``dW[c*m+j] = sum_n corr(x_pad[n, c], g[n, c*m+j])`` is itself a
-      depthwise *forward* convolution, of the padded input (one group per image and
-      channel) with the output gradient as the kernel, then summed over the batch;
+    * weight gradient: ``dW[c] = sum_n corr(x_pad[n, c], g[n, c])`` is itself a depthwise
+      *forward* convolution, of the padded input (one group per image and channel) with
+      the output gradient as the kernel, then summed over the batch;
     * input gradient: the forward convolution of the output gradient with the flipped
-      kernel (``m`` input channels per group);
+      kernel;
     * bias gradient: the output gradient summed over batch and space.
 
     The same sums in another order: equal to oneDNN's gradients up to rounding. Under
@@ -272,21 +272,19 @@ class _DepthwiseConv(torch.autograd.Function):
         padding, has_bias, x_dtype, w_dtype = ctx.meta
         grad = grad.to(x.dtype)
         acc = torch.promote_types(x.dtype, torch.float32)  # sums of bf16 terms in fp32
-        (n, channels, height, width), k = x.shape, weight.shape[-1]
-        multiplier = weight.shape[0] // channels
+        n, channels, height, width = x.shape
         grad_x = grad_w = grad_b = None
         with torch.autocast("cpu", enabled=False):
             if ctx.needs_input_grad[0]:
-                flipped = weight.flip(-2, -1).reshape(channels, multiplier, k, k)
-                grad_x = F.conv2d(grad, flipped, padding=k - 1 - padding,
+                grad_x = F.conv2d(grad, weight.flip(-2, -1), padding=padding,
                                   groups=channels).to(x_dtype)
             if ctx.needs_input_grad[1]:
                 x_pad = F.pad(x, (padding,) * 4).reshape(1, n * channels, height + 2 * padding,
                                                          width + 2 * padding)
-                kernels = grad.reshape(n * channels * multiplier, 1, height, width)
+                kernels = grad.reshape(n * channels, 1, height, width)
                 per_image = F.conv2d(x_pad, kernels, groups=n * channels)
-                grad_w = (per_image.reshape(n, channels * multiplier, k, k).to(acc).sum(0)
-                          .unsqueeze(1).to(w_dtype))
+                grad_w = per_image.reshape(n, channels, 1, *weight.shape[-2:]).to(acc).sum(0)
+                grad_w = grad_w.to(w_dtype)
             if has_bias and ctx.needs_input_grad[2]:
                 grad_b = grad.to(acc).sum((0, 2, 3)).to(w_dtype)
         return grad_x, grad_w, grad_b, None
