@@ -8,10 +8,10 @@ more, and a Zen 4 and a Zen 5 even share the extensions.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import re
-from pathlib import Path
 
 #: Flags that decide which kernels oneDNN can run (recorded with every result).
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -22,15 +22,16 @@ _ISA_LEVELS = ((("amx_bf16",), "amx"), (("avx512_bf16",), "avx512bf16"),
                (("avx512f",), "avx512"), (("avx2", "fma"), "avx2"))
 
 
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    from sa2_pipeline.engine.precision_probe import cpuinfo_fields
+
+    return cpuinfo_fields()
+
+
 def _cpuinfo_field(name: str) -> str | None:
-    """The first ``name : value`` line's value in /proc/cpuinfo, None where there is none."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == name:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    """The first CPU's ``name`` field in /proc/cpuinfo, None where there is none."""
+    return _cpuinfo().get(name)
 
 
 def cpu_model() -> str:

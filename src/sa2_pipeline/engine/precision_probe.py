@@ -78,6 +78,23 @@ def cache_dir() -> Path:
     return Path(base) / "sa2-pipeline"
 
 
+def cpuinfo_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first CPU's ``name: value`` fields of /proc/cpuinfo (or of ``cpuinfo``): ``model
+    name``, ``cpu family``, ``model``, ``stepping``, ``flags``...; empty where there is none."""
+    try:
+        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() and fields:  # the end of the first processor's block
+            break
+        name, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
 def machine_key(cpuinfo: str | None = None) -> dict[str, str]:
     """CPU model name, family/model/stepping, the flags that decide oneDNN's kernels, torch
     version. The family and model matter: "AMD EPYC" names a Zen 3, a Zen 4 and a Zen 5
@@ -87,21 +104,12 @@ def machine_key(cpuinfo: str | None = None) -> dict[str, str]:
 
     import torch
 
-    fields = {"model name": platform.processor() or platform.machine()}
-    try:
-        text = Path("/proc/cpuinfo").read_text() if cpuinfo is None else cpuinfo
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() in ("model name", "cpu family", "model", "stepping", "flags"):
-            fields[name.strip()] = value.strip()
-        if name.strip() == "flags":
-            break
+    fields = cpuinfo_fields(cpuinfo)
     flags = set(fields.get("flags", "").split())
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16")
     generation = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
-    return {"cpu": fields["model name"], "cpu_generation": generation,
+    return {"cpu": fields.get("model name") or platform.processor() or platform.machine(),
+            "cpu_generation": generation,
             "cpu_flags": ",".join(f for f in wanted if f in flags),
             "torch": torch.__version__}
 
