@@ -1,7 +1,7 @@
 """``kedro run --params training.precision=auto``: the variant measured on this machine is
 the one training used, and MLflow records it (tags ``sa2.<model>/fold<k>/precision`` and
 ``.../weight_grad_layout``); the measurement is cached, and a cached choice is what the
-next run uses."""
+next run uses. ``auto`` is the default; ``training.precision=fp32`` overrides it."""
 
 from __future__ import annotations
 
@@ -56,3 +56,19 @@ def test_kedro_run_records_the_measured_precision(make_project_copy, tmp_path):
     project.run(kedro, "run", "--pipelines", PIPELINES, "--params",
                 "training.precision=auto,training.seed=7", env=env)
     assert _tags(project)["sa2.sa2net/fold0/precision"] == forced
+
+    # No --params: the default is auto, so the cached bf16 is used; asking for fp32
+    # through kedro run trains in fp32 instead.
+    for path in cache.glob("precision-*.json"):
+        record = json.loads(path.read_text())
+        if record["key"]["model"] == "SA2Net" and "bf16" in record["key"]["candidates"]:
+            path.write_text(json.dumps({**record, "choice": "bf16"}))
+    project.run(kedro, "run", "--pipelines", PIPELINES, "--params", "training.seed=8", env=env)
+    tags = _tags(project)
+    assert tags["sa2.sa2net/fold0/precision_requested"] == "auto"
+    assert tags["sa2.sa2net/fold0/precision"] == "bf16"
+    project.run(kedro, "run", "--pipelines", PIPELINES, "--params",
+                "training.precision=fp32,training.seed=9", env=env)
+    tags = _tags(project)
+    assert tags["sa2.sa2net/fold0/precision_requested"] == "fp32"
+    assert tags["sa2.sa2net/fold0/precision"] == "fp32"
