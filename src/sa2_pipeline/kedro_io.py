@@ -116,12 +116,9 @@ class ModelBundleDataset(AbstractDataset[dict, dict]):
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
-        import torch
+        from sa2_pipeline.models.bundle import load_bundle_file, validate_bundle
 
-        from sa2_pipeline.models.bundle import validate_bundle
-
-        bundle = torch.load(self._filepath, map_location="cpu", weights_only=True)
-        return validate_bundle(bundle, str(self._filepath))
+        return validate_bundle(load_bundle_file(self._filepath), str(self._filepath))
 
     def save(self, data: dict[str, Any]) -> None:
         import torch

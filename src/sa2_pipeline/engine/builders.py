@@ -107,9 +107,9 @@ def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig)
     Raises:
         ValueError: The file holds no member with ``model_cfg``'s name and settings.
     """
-    from sa2_pipeline.models.bundle import members_of
+    from sa2_pipeline.models.bundle import load_bundle_file, members_of
 
-    bundle = torch.load(path, map_location="cpu", weights_only=False)
+    bundle = load_bundle_file(path)  # weights-only: a planted pickle is refused unrun
     wanted = model_cfg.kwargs()
     for member in members_of(bundle):
         kwargs = {k: member.get("init_kwargs", {}).get(k) for k in wanted}

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if info.rank == 0 else logging.WARNING,
         format=f"[rank {info.rank}] %(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The one full unpickle in the project: the launcher's own call arguments (callbacks
+    # included), written a moment ago into a folder only this user can read (mkdtemp,
+    # 0700). Model files never come this way: they load weights-only.
     spec = torch.load(spec_path, map_location="cpu", weights_only=False)
     bundle, history = fit(spec)
     if info.local_rank == 0:

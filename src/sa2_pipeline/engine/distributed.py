@@ -172,6 +172,8 @@ def launch(spec: FitSpec, *, run_folder: Path) -> tuple[dict[str, Any], list[dic
     """
     import torch
 
+    from sa2_pipeline.engine.checkpoint import load_checkpoint
+
     dist_cfg = spec.train_cfg.distributed
     run_folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_launch_folders(run_folder)
@@ -209,7 +211,7 @@ def launch(spec: FitSpec, *, run_folder: Path) -> tuple[dict[str, Any], list[dic
             raise RuntimeError(
                 f"torchrun exited normally but no worker wrote {result_path}; see {log_path}"
             )
-        result = torch.load(result_path, map_location="cpu", weights_only=False)
+        result = load_checkpoint(result_path)  # weights-only, like every model file
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log_path.unlink(missing_ok=True)

@@ -7,7 +7,10 @@ in a fresh process, or by a user -- without knowing which run produced it.
 
 from __future__ import annotations
 
+from os import PathLike
 from typing import Any
+
+from sa2_pipeline.user_errors import UserError
 
 BUNDLE_FORMAT = "sa2-pipeline/model-bundle/1"
 
@@ -65,6 +68,45 @@ def validate_bundle(bundle: Any, source: str = "model bundle") -> dict[str, Any]
     if missing:
         raise ValueError(f"{source}: model bundle lacks {missing}")
     return bundle
+
+
+class BundleLoadError(UserError, ValueError):
+    """A model file that cannot be read as a bundle; the message names the file and why."""
+
+
+def load_bundle_file(path: str | PathLike[str]) -> Any:
+    """Read a model bundle (or a fold ensemble of bundles) from ``path``, weights-only.
+
+    Every model file the project reads goes through here: ``torch.load(weights_only=True)``
+    rebuilds tensors, containers, numbers and strings only, so a planted pickle (a crafted
+    ``model_bundle.pt`` in the registry or a cache) is refused before any of its code runs.
+
+    Raises:
+        BundleLoadError: The file is unreadable, holds objects a bundle never holds, or is
+            not a bundle; the message names ``path``.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = str(err).strip().splitlines()
+        reason = lines[-1][:300] if lines else "refused"
+        raise BundleLoadError(f"{path}: refused to load: it holds objects no model bundle "
+                              f"holds, such as code to run ({reason})") from err
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name
+        raise BundleLoadError(f"{path}: not a readable model bundle "
+                              f"({type(err).__name__}: {err})") from err
+    try:
+        for member in members_of(obj):
+            validate_bundle(member, str(path))
+    except ValueError as err:
+        raise BundleLoadError(str(err)) from err
+    if is_ensemble(obj) and not obj:
+        raise BundleLoadError(f"{path}: an empty ensemble (no model bundle in it)")
+    return obj
 
 
 def model_from_bundle(bundle: dict[str, Any], source: str = "model bundle"):

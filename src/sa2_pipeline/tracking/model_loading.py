@@ -83,11 +83,10 @@ def resolve_model(uri: str) -> ResolvedModel:
 def load_predictor(model: ResolvedModel, *, device: Any = None, **predictor_kwargs: Any):
     """The version's bundle (or fold ensemble) as a ``Predictor`` on ``device``."""
     import mlflow
-    import torch
 
     from sa2_pipeline.inference.predict import Predictor
+    from sa2_pipeline.models.bundle import load_bundle_file
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri))
-    bundles = torch.load(local / "artifacts" / "model_bundle.pt", map_location="cpu",
-                         weights_only=True)
+    bundles = load_bundle_file(local / "artifacts" / "model_bundle.pt")
     return Predictor(bundles, device=device, **predictor_kwargs)

@@ -46,14 +46,13 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        import torch
-
         from sa2_pipeline.engine.threads import configure_threads
         from sa2_pipeline.inference.predict import Predictor
+        from sa2_pipeline.models.bundle import load_bundle_file
 
         configure_threads(0)  # free cores, or $SA2_NUM_THREADS (docs/environment.md)
         path = context.artifacts["model_bundle"]
-        self.bundles = torch.load(path, map_location="cpu", weights_only=True)
+        self.bundles = load_bundle_file(path)
         self.predictor = Predictor(self.bundles)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
