@@ -24,7 +24,7 @@ _ISA_LEVELS = ((("amx_bf16",), "amx"), (("avx512_bf16",), "avx512bf16"),
 
 @functools.cache
 def _cpuinfo() -> dict[str, str]:
-    from sa2_pipeline.engine.precision_probe import cpuinfo_fields
+    from sa2_pipeline.runtime.precision_probe import cpuinfo_fields
 
     return cpuinfo_fields()
 

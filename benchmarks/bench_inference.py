@@ -203,8 +203,9 @@ def slide_child(args: argparse.Namespace) -> None:
     """Runs in the child: segment the slide, print its record as JSON."""
     import torch
 
+    from sa2_pipeline.config import InferenceConfig
     from sa2_pipeline.inference.predict import Predictor
-    from sa2_pipeline.inference.segment import SegmentSettings, segment_file
+    from sa2_pipeline.inference.segment import segment_file
     from sa2_pipeline.models.bundle import make_bundle
 
     torch.set_num_threads(args.threads)
@@ -212,8 +213,7 @@ def slide_child(args: argparse.Namespace) -> None:
     bundle = make_bundle(model_name=args.slide_model, init_kwargs=model.init_kwargs,
                          state_dict=model.state_dict(), patch_size=args.patch)
     predictor = Predictor(bundle, device=torch.device(args.device))
-    settings = SegmentSettings(batch_size=args.batch_size, precision=args.slide_precision,
-                               threshold=0.5)
+    settings = InferenceConfig(batch_size=args.batch_size, precision=args.slide_precision)
     start = time.perf_counter()
     record = segment_file(Path(args.child_slide), predictor, settings,
                           Path(args.child_out), "slide")

@@ -97,11 +97,25 @@ def forward_flops(model, size: int, device) -> float:
 
 def _precision_helpers():
     """``(resolve_precision, autocast)`` from wherever this checkout keeps them."""
+    import importlib
+
+    for home in ("sa2_pipeline.runtime.precision", "sa2_pipeline.inference.precision",
+                 "sa2_pipeline.engine.runtime"):
+        try:
+            module = importlib.import_module(home)
+        except ImportError:
+            continue
+        return module.resolve_precision, module.autocast
+    raise ImportError("this checkout has no resolve_precision/autocast")
+
+
+def _kernel_switches():
+    """The module holding the process-wide kernel choices in this checkout."""
     try:
-        from sa2_pipeline.inference.precision import autocast, resolve_precision
-    except ImportError:
-        from sa2_pipeline.engine.runtime import autocast, resolve_precision
-    return resolve_precision, autocast
+        from sa2_pipeline.runtime import kernels
+    except ImportError:  # older checkouts kept them in models.layers
+        from sa2_pipeline.models import layers as kernels
+    return kernels
 
 
 def random_batch(cfg: dict, channels_last: bool, device):
@@ -119,7 +133,7 @@ def resolve_variant(variant: str, model, loss_fn, cfg: dict, channels_last: bool
     any other name as it is."""
     if variant != "auto":
         return variant
-    from sa2_pipeline.engine.precision_probe import choose_for_training
+    from sa2_pipeline.runtime.precision_probe import choose_for_training
 
     shape = (cfg["batch"], 3, cfg["size"], cfg["size"])
     choice = choose_for_training("auto", model, loss_fn, shape, 1, device,
@@ -136,8 +150,8 @@ def make_step(model, loss_fn, variant: str, device, batch, run=None):
     import torch
 
     from sa2_pipeline.engine.optim import build_optimizer
-    from sa2_pipeline.engine.precision_probe import VARIANTS
-    from sa2_pipeline.models import layers
+    from sa2_pipeline.runtime.precision_probe import VARIANTS
+    kernels = _kernel_switches()
 
     base, native_dw = (variant.removesuffix(NATIVE_DW), variant.endswith(NATIVE_DW))
     precision, layout = VARIANTS.get(base, (base, "native"))
@@ -150,9 +164,9 @@ def make_step(model, loss_fn, variant: str, device, batch, run=None):
     x, y = batch
 
     def step() -> None:
-        layers.set_weight_grad_layout(layout)
-        if hasattr(layers, "set_depthwise_backward"):  # older checkouts have one backward
-            layers.set_depthwise_backward(depthwise)
+        kernels.set_weight_grad_layout(layout)
+        if hasattr(kernels, "set_depthwise_backward"):  # older checkouts have one backward
+            kernels.set_depthwise_backward(depthwise)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             out = run(x)
@@ -397,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from sa2_pipeline.engine.runtime import select_device
+    from sa2_pipeline.runtime.devices import select_device
 
     if args.threads:
         torch.set_num_threads(args.threads)

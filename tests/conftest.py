@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
-# precision auto's measurements are cached per machine (engine.precision_probe): tests
+# precision auto's measurements are cached per machine (runtime.precision_probe): tests
 # write theirs to a throw-away folder, never the user's ~/.cache.
 if "SA2_CACHE_DIR" not in os.environ:
     import tempfile

@@ -252,3 +252,88 @@ def test_no_function_is_longer_than_60_lines():
         f"functions over {MAX_FUNCTION_LINES} lines (docs/architecture.md):\n"
         + "\n".join(too_long)
     )
+
+
+# --------------------------------------------------------------------------------------
+# The stack (docs/architecture.md): the top-level parts of sa2_pipeline in layers, bottom
+# to top. A part imports only parts of lower layers, counting every import of project code,
+# at module level and inside functions; the parts of the Kedro/CLI edge may also import
+# each other. A new part must be given a layer here (and in docs/architecture.md).
+# --------------------------------------------------------------------------------------
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("foundation", frozenset({PACKAGE, "user_errors", "io_utils", "locks"})),
+    ("runtime", frozenset({"runtime"})),
+    ("models and raw data", frozenset({"models", "datasets"})),
+    ("config", frozenset({"config"})),
+    ("training inputs and losses", frozenset({"dataloading", "losses", "splits"})),
+    ("metrics", frozenset({"metrics"})),
+    ("inference", frozenset({"inference"})),
+    ("engine", frozenset({"engine"})),
+    ("reporting", frozenset({"reporting"})),
+    ("tracking", frozenset({"tracking"})),
+    ("retraining", frozenset({"retraining"})),
+    ("edge", frozenset({"pipelines", "cli", "hooks", "settings", "kedro_io", "kedro_init",
+                        "pipeline_registry"})),
+)
+_EDGE = LAYERS[-1][0]
+
+
+def _part(module: str) -> str:
+    """``sa2_pipeline.engine.fit`` -> ``engine``; the package itself is ``sa2_pipeline``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else PACKAGE
+
+
+def _part_edges() -> dict[tuple[str, str], list[str]]:
+    """(importing part, imported part) -> the imports behind it, ``module:line -> module``."""
+    edges: dict[tuple[str, str], list[str]] = {}
+    for module, targets in _import_graph().items():
+        for target, line in targets.items():
+            a, b = _part(module), _part(target)
+            if a != b:
+                edges.setdefault((a, b), []).append(f"{module}:{line} -> {target}")
+    return edges
+
+
+def test_every_part_of_the_package_has_a_layer():
+    layered = set().union(*(parts for _, parts in LAYERS))
+    parts = {_part(module) for module in _modules()}
+    assert parts - layered == set(), "give these parts a layer in LAYERS and in the docs"
+    assert layered - parts == set(), "LAYERS names parts that no longer exist"
+
+
+def test_each_part_imports_only_lower_layers():
+    level = {part: i for i, (_, parts) in enumerate(LAYERS) for part in parts}
+    edges = _part_edges()
+    assert edges, "no import between parts found: nothing was checked"
+    upward = []
+    for (a, b), where in sorted(edges.items()):
+        same_edge = LAYERS[level[a]][0] == _EDGE and level[a] == level[b]
+        if level[b] >= level[a] and not same_edge:
+            upward += [f"{a} ({LAYERS[level[a]][0]}) imports {b} ({LAYERS[level[b]][0]}): {w}"
+                       for w in where]
+    assert not upward, "imports that go up or sideways in the stack:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle_between_parts():
+    graph: dict[str, dict[str, int]] = {}
+    for a, b in _part_edges():
+        graph.setdefault(a, {})[b] = 1
+        graph.setdefault(b, {})
+    cycles = _cycles(graph)
+    assert not cycles, f"{len(cycles)} cycle(s) between parts: {cycles}"
+
+
+#: File names that every Kedro pipeline folder has by convention (the Kedro starters').
+_CONVENTIONAL_NAMES = {"__init__.py", "nodes.py", "pipeline.py"}
+
+
+def test_no_two_modules_share_a_name():
+    """A module's name says its job: two files of the same name in different packages
+    (``run.py`` for an MLflow run and for a folder of slides) make a reader guess."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted((SRC / PACKAGE).rglob("*.py")):
+        if path.name not in _CONVENTIONAL_NAMES:
+            by_name.setdefault(path.name, []).append(str(path.relative_to(SRC / PACKAGE)))
+    shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
+    assert not shared, f"modules that share a name: {shared}"

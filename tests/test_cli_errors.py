@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sa2_pipeline.cli import main
-from sa2_pipeline.models.sa2net.checkpoint import OfficialCheckpointError
+from sa2_pipeline.models.sa2net.release_import import OfficialCheckpointError
 
 
 class _Planted:

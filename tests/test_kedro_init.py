@@ -14,7 +14,7 @@ from sa2_pipeline import kedro_init
 
 def test_the_hook_is_registered_for_kedro() -> None:
     hooks = {ep.name: ep.value for ep in entry_points(group="kedro.init")}
-    assert hooks.get("sa2_pipeline") == "sa2_pipeline.kedro_init:quiet_foreign_warnings"
+    assert hooks.get("sa2_pipeline") == "sa2_pipeline.kedro_init:on_kedro_start"
 
 
 def test_only_the_type_hint_warning_is_dropped() -> None:

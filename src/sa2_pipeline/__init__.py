@@ -1,14 +1,11 @@
 """sa2-pipeline: train, evaluate, register and retrain SA2-Net segmentation models.
 
-Importing the package is cheap: heavy modules (torch, mlflow) are imported inside the
-functions that need them. It sets one default before they are: when other processes
-keep the CPU busy at import, idle OpenMP threads sleep instead of spinning
-(``OMP_WAIT_POLICY=PASSIVE``, unless the environment sets a policy), so a run on a shared
-CPU degrades gracefully (:mod:`sa2_pipeline.engine.threads`).
+Importing the package is cheap and changes nothing in the process: heavy modules (torch,
+mlflow) are imported inside the functions that need them, and process-wide settings (the
+OpenMP wait policy, threads) are made by the entry points -- ``sa2-pipeline``
+(:mod:`sa2_pipeline.cli`), every ``kedro`` command (:mod:`sa2_pipeline.kedro_init`,
+:mod:`sa2_pipeline.settings`) and the served model (:mod:`sa2_pipeline.tracking.pyfunc`),
+through :func:`sa2_pipeline.runtime.threads.choose_wait_policy`.
 """
-
-from sa2_pipeline.engine.threads import choose_wait_policy as _choose_wait_policy
-
-_choose_wait_policy()
 
 __version__ = "0.1.0"

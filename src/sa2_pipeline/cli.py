@@ -1,101 +1,54 @@
 """``sa2-pipeline``: thin command-line entry points over the library (no Kedro needed).
 
+\b
     sa2-pipeline import-release CHECKPOINT --dataset monuseg   # release weights -> registry
-    sa2-pipeline segment SLIDES_OR_FOLDERS... --model models:/sa2net-synthetic@champion --out masks/
+    sa2-pipeline segment SLIDES_OR_FOLDERS... --model models:/sa2net-synthetic@champion \\
+        --out masks/                                           # masks, overlays, CSVs
     sa2-pipeline make-synthetic-data data/01_raw/synthetic     # the embedded dataset
     sa2-pipeline retrain --env monuseg      # retrain on new slides, gated promotion
     sa2-pipeline rollback --model sa2net-monuseg --to-version 3
 
-The pipelines themselves run with ``kedro run``.
+The pipelines themselves run with ``kedro run``. Every option that is also a parameter
+XX
+:mod:`sa2_pipeline.config`; nothing here repeats one.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-
-logger = logging.getLogger("sa2_pipeline.cli")
-
-
-def _import_release(args: argparse.Namespace) -> int:
-    """Import a release checkpoint as a registered MLflow model version."""
-    from sa2_pipeline.models.bundle import make_bundle
-    from sa2_pipeline.models.sa2net import load_official_checkpoint
-    from sa2_pipeline.tracking.registry import register_release
-
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise SystemExit(f"{path}: no such checkpoint file")
-    model = load_official_checkpoint(path, weights_only=not args.trust)
-    bundle = make_bundle(
-        model_name="sa2net",
-        init_kwargs=model.init_kwargs,
-        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-        channel_order="bgr",  # the release reads images with OpenCV: BGR in [0, 1]
-        patch_size=args.resize_to,
-        resize_to=args.resize_to,
-        metadata={"source": "release checkpoint", "checkpoint": path.name},
-    )
-    name = args.model_name or f"sa2net-{args.dataset}"
-    record = register_release(
-        bundle,
-        model_name=name,
-        experiment=f"sa2-{args.dataset}",
-        run_name=f"import {path.name}",
-        run_tags={"source": "release checkpoint", "checkpoint": path.name},
-        params={"model.name": "sa2net",
-                **{f"model.{k}": v for k, v in model.init_kwargs.items()},
-                "input.channel_order": "bgr", "input.resize_to": args.resize_to},
-        alias=args.alias,
-    )
-    print(f"registered {name} version {record['version']} (alias '{args.alias}', run "
-          f"{record['run_id']}): load it with mlflow.pyfunc.load_model('models:/{name}@"
-          f"{args.alias}')")
-    return 0
-
-
-def _segment(args: argparse.Namespace) -> int:
-    """Segment files, folders and globs with a registered model (docs/inference.md)."""
-    from sa2_pipeline.config import ConfigError, InferenceConfig
-    from sa2_pipeline.engine.threads import configure_threads
-    from sa2_pipeline.inference.run import collect_inputs, run_folder
-
-    try:
-        configure_threads(args.threads)
-        inputs = collect_inputs(args.images)
-        cfg = InferenceConfig(
-            model_uri=args.model, output_dir=args.out, threshold=args.threshold, tta=args.tta,
-            overlap=args.overlap, batch_size=args.batch_size, precision=args.precision,
-            patch_size=args.patch_size, skip_background=not args.all_tiles,
-            model_mpp=args.model_mpp, device=args.device, progress=not args.no_progress)
-        summary = run_folder(cfg, default_model_uri=args.model, inputs=inputs,
-                             out_dir=Path(args.out))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"segment: {err}") from err
-    for name, reason in summary["failed"].items():
-        print(f"{name}: {reason}", file=sys.stderr)
-    print(f"segmented {len(summary['done'])} input(s) into {args.out} with "
-          f"{summary['model']['uri']}; {len(summary['skipped'])} already done, "
-          f"{len(summary['failed'])} failed")
-    return min(len(summary["failed"]), 100)
-
-
-def _make_synthetic(args: argparse.Namespace) -> int:
-    from sa2_pipeline.datasets.synthetic import ensure_synthetic_monuseg
-
-    made = ensure_synthetic_monuseg(Path(args.out), n_train=args.n_train, n_test=args.n_test,
-                                    image_size=args.image_size, seed=args.seed)
-    print(f"{'generated' if made else 'kept existing data in'} {args.out}")
-    return 0
-
+from typing import Any
 
 # Click, because Kedro imports ``<package>.cli`` and merges its ``cli`` group into the
 # ``kedro`` command: the same commands work as ``sa2-pipeline <cmd>`` and ``kedro <cmd>``.
-import click  # noqa: E402
+import click
+
+from sa2_pipeline.config import (
+    ConfigError,
+    InferenceConfig,
+    SyntheticDataConfig,
+)
+from sa2_pipeline.runtime.precision import PRECISIONS
+
+logger = logging.getLogger("sa2_pipeline.cli")
+
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+def _default(schema: type, name: str) -> Any:
+    """The schema's default of field ``name``: what an option leaves unchanged."""
+    field = next(f for f in dataclasses.fields(schema) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def _setting(schema: type, name: str, *decls: str, **kwargs: Any):
+    """``click.option`` for the schema field ``name``, its default the schema's."""
+    return click.option(*decls, name, default=_default(schema, name), show_default=True,
+                        **kwargs)
 
 
 @click.group(name="sa2-pipeline", help=__doc__)
@@ -115,44 +68,102 @@ def cli(verbose: bool) -> None:
               help="Side the release was trained at.")
 @click.option("--trust", is_flag=True,
               help="Unpickle with weights_only=False (only for files you trust).")
-def import_release(**kwargs) -> None:
+def import_release(checkpoint: str, dataset: str, model_name: str | None, alias: str,
+                   resize_to: int, trust: bool) -> None:
     """Register a release checkpoint in MLflow (BGR, [0, 1], resized input)."""
-    raise SystemExit(_import_release(argparse.Namespace(**kwargs)))
+    from sa2_pipeline.models.bundle import make_bundle
+    from sa2_pipeline.models.sa2net import load_official_checkpoint
+    from sa2_pipeline.tracking.registration import register_release
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such checkpoint file")
+    model = load_official_checkpoint(path, weights_only=not trust)
+    bundle = make_bundle(
+        model_name="sa2net",
+        init_kwargs=model.init_kwargs,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        channel_order="bgr",  # the release reads images with OpenCV: BGR in [0, 1]
+        patch_size=resize_to,
+        resize_to=resize_to,
+        metadata={"source": "release checkpoint", "checkpoint": path.name},
+    )
+    name = model_name or f"sa2net-{dataset}"
+    record = register_release(
+        bundle,
+        model_name=name,
+        experiment=f"sa2-{dataset}",
+        run_name=f"import {path.name}",
+        run_tags={"source": "release checkpoint", "checkpoint": path.name},
+        params={"model.name": "sa2net",
+                **{f"model.{k}": v for k, v in model.init_kwargs.items()},
+                "input.channel_order": "bgr", "input.resize_to": resize_to},
+        alias=alias,
+    )
+    print(f"registered {name} version {record['version']} (alias '{alias}', run "
+          f"{record['run_id']}): load it with mlflow.pyfunc.load_model('models:/{name}@"
+          f"{alias}')")
 
 
 @cli.command("segment")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--model", required=True, help="e.g. models:/sa2net-monuseg@champion")
-@click.option("--out", required=True, help="Folder for the masks, overlays and CSVs.")
-@click.option("--threshold", type=float, default=0.5, show_default=True)
-@click.option("--tta", is_flag=True, help="Test-time augmentation (8 D4 transforms).")
-@click.option("--overlap", type=float, default=0.5, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Tiles per pass.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16", "auto"]),
-              default="fp32", show_default=True)
-@click.option("--patch-size", type=int, default=None, help="Tile side (default: the model's).")
-@click.option("--model-mpp", type=float, default=None,
-              help="Training pixel size, um/px (default: the model's sa2.pixel_size_um tag).")
-@click.option("--all-tiles", is_flag=True, help="Do not skip background tiles.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
-@click.option("--threads", type=int, default=0, show_default=True,
-              help="torch CPU threads; 0 = automatic (free cores, or $SA2_NUM_THREADS).")
-def segment(**kwargs) -> None:
+@click.option("--model", "model_uri", required=True,
+              help="e.g. models:/sa2net-monuseg@champion")
+@click.option("--out", "output_dir", required=True,
+              help="Folder for the masks, overlays and CSVs.")
+@_setting(InferenceConfig, "threshold", "--threshold", type=float)
+@_setting(InferenceConfig, "tta", "--tta/--no-tta",
+          help="Test-time augmentation (8 D4 transforms).")
+@_setting(InferenceConfig, "overlap", "--overlap", type=float)
+@_setting(InferenceConfig, "batch_size", "--batch-size", type=int, help="Tiles per pass.")
+@_setting(InferenceConfig, "precision", "--precision", type=click.Choice(PRECISIONS))
+@_setting(InferenceConfig, "patch_size", "--patch-size", type=int,
+          help="Tile side (default: the model's).")
+@_setting(InferenceConfig, "model_mpp", "--model-mpp", type=float,
+          help="Training pixel size, um/px (default: the model's sa2.pixel_size_um tag).")
+@_setting(InferenceConfig, "skip_background", "--skip-background/--all-tiles",
+          help="Skip tiles with no tissue (--all-tiles: segment every tile).")
+@_setting(InferenceConfig, "device", "--device", type=click.Choice(_DEVICES))
+@_setting(InferenceConfig, "progress", "--progress/--no-progress", help="Progress bars.")
+@_setting(InferenceConfig, "num_threads", "--threads", type=int,
+          help="torch CPU threads; 0 = automatic (free cores, or $SA2_NUM_THREADS).")
+def segment(images: tuple[str, ...], **settings: Any) -> None:
     """Segment images and whole slides (files, folders, globs) with a registered model."""
-    raise SystemExit(_segment(argparse.Namespace(**kwargs)))
+    from sa2_pipeline.inference.run import collect_inputs, run_folder
+    from sa2_pipeline.runtime.threads import configure_threads
+    from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+
+    try:
+        cfg = InferenceConfig(**settings)
+        configure_threads(cfg.num_threads)
+        inputs = collect_inputs(images)
+        model = resolve_model(cfg.model_uri)
+        logger.info("model %s resolved to version %s (%s)", model.requested_uri,
+                    model.version, model.uri)
+        summary = run_folder(cfg, model, lambda device: load_predictor(model, device=device),
+                             inputs=inputs, out_dir=Path(cfg.output_dir))
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"segment: {err}") from err
+    for name, reason in summary["failed"].items():
+        print(f"{name}: {reason}", file=sys.stderr)
+    print(f"segmented {len(summary['done'])} input(s) into {cfg.output_dir} with "
+          f"{summary['model']['uri']}; {len(summary['skipped'])} already done, "
+          f"{len(summary['failed'])} failed")
+    raise SystemExit(min(len(summary["failed"]), 100))
 
 
 @cli.command("make-synthetic-data")
 @click.argument("out")
-@click.option("--n-train", type=int, default=24, show_default=True)
-@click.option("--n-test", type=int, default=8, show_default=True)
-@click.option("--image-size", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def make_synthetic_data(**kwargs) -> None:
+@_setting(SyntheticDataConfig, "n_train", "--n-train", type=int)
+@_setting(SyntheticDataConfig, "n_test", "--n-test", type=int)
+@_setting(SyntheticDataConfig, "image_size", "--image-size", type=int)
+@_setting(SyntheticDataConfig, "seed", "--seed", type=int)
+def make_synthetic_data(out: str, **sizes: int) -> None:
     """Write the embedded synthetic dataset (a folder holding any file is kept)."""
-    raise SystemExit(_make_synthetic(argparse.Namespace(**kwargs)))
+    from sa2_pipeline.datasets.synthetic import ensure_synthetic_monuseg
+
+    made = ensure_synthetic_monuseg(Path(out), **sizes)
+    print(f"{'generated' if made else 'kept existing data in'} {out}")
 
 
 _RETRAIN_EPILOG = """Exit codes: 0 retrained (promoted or not) or nothing to do; 1 a step
@@ -173,9 +184,11 @@ _PROJECT = click.option("--project-dir", default=".", show_default=True,
               help="Allow new or changed slides in the test split (champion re-scored).")
 @click.option("--warm-start", is_flag=True,
               help="Start the challenger from the champion's weights.")
-def retrain_command(**kwargs) -> None:
+def retrain_command(env: str, project_dir: str, params: str, change_test_set: bool,
+                    warm_start: bool) -> None:
     """Retrain on new annotated slides; promote only if truly better."""
-    raise SystemExit(_retrain(argparse.Namespace(detect_only=False, **kwargs)))
+    raise SystemExit(_retrain(env, project_dir, params, change_test_set=change_test_set,
+                              warm_start=warm_start, detect_only=False))
 
 
 @cli.command("detect")
@@ -183,77 +196,61 @@ def retrain_command(**kwargs) -> None:
 @_PROJECT
 @click.option("--params", default="", help="Kedro --params (retraining.min_new_images=...).")
 @click.option("--change-test-set", is_flag=True, help="As for retrain.")
-def detect_command(**kwargs) -> None:
+def detect_command(env: str, project_dir: str, params: str, change_test_set: bool) -> None:
     """Say (one JSON line) whether a retrain would run; changes nothing."""
-    raise SystemExit(_retrain(argparse.Namespace(detect_only=True, warm_start=False,
-                                                 **kwargs)))
+    raise SystemExit(_retrain(env, project_dir, params, change_test_set=change_test_set,
+                              warm_start=False, detect_only=True))
 
 
 @cli.command("rollback")
 @click.option("--model", required=True, help="Registered model, e.g. sa2net-monuseg.")
 @click.option("--to-version", required=True, type=int, help="The version to make champion.")
 @click.option("--reason", default="", help="Recorded on the version (sa2.rollback_reason).")
-def rollback_command(**kwargs) -> None:
+def rollback_command(model: str, to_version: int, reason: str) -> None:
     """Make an earlier model version the champion again (one command)."""
-    raise SystemExit(_rollback(argparse.Namespace(**kwargs)))
+    from sa2_pipeline.tracking.champion import rollback_champion
+
+    try:
+        moved = rollback_champion(model, str(to_version), reason=reason)
+    except ValueError as err:
+        print(f"rollback refused: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    print(f"{moved['model_name']}: champion moved from version {moved['from_version']} "
+          f"to version {moved['to_version']}")
 
 
 @cli.command("retrain-report")
 @_ENV
 @_PROJECT
-def retrain_report_command(**kwargs) -> None:
+def retrain_report_command(env: str, project_dir: str) -> None:
     """Print the latest retraining record of the dataset."""
-    raise SystemExit(_retrain_report(argparse.Namespace(**kwargs)))
+    from sa2_pipeline.pipelines.retraining.request import build_request
+
+    request = build_request(Path(project_dir), env)
+    folder = request.project_dir / "data" / "08_reporting" / request.dataset / "retraining"
+    latest = folder / "latest.md"
+    if not latest.is_file():
+        print(f"no retraining record in {folder} yet")
+        return
+    print(latest.read_text())
 
 
-def _retrain(args: argparse.Namespace) -> int:
+def _retrain(env: str, project_dir: str, params: str, *, change_test_set: bool,
+             warm_start: bool, detect_only: bool) -> int:
     """Detect, verify, version, retrain, gate and promote (sa2_pipeline.retraining)."""
-    from sa2_pipeline.pipelines.retraining.config import build_request
+    from sa2_pipeline.pipelines.retraining.request import build_request
     from sa2_pipeline.retraining.orchestrate import retrain
 
-    request = build_request(Path(args.project_dir), args.env, params=args.params or "",
-                            change_test_set=args.change_test_set or None,
-                            detect_only=args.detect_only,
-                            warm_start=args.warm_start or None)
+    request = build_request(Path(project_dir), env, params=params or "",
+                            change_test_set=change_test_set or None,
+                            detect_only=detect_only, warm_start=warm_start or None)
     outcome = retrain(request)
-    if args.detect_only:
+    if detect_only:
         print(json.dumps({"dataset": request.dataset, "retrain": outcome.retrain,
                           "code": outcome.code, "message": outcome.message}))
     else:
         print(outcome.message)
     return outcome.code
-
-
-def _rollback(args: argparse.Namespace) -> int:
-    """Move the champion alias back to an earlier version."""
-    from sa2_pipeline.tracking.registration import rollback_champion
-
-    try:
-        moved = rollback_champion(args.model, str(args.to_version), reason=args.reason)
-    except ValueError as err:
-        print(f"rollback refused: {err}", file=sys.stderr)
-        return 2
-    print(f"{moved['model_name']}: champion moved from version {moved['from_version']} "
-          f"to version {moved['to_version']}")
-    return 0
-
-
-def _retrain_report(args: argparse.Namespace) -> int:
-    """Print the dataset's latest retraining record."""
-    from sa2_pipeline.pipelines.retraining.config import build_request
-
-    request = build_request(Path(args.project_dir), args.env)
-    folder = request.project_dir / "data" / "08_reporting" / request.dataset / "retraining"
-    latest = folder / "latest.md"
-    if not latest.is_file():
-        print(f"no retraining record in {folder} yet")
-        return 0
-    print(latest.read_text())
-    return 0
-
-
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     A user error (a bad file or setting: :mod:`sa2_pipeline.user_errors`) prints its
     message, not the stack, unless ``--verbose`` or ``SA2_VERBOSE=1``.
     """
+    from sa2_pipeline.runtime.threads import choose_wait_policy
     from sa2_pipeline.user_errors import find_user_error, verbose
 
+    choose_wait_policy()  # before any command imports torch
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         cli.main(args=args, prog_name="sa2-pipeline", standalone_mode=False)

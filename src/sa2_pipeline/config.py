@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from sa2_pipeline.datasets.registry import FORMATS
+from sa2_pipeline.runtime.precision import PRECISIONS
+from sa2_pipeline.user_errors import UserError
 
 T = TypeVar("T")
 
@@ -32,8 +34,14 @@ T = TypeVar("T")
 #: (:data:`sa2_pipeline.datasets.registry.ADAPTERS`).
 RawFormat = Literal[FORMATS]  # type: ignore[valid-type]
 
+#: ``*.precision``: the names :mod:`sa2_pipeline.runtime.precision` resolves.
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 
-class ConfigError(ValueError):
+#: ``*.device``.
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ConfigError(UserError, ValueError):
     """A parameter group does not match its schema."""
 
 
@@ -216,8 +224,8 @@ class TrainingConfig:
     early_stopping_patience: int = 50
     select_after_epoch: int = 0
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "auto"
+    device: Device = "auto"
+    precision: Precision = "auto"
     channels_last: bool = True
     compile: bool = False
     num_workers: int = 0
@@ -257,46 +265,91 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class InstanceConfig:
     """``params:evaluation.instances``: objects cut out of the predicted probability map
-    (docs/metrics.md); the foreground threshold is ``evaluation.threshold``."""
+    (docs/metrics.md); the foreground threshold is the prediction's ``threshold``.
+
+    ``method``: ``"watershed"`` (connected components split by a watershed on the distance
+    transform, seeded at its local maxima at least ``min_distance`` apart) or
+    ``"components"`` (connected components only). ``min_size``: objects smaller than this
+    many pixels are dropped. ``connectivity``: 1 (4-neighbours) or 2 (8-neighbours).
+    """
 
     method: Literal["watershed", "components"] = "watershed"
     min_distance: int = 4
     min_size: int = 10
     connectivity: int = 1
 
+    def __post_init__(self) -> None:
+        if self.method not in ("watershed", "components"):
+            raise ConfigError(f"instances.method must be watershed or components, "
+                              f"got {self.method!r}")
+        if self.min_distance < 1 or self.min_size < 0 or self.connectivity not in (1, 2):
+            raise ConfigError(
+                "instances: need min_distance >= 1, min_size >= 0, connectivity 1 or 2; got "
+                f"{self.min_distance}, {self.min_size}, {self.connectivity}")
+
 
 @dataclass(frozen=True)
-class EvaluationConfig:
+class PredictionConfig:
+    """How a model's probabilities are predicted and thresholded: the settings test-set
+    evaluation (``params:evaluation``), slide inference (``params:inference``,
+    ``sa2-pipeline segment``) and the served model (the pyfunc's params) share. Each is
+    defined here once; the library's functions and the CLI take their defaults from it.
+    """
+
+    #: Foreground where the probability is above it (binary models).
+    threshold: float = 0.5
+    #: Fraction of a sliding-window tile shared with its neighbour.
+    overlap: float = 0.5
+    #: Test-time augmentation: the mean over the 8 flips/rotations of the square.
+    tta: bool = False
+    precision: Precision = "fp32"
+    device: Device = "auto"
+
+    #: Names the group in error messages (``evaluation``, ``inference``).
+    group: typing.ClassVar[str] = "prediction"
+
+    def __post_init__(self) -> None:
+        check_threshold(self.threshold, f"{self.group}.threshold")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"{self.group}.overlap must be in [0, 1), got {self.overlap}")
+
+
+def check_threshold(value: Any, where: str = "threshold") -> float:
+    """``value`` as a probability threshold in [0, 1]; the one range check.
+
+    Raises:
+        ConfigError: Not a number in [0, 1]; the message names ``where``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0.0 <= value <= 1.0):
+        raise ConfigError(f"{where} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(PredictionConfig):
     """``params:evaluation``: sliding-window prediction of the held-out test set, object
     and boundary metrics, bootstrap intervals."""
 
+    group: typing.ClassVar[str] = "evaluation"
+
     patch_size: int = 256
-    overlap: float = 0.5
     batch_size: int = 4
-    tta: bool = False
-    threshold: float = 0.5
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     instances: InstanceConfig = field(default_factory=InstanceConfig)
     boundary_tolerance: float = 2.0
     bootstrap_resamples: int = 9999
     bootstrap_seed: int = 0
-    #: Autocast precision of test-set prediction, as ``training.precision`` (which
-    #: validation during training uses), so selection and test scoring can match.
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
-    #: torch CPU threads; 0 = automatic (engine.threads: free cores, or $SA2_NUM_THREADS).
+    #: torch CPU threads; 0 = automatic (runtime.threads: free cores, or $SA2_NUM_THREADS).
     num_threads: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_threads < 0:
             raise ConfigError(f"evaluation.num_threads must be >= 0, got {self.num_threads}")
         if self.patch_size < 16:
             raise ConfigError(f"evaluation.patch_size must be >= 16, got {self.patch_size}")
         if self.batch_size < 1:
             raise ConfigError(f"evaluation.batch_size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ConfigError(f"evaluation.overlap must be in [0, 1), got {self.overlap}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"evaluation.threshold must be in [0, 1], got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -308,7 +361,7 @@ class RegistryConfig:
     promotion_metric: str = "test_dice"
     promotion_margin: float = 0.0
     input_example_size: int = 64
-    #: The statistical gate (sa2_pipeline.retraining.gate): confidence of the one-sided
+    #: The statistical gate (sa2_pipeline.metrics.promotion): confidence of the one-sided
     #: lower bound of the paired bootstrap, the largest drop of any class's mean Dice
     #: allowed, and the bootstrap's resamples and seed.
     gate_confidence: float = 0.95
@@ -362,9 +415,15 @@ class ReportingConfig:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    """``params:inference``: ``kedro run --pipelines inference`` (README "Inference on new
-    slides"); the CLI's ``sa2-pipeline segment`` options map onto the same fields."""
+class InferenceConfig(PredictionConfig):
+    """``params:inference``: ``kedro run --pipelines inference`` (docs/inference.md); the
+    CLI's ``sa2-pipeline segment`` options are these fields, with these defaults."""
+
+    group: typing.ClassVar[str] = "inference"
+    #: The fields that change a mask: the resume key of a run (docs/inference.md).
+    MASK_FIELDS: typing.ClassVar[tuple[str, ...]] = (
+        "threshold", "tta", "overlap", "batch_size", "precision", "patch_size",
+        "skip_background", "model_mpp", "thumbnail_side")
 
     #: Every supported image or slide under this folder (recursively).
     input_dir: str = f"data/01_raw/{DEFAULT_DATASET}/inference"
@@ -372,30 +431,40 @@ class InferenceConfig:
     model_uri: str | None = None
     #: Outputs go to ``<output_dir>/<model name>-v<version>/``.
     output_dir: str = f"data/07_model_output/{DEFAULT_DATASET}/inference"
-    threshold: float = 0.5
-    tta: bool = False
-    overlap: float = 0.5
+    #: Tiles per forward pass.
     batch_size: int = 8
-    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     #: null: the model's training patch.
     patch_size: int | None = None
     #: Skip tiles with no tissue on the thumbnail (Otsu on saturation).
     skip_background: bool = True
     #: Training pixel size (um/px); null: the model version's ``sa2.pixel_size_um`` tag.
     model_mpp: float | None = None
+    #: Longer side of the overlay thumbnail.
     thumbnail_side: int = 1024
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     #: Split the inputs over ``num_parts`` processes; this one takes part ``part_id``.
     num_parts: int = 1
     part_id: int = 0
     progress: bool = True
 
+    #: torch CPU threads; 0 = automatic (runtime.threads: free cores, or $SA2_NUM_THREADS).
+    num_threads: int = 0
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise ConfigError(f"inference.part_id must be in [0, num_parts); got part_id="
                               f"{self.part_id}, num_parts={self.num_parts}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"inference.threshold must be in [0, 1], got {self.threshold}")
+        if self.batch_size < 1:
+            raise ConfigError(f"inference.batch_size must be >= 1, got {self.batch_size}")
+        if self.patch_size is not None and self.patch_size < 16:
+            raise ConfigError(f"inference.patch_size must be >= 16 or null, "
+                              f"got {self.patch_size}")
+        if self.num_threads < 0:
+            raise ConfigError(f"inference.num_threads must be >= 0, got {self.num_threads}")
+
+    def mask_settings(self) -> dict[str, Any]:
+        """The fields that change a mask, by name (:data:`MASK_FIELDS`)."""
+        return {name: getattr(self, name) for name in self.MASK_FIELDS}
 
 
 #: The schema of every top-level key of ``conf/*/parameters*.yml``. ``baselines`` is a list

@@ -42,6 +42,16 @@ def _drop_warning(text: str):
         warnings.showwarning = shown
 
 
+def on_kedro_start() -> None:
+    """The ``kedro.init`` hook: choose the OpenMP wait policy before anything imports
+    torch (:func:`sa2_pipeline.runtime.threads.choose_wait_policy`), then import
+    kedro-mlflow's model class quietly (:func:`quiet_foreign_warnings`)."""
+    from sa2_pipeline.runtime.threads import choose_wait_policy
+
+    choose_wait_policy()
+    quiet_foreign_warnings()
+
+
 def quiet_foreign_warnings() -> None:
     """Import kedro-mlflow's model class without MLflow's type-hint warning about it.
 

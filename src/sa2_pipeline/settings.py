@@ -2,9 +2,15 @@
 
 import os
 
-from kedro.config import OmegaConfigLoader
+from sa2_pipeline.runtime.threads import choose_wait_policy
 
-from sa2_pipeline.hooks import (
+# A session created in-process (KedroSession.create, not the kedro command) reaches the
+# project here first: choose the OpenMP wait policy before anything imports torch.
+choose_wait_policy()
+
+from kedro.config import OmegaConfigLoader  # noqa: E402
+
+from sa2_pipeline.hooks import (  # noqa: E402
     ContinueModelRunHook,
     InterruptedRunHook,
     QuietThirdPartyHook,

@@ -23,13 +23,6 @@ class UserError(Exception):
     """Base of errors whose message tells the user everything needed to fix them."""
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from sa2_pipeline.config import ConfigError
-    from sa2_pipeline.datasets.schema import DatasetValidationError
-
-    return (UserError, ConfigError, DatasetValidationError)
-
-
 def _chain(exc: BaseException | None) -> Iterator[BaseException]:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
@@ -40,8 +33,7 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 def find_user_error(exc: BaseException) -> BaseException | None:
     """The user error ``exc`` is or wraps (Kedro wraps dataset errors), else ``None``."""
-    types = _user_error_types()
-    return next((e for e in _chain(exc) if isinstance(e, types)), None)
+    return next((e for e in _chain(exc) if isinstance(e, UserError)), None)
 
 
 def verbose() -> bool:

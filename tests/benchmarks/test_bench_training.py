@@ -117,6 +117,7 @@ def test_a_native_dw_variant_runs_onednns_depthwise_backward_and_the_plain_one_o
 
     from sa2_pipeline.losses.segmentation_loss import build_loss
     from sa2_pipeline.models import create_model, layers
+    from sa2_pipeline.runtime import kernels
 
     cfg = bench.CONFIGS["toy"]
     model = create_model("sa2net", base_channels=cfg["base_channels"])
@@ -125,7 +126,7 @@ def test_a_native_dw_variant_runs_onednns_depthwise_backward_and_the_plain_one_o
     original = layers._DepthwiseConv.apply
 
     def spy(*args):
-        calls.append(layers.depthwise_backward())
+        calls.append(kernels.depthwise_backward())
         return original(*args)
 
     layers._DepthwiseConv.apply = spy
@@ -133,11 +134,11 @@ def test_a_native_dw_variant_runs_onednns_depthwise_backward_and_the_plain_one_o
         for variant, expected in (("fp32-native-dw", "native"), ("fp32", "conv")):
             calls.clear()
             bench.make_step(model, build_loss(1), variant, torch.device("cpu"), batch)()
-            assert layers.depthwise_backward() == expected
+            assert kernels.depthwise_backward() == expected
             # our backward runs only when it is the one chosen
             assert bool(calls) == (expected == "conv")
     finally:
         del layers._DepthwiseConv.apply
-        layers.set_depthwise_backward("conv")
+        kernels.set_depthwise_backward("conv")
     with pytest.raises(ValueError, match="depthwise backward must be one of"):
-        layers.set_depthwise_backward("fast")
+        kernels.set_depthwise_backward("fast")

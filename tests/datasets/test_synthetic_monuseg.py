@@ -114,7 +114,7 @@ def test_ensure_never_overwrites_or_adds_to_user_data(tmp_path: Path) -> None:
     (root / "nested" / "notes.txt").write_text("my slides are elsewhere")
     before = _tree(root)
 
-    assert ensure_synthetic_monuseg(root, n_train=2, n_test=1, image_size=64) is False
+    assert ensure_synthetic_monuseg(root, n_train=2, n_test=1, image_size=64, seed=0) is False
     assert _tree(root) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
 
@@ -123,7 +123,7 @@ def test_ensure_generates_once_into_a_missing_or_empty_root(tmp_path: Path) -> N
     root = tmp_path / "raw"
     (root / "empty" / "subfolder").mkdir(parents=True)  # folders but no files: empty
 
-    assert ensure_synthetic_monuseg(root, n_train=2, n_test=1, image_size=64) is True
+    assert ensure_synthetic_monuseg(root, n_train=2, n_test=1, image_size=64, seed=0) is True
     first = _tree(root)
     assert len(first) == 6
     assert not (root / "empty").exists()
@@ -160,5 +160,6 @@ def test_failed_generation_leaves_nothing_behind(
 )
 def test_invalid_arguments_are_rejected(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        generate_synthetic_monuseg(tmp_path / "raw", **kwargs)
+        generate_synthetic_monuseg(tmp_path / "raw", **{"n_train": 2, "n_test": 1,
+                                                        "image_size": 64, "seed": 0, **kwargs})
     assert not (tmp_path / "raw").exists()

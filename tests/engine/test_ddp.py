@@ -17,7 +17,7 @@ from test_trainer import MODEL, _CrashAfter, _fit, _strip_times, _train_cfg
 
 from sa2_pipeline.engine.checkpoint import load_checkpoint
 from sa2_pipeline.models.bundle import model_from_bundle
-from sa2_pipeline.tracking.callbacks import training_callbacks
+from sa2_pipeline.tracking.training_callbacks import training_callbacks
 
 EPOCHS = 3
 _TESTS_DIR = Path(__file__).resolve().parent

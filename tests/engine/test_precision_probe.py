@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sa2_pipeline.engine import precision_probe as probe
+from sa2_pipeline.runtime import precision_probe as probe
 
 CPU = torch.device("cpu")
 KEY = {"model": "SA2Net", "parameters": 1000, "input": [8, 3, 128, 128], "workload": "train"}
@@ -157,18 +157,19 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
 
 def test_probing_the_real_step_leaves_model_and_random_state_untouched():
     from sa2_pipeline.losses.segmentation_loss import build_loss
-    from sa2_pipeline.models import create_model, layers
+    from sa2_pipeline.models import create_model
+    from sa2_pipeline.runtime import kernels
 
     torch.manual_seed(0)
     model = create_model("unet", base_channels=4)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    layout = layers.weight_grad_layout()  # process-wide; an earlier in-process fit may set it
+    layout = kernels.weight_grad_layout()  # process-wide; an earlier in-process fit may set it
     timer = probe.training_step_timer(model, build_loss(1), (1, 3, 32, 32), 1, CPU,
                                       channels_last=True)
     for variant in ("fp32", "fp32-nchw-wgrad", "bf16"):
         assert timer(variant) > 0
-    assert layers.weight_grad_layout() == layout
+    assert kernels.weight_grad_layout() == layout
     forward = probe.forward_timer(model, (1, 3, 32, 32), CPU)
     assert forward("fp32") > 0 and model.training
     assert torch.equal(torch.get_rng_state(), rng)
@@ -181,20 +182,21 @@ def test_probing_the_real_step_leaves_model_and_random_state_untouched():
 
 def test_choosing_for_training_applies_the_layout_and_caches(tmp_path):
     from sa2_pipeline.losses.segmentation_loss import build_loss
-    from sa2_pipeline.models import create_model, layers
+    from sa2_pipeline.models import create_model
+    from sa2_pipeline.runtime import kernels
 
     model = create_model("unet", base_channels=4).to(memory_format=torch.channels_last)
     try:
         choice = probe.choose_for_training("fp32", model, build_loss(1), (1, 3, 32, 32), 1,
                                            CPU, channels_last=True, folder=tmp_path)
         assert choice.precision == "fp32"
-        assert layers.weight_grad_layout() == choice.weight_grad_layout
+        assert kernels.weight_grad_layout() == choice.weight_grad_layout
         record = json.loads(next(tmp_path.glob("precision-*.json")).read_text())
         assert record["choice"] == choice.variant
         assert set(record["median_step_s"]) <= {"fp32", "fp32-nchw-wgrad"}
         assert record["key"]["workload"] == "train" and record["key"]["input"] == [1, 3, 32, 32]
     finally:
-        layers.set_weight_grad_layout("native")
+        kernels.set_weight_grad_layout("native")
     assert probe.choose_for_inference("auto", model, (1, 3, 32, 32), CPU,
                                       folder=tmp_path) in ("fp32", "bf16")
 

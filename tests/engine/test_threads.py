@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from sa2_pipeline.engine import threads
+from sa2_pipeline.runtime import threads
 
 
 @pytest.mark.parametrize(("cores", "busy", "expected"), [
@@ -68,18 +68,31 @@ def test_openmp_threads_sleep_only_when_others_keep_the_cpu_busy():
     assert threads.wait_policy_for(5) == "PASSIVE"
 
 
-def test_importing_the_package_next_to_a_busy_process_makes_openmp_wait_passively():
+ENTRY_POINTS = {
+    "kedro command": "from sa2_pipeline.kedro_init import on_kedro_start; on_kedro_start()",
+    "kedro session": "import sa2_pipeline.settings",
+    "sa2-pipeline": "from sa2_pipeline.cli import main; main(['--help'])",
+    "served model": "import sa2_pipeline.tracking.pyfunc_model",
+}
+
+
+def test_each_entry_point_next_to_a_busy_process_makes_openmp_wait_passively():
     show = "import os; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     try:
-        assert _wait_policy_after(f"import sa2_pipeline; {show}") == "PASSIVE"
+        for name, entry in ENTRY_POINTS.items():
+            out = _wait_policy_after(f"{entry}\n{show}").splitlines()[-1]
+            assert out == "PASSIVE", name
+        entry = ENTRY_POINTS["sa2-pipeline"]
         # a policy the user chose is kept, and so is a spin count
-        assert _wait_policy_after(f"import sa2_pipeline; {show}",
-                                  OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
-        assert _wait_policy_after(f"import sa2_pipeline; {show}",
-                                  GOMP_SPINCOUNT="1000") == "unset"
+        assert _wait_policy_after(f"{entry}\n{show}",
+                                  OMP_WAIT_POLICY="ACTIVE").splitlines()[-1] == "ACTIVE"
+        assert _wait_policy_after(f"{entry}\n{show}",
+                                  GOMP_SPINCOUNT="1000").splitlines()[-1] == "unset"
         # torch already loaded: setting it would not take effect, so it is not pretended
-        assert _wait_policy_after(f"import torch, sa2_pipeline; {show}") == "unset"
+        assert _wait_policy_after(f"import torch\n{entry}\n{show}").splitlines()[-1] == "unset"
+        # importing the library itself changes nothing in the process
+        assert _wait_policy_after(f"import sa2_pipeline.engine.fit\n{show}") == "unset"
     finally:
         for hog in hogs:
             hog.kill()

@@ -12,8 +12,8 @@ from sa2_pipeline.engine.checkpoint import load_checkpoint, save_atomic
 from sa2_pipeline.engine.fingerprint import run_fingerprint
 from sa2_pipeline.engine.fit import fit_segmentation_model
 from sa2_pipeline.engine.optim import EpochScheduler
-from sa2_pipeline.engine.runtime import select_device
-from sa2_pipeline.inference.precision import resolve_precision
+from sa2_pipeline.runtime.devices import select_device
+from sa2_pipeline.runtime.precision import resolve_precision
 
 
 def _toy_data(n: int, size: int = 40, seed: int = 0):
@@ -196,7 +196,7 @@ def test_validation_masks_enter_the_fingerprint(tmp_path):
 
 def _pin_runtime(monkeypatch, variant: str) -> None:
     """Make the engine's precision/layout measurement answer ``variant``."""
-    from sa2_pipeline.engine import precision_probe as probe
+    from sa2_pipeline.runtime import precision_probe as probe
 
     def choose_for_training(requested, *args, **kwargs):
         choice = probe.RuntimeChoice.of(variant)
@@ -212,7 +212,7 @@ def test_resume_keeps_the_weight_gradient_layout_its_checkpoint_was_trained_with
     # The layout is measured (and cached) per machine; the cache can say something else
     # by the time a killed run resumes (another run measured meanwhile). The resumed run
     # must still finish bit-identical to the run that was never stopped.
-    from sa2_pipeline.models import layers
+    from sa2_pipeline.runtime import kernels
 
     try:
         _pin_runtime(monkeypatch, "fp32")
@@ -232,4 +232,4 @@ def test_resume_keeps_the_weight_gradient_layout_its_checkpoint_was_trained_with
         _, nchw_history = _fit(tmp_path / "c", _train_cfg(tmp_path / "c"))
         assert _strip_times(nchw_history) != _strip_times(full_history)
     finally:
-        layers.set_weight_grad_layout("native")
+        kernels.set_weight_grad_layout("native")

@@ -41,10 +41,10 @@ def tiny_bundle(seed: int = 0):
 @pytest.fixture
 def tiny_model(tmp_path, monkeypatch) -> TinyModel:
     import mlflow
-    try:
-        from sa2_pipeline.tracking.registry import register_and_promote
-    except ImportError:  # TEMP until tracking lands
-        from sa2_pipeline.tracking.registry import register_and_promote
+    import pandas as pd
+
+    from sa2_pipeline.config import RegistryConfig
+    from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
 
     root = tmp_path / "store"
     root.mkdir()
@@ -52,10 +52,12 @@ def tiny_model(tmp_path, monkeypatch) -> TinyModel:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("inference-test")
-    with mlflow.start_run():
-        register_and_promote(tiny_bundle(), model_name="sa2net-tiny",
-                             test_scores={"test_dice": 0.5}, test_set_id="t",
-                             input_example_size=64)
+    model = ModelToRegister(tiny_bundle(), model_name="sa2net-tiny",
+                            test_scores={"test_dice": 0.5},
+                            per_image=pd.DataFrame({"dice": [0.5]}, index=["t0"]),
+                            test_set_id="t", input_example_size=64)
+    with mlflow.start_run():  # the first version: no champion yet, so it becomes champion
+        register_gated(model, config=RegistryConfig(), score_champion=None)
     yield TinyModel("sa2net-tiny", uri, root)
     mlflow.set_tracking_uri(None)
 

@@ -200,12 +200,12 @@ def test_cli_refuses_two_inputs_with_the_same_output_name(tmp_path, tiny_model):
 
 @pytest.mark.parametrize("bad", ["zero", "corrupt"])
 def test_library_reports_bad_inputs_by_name(tmp_path, bad):
+    from sa2_pipeline.config import InferenceConfig
     from sa2_pipeline.inference.run import collect_inputs, segment_inputs
-    from sa2_pipeline.inference.segment import SegmentSettings
 
     path = tmp_path / "x.tif"
     path.write_bytes(b"" if bad == "zero" else b"MM\x00*garbage")
     result = segment_inputs(collect_inputs([path]), predictor=None,
-                            settings=SegmentSettings(), out_dir=tmp_path / "o",
+                            settings=InferenceConfig(), out_dir=tmp_path / "o",
                             model={"name": "m"}, progress=False)
     assert list(result.failed) == ["x.tif"] and result.exit_code == 1

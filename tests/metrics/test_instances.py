@@ -13,8 +13,8 @@ import math
 import numpy as np
 import pytest
 
+from sa2_pipeline.config import InstanceConfig
 from sa2_pipeline.metrics.instances import (
-    InstanceParams,
     aji,
     extract_instances,
     instance_scores,
@@ -99,8 +99,8 @@ def _two_discs() -> np.ndarray:
 
 def test_watershed_splits_touching_discs_components_do_not():
     mask = _two_discs()
-    assert extract_instances(mask, InstanceParams(method="components")).max() == 1
-    labels = extract_instances(mask, InstanceParams(method="watershed", min_distance=5))
+    assert extract_instances(mask, InstanceConfig(method="components")).max() == 1
+    labels = extract_instances(mask, InstanceConfig(method="watershed", min_distance=5))
     assert labels.max() == 2
     assert labels[20, 15] != labels[20, 41]
 
@@ -110,26 +110,26 @@ def test_threshold_and_min_size():
     probability[2:8, 2:8] = 0.9  # 36 px
     probability[12:14, 12:14] = 0.9  # 4 px
     probability[12:18, 2:8] = 0.4  # below the threshold
-    labels = extract_instances(probability, InstanceParams(min_size=5))
+    labels = extract_instances(probability, InstanceConfig(min_size=5))
     assert labels.max() == 1 and np.count_nonzero(labels) == 36
-    assert extract_instances(probability, InstanceParams(min_size=0)).max() == 2
-    assert extract_instances(probability, InstanceParams(threshold=0.3, min_size=5)).max() == 2
+    assert extract_instances(probability, InstanceConfig(min_size=0)).max() == 2
+    assert extract_instances(probability, InstanceConfig(min_size=5), threshold=0.3).max() == 2
 
 
 def test_bad_parameters_are_rejected():
     with pytest.raises(ValueError, match="method"):
-        InstanceParams(method="magic")
+        InstanceConfig(method="magic")
     with pytest.raises(ValueError, match="min_distance"):
-        InstanceParams(min_distance=0)
+        InstanceConfig(min_distance=0)
 
 
 def test_mask_instances_labels_each_saved_mask():
-    from sa2_pipeline.metrics.instances import InstanceParams, mask_instances
+    from sa2_pipeline.metrics.instances import mask_instances
 
     mask = np.zeros((12, 12), np.uint8)
     mask[1:5, 1:5] = 1
     mask[7:11, 7:11] = 2  # any nonzero label is foreground
     labels = mask_instances({"a": mask, "b": np.zeros_like(mask)},
-                            InstanceParams(method="components", min_size=0))
+                            InstanceConfig(method="components", min_size=0))
     assert labels["a"].max() == 2 and labels["b"].max() == 0
-    assert mask_instances({"a": mask}, InstanceParams(min_size=17))["a"].max() == 0
+    assert mask_instances({"a": mask}, InstanceConfig(min_size=17))["a"].max() == 0

@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from sa2_pipeline.metrics.instances import InstanceParams
 from sa2_pipeline.metrics.objects import object_scores
 
 
@@ -44,8 +43,8 @@ def test_binary_instances_come_from_the_probability_at_its_threshold():
     classes, instances = _scene()
     binary = (classes > 0).astype(np.uint8)
     probability = binary * np.float32(0.6)
-    low = object_scores(binary, binary, 1, instances, probability, InstanceParams(threshold=0.5))
-    high = object_scores(binary, binary, 1, instances, probability, InstanceParams(threshold=0.7))
+    low = object_scores(binary, binary, 1, instances, probability, threshold=0.5)
+    high = object_scores(binary, binary, 1, instances, probability, threshold=0.7)
     assert low["n_pred_objects"] == 2 and high["n_pred_objects"] == 0
 
 

@@ -10,17 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from sa2_pipeline.models import create_model, layers
+from sa2_pipeline.runtime import kernels
 
 
 @pytest.fixture
 def nchw_weight_grads():
-    layers.set_weight_grad_layout("nchw")
+    kernels.set_weight_grad_layout("nchw")
     yield
-    layers.set_weight_grad_layout("native")
+    kernels.set_weight_grad_layout("native")
 
 
 def _grads(model, x, layout):
-    layers.set_weight_grad_layout(layout)
+    kernels.set_weight_grad_layout(layout)
     model.zero_grad(set_to_none=True)
     xx = x.clone().requires_grad_()
     outputs = model(xx)
@@ -41,7 +42,7 @@ def test_both_layouts_give_the_same_outputs_and_gradients(name):
         model.load_state_dict(state)
         out_b, grads_b, gx_b = _grads(model, x, "nchw")
     finally:
-        layers.set_weight_grad_layout("native")
+        kernels.set_weight_grad_layout("native")
     for a, b in zip(out_a, out_b, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx_a, gx_b, rtol=1e-4, atol=1e-5)
@@ -84,4 +85,4 @@ def test_the_state_dict_is_that_of_nn_conv2d():
 
 def test_an_unknown_layout_is_rejected():
     with pytest.raises(ValueError, match="weight-gradient layout must be one of"):
-        layers.set_weight_grad_layout("blocked")
+        kernels.set_weight_grad_layout("blocked")

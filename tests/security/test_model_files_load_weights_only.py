@@ -60,7 +60,7 @@ def registered(tmp_path, monkeypatch):
     """
     import mlflow
 
-    from sa2_pipeline.retraining.gate import GateConfig
+    from sa2_pipeline.config import RegistryConfig
     from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -72,7 +72,7 @@ def registered(tmp_path, monkeypatch):
     model = ModelToRegister(_bundle(), model_name=NAME, test_scores={"test_dice": 0.7},
                             per_image=scores, test_set_id="T", input_example_size=32)
     with mlflow.start_run(experiment_id=experiment):
-        register_gated(model, gate=GateConfig(n_resamples=99), score_champion=None)
+        register_gated(model, config=RegistryConfig(gate_resamples=99), score_champion=None)
     files = sorted((tmp_path / "art").rglob("model_bundle.pt"))
     assert files, "the registered version has no model_bundle.pt to plant"
     marker = tmp_path / "payload-ran"

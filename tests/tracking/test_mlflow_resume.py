@@ -6,7 +6,7 @@ import pytest
 from test_trainer import _CrashAfter, _fit, _train_cfg
 
 from sa2_pipeline.engine.checkpoint import load_checkpoint
-from sa2_pipeline.tracking.callbacks import training_callbacks
+from sa2_pipeline.tracking.training_callbacks import training_callbacks
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """Gated registration: statistics decide, crashes never move the champion, reruns finish
-an interrupted registration without a second version, rollback moves the champion back."""
+an interrupted registration without a second version, an identical model is never
+registered twice, rollback moves the champion back."""
 
 from __future__ import annotations
 
@@ -13,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sa2_pipeline.config import RegistryConfig
 from sa2_pipeline.models import create_model
 from sa2_pipeline.models.bundle import make_bundle
-from sa2_pipeline.retraining.gate import GateConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
 
 NAME = "sa2net-test"
-GATE = GateConfig(n_resamples=999)
+CONFIG = RegistryConfig(gate_resamples=999)
 BASE = np.random.default_rng(0).uniform(0.6, 0.8, 12)
 
 
@@ -41,22 +42,30 @@ SCORES = {1: _scores(BASE), 2: _scores(BASE + 0.08), 3: _scores(BASE + 0.02 * np
     np.arange(12) * 2.0))}
 
 
-def _register(seed: int, champion_scores: dict[str, pd.DataFrame] | None = None):
+def _register(seed: int):
     """Register bundle ``seed`` scored SCORES[seed]; the champion is scored from the table."""
-    import mlflow
-
-    from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
 
     def score_champion(uri: str) -> pd.DataFrame:
         version = int(uri.rsplit("/", 1)[1])
         return SCORES[version]
 
-    model = ModelToRegister(_bundle(seed), model_name=NAME,
-                            test_scores={"test_dice": float(SCORES[seed]["dice"].mean())},
-                            per_image=SCORES[seed], test_set_id="T", data_version="dvc-x",
-                            input_example_size=32)
+    return _register_model(_bundle(seed), SCORES[seed], score_champion=score_champion)
+
+
+def _register_model(bundle, per_image: pd.DataFrame, *, score_champion, name: str = NAME,
+                    test_set_id: str = "T", test_dice: float | None = None):
+    """Register ``bundle`` with these per-image scores in a new run."""
+    import mlflow
+
+    from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
+
+    if test_dice is None:
+        test_dice = float(per_image["dice"].mean())
+    model = ModelToRegister(bundle, model_name=name, test_scores={"test_dice": test_dice},
+                            per_image=per_image, test_set_id=test_set_id,
+                            data_version="dvc-x", input_example_size=32)
     with mlflow.start_run():
-        return register_gated(model, gate=GATE, score_champion=score_champion)
+        return register_gated(model, config=CONFIG, score_champion=score_champion)
 
 
 @pytest.fixture
@@ -81,8 +90,8 @@ def _champion() -> str:
     return str(_client().get_model_version_by_alias(NAME, "champion").version)
 
 
-def _versions() -> list[str]:
-    return sorted(str(v.version) for v in _client().search_model_versions(f"name = '{NAME}'"))
+def _versions(name: str = NAME) -> list[str]:
+    return sorted(str(v.version) for v in _client().search_model_versions(f"name = '{name}'"))
 
 
 def test_gate_numbers_are_recorded_and_an_identical_rerun_registers_nothing(store):
@@ -101,6 +110,70 @@ def test_gate_numbers_are_recorded_and_an_identical_rerun_registers_nothing(stor
     assert not noisy["decision_promote"] and _champion() == "2"
     again = _register(3)
     assert again["unchanged"] and again["version"] == "3" and _versions() == ["1", "2", "3"]
+
+
+def test_champion_moves_only_when_better_and_is_rescored_on_this_test_set(store):
+    scores = {1: _scores(BASE), 2: _scores(BASE - 0.05), 3: _scores(BASE + 0.05)}
+
+    def by_version(uri: str) -> pd.DataFrame:
+        return scores[int(uri.rsplit("/", 1)[1])]
+
+    records = [_register_model(_bundle(v), scores[v], score_champion=by_version)
+               for v in (1, 2, 3)]
+    assert [r["decision_promote"] for r in records] == [True, False, True]
+    assert _champion() == "3"
+    assert str(_client().get_model_version_by_alias(NAME, "challenger").version) == "3"
+    v2 = _client().get_model_version(NAME, "2").tags
+    assert v2["sa2.promotion_decision"] == "rejected"
+    assert float(v2["sa2.champion_score"]) == pytest.approx(BASE.mean(), abs=1e-6)
+    assert float(v2["sa2.test_dice"]) == pytest.approx((BASE - 0.05).mean(), abs=1e-6)
+
+    # On another test set the champion is re-scored on it before the comparison.
+    rescored = []
+    record = _register_model(_bundle(4), _scores(BASE + 0.1), test_set_id="B",
+                             score_champion=lambda uri: rescored.append(uri) or _scores(BASE))
+    assert rescored == [f"models:/{NAME}/3"]
+    assert record["decision_promote"]
+    assert record["decision_champion_score"] == pytest.approx(BASE.mean())
+
+    # The registered model runs in a plain pyfunc: any image size in, a mask out.
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    out = model.predict(np.zeros((37, 50, 3), np.uint8))
+    assert out.shape == (37, 50) and out.dtype == np.uint8
+    with pytest.raises(MlflowException, match="uint8"):  # floats refused, not cast
+        model.predict(np.zeros((8, 8, 3), np.float32) + 0.5)
+
+
+def test_scores_without_the_gate_metric_are_an_error_and_nothing_is_registered(store):
+    per_image = pd.DataFrame({"iou": BASE}, index=_scores(BASE).index)
+    with pytest.raises(KeyError, match="'dice'"):
+        _register_model(_bundle(1), per_image, test_dice=0.7, score_champion=None)
+    assert _versions() == []
+
+
+def test_identical_model_is_not_registered_twice(store):
+    name, bundle = "sa2net-rerun", _bundle(1)
+    records = []
+    for test_set_id in ("A", "A", "B"):
+        again = dict(bundle, metadata={"run": len(records)})  # provenance differs
+        records.append(_register_model(again, _scores(BASE), name=name,
+                                       test_set_id=test_set_id,
+                                       score_champion=lambda uri: _scores(BASE)))
+    first, rerun, other_test_set = records
+    assert not first["unchanged"] and first["version"] == "1"
+    # The re-run of an unchanged model points at version 1 instead of adding version 2.
+    assert rerun["unchanged"] and rerun["version"] == "1"
+    assert rerun["run_id"] == first["run_id"]
+    assert rerun["aliases"] == ["challenger", "champion"]
+    assert not rerun["decision_promote"] and "identical to version 1" in rerun["decision_reason"]
+    # Scores on another test set are new information: a new version records them.
+    assert not other_test_set["unchanged"] and other_test_set["version"] == "2"
+    assert _versions(name) == ["1", "2"]
+    tags = _client().get_model_version(name, "1").tags
+    assert tags["sa2.bundle_digest"] == first["bundle_digest"]
 
 
 _KILLED_AT = textwrap.dedent("""
@@ -158,11 +231,11 @@ def test_rollback_command_moves_the_champion_back(store):
 
 
 def test_registrations_on_one_store_wait_for_each_other(store, tmp_path):
-    from sa2_pipeline.retraining.locks import exclusive_lock, registry_lock_path
+    from sa2_pipeline.locks import exclusive_lock, registry_lock_path
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\n"
-         "from sa2_pipeline.retraining.locks import exclusive_lock\n"
+         "from sa2_pipeline.locks import exclusive_lock\n"
          "with exclusive_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(3)",
          str(registry_lock_path(store))], stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sa2_pipeline.user_errors import UserError
+
 __all__ = [
     "KEY_SEPARATOR",
     "MANIFEST_COLUMNS",
@@ -114,7 +116,7 @@ class RawSample:
             raise ValueError(f"RawSample {self.id!r}: split {self.split!r} is not one of {SPLITS}")
 
 
-class DatasetValidationError(ValueError):
+class DatasetValidationError(UserError, ValueError):
     """A raw dataset failed verification; lists every problem found, not just the first.
 
     The message has a header (``"3 problems in raw dataset at <root>:"``) and one line

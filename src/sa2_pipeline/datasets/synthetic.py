@@ -421,10 +421,11 @@ def _write_tile(
 
 def generate_synthetic_monuseg(
     root: Path,
-    n_train: int = 24,
-    n_test: int = 8,
-    image_size: int = 256,
-    seed: int = 0,
+    *,
+    n_train: int,
+    n_test: int,
+    image_size: int,
+    seed: int,
 ) -> list[Path]:
     """Write a synthetic H&E nuclei dataset in the MoNuSeg 2018 raw layout.
 

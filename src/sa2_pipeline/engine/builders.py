@@ -22,9 +22,9 @@ from sa2_pipeline.engine.callbacks import EpochLogger, ThreadRebalancer
 from sa2_pipeline.engine.distributed import WorkerInfo
 from sa2_pipeline.engine.optim import EpochScheduler
 from sa2_pipeline.engine.optim import build_optimizer as _adam
-from sa2_pipeline.engine.runtime import worker_init
 from sa2_pipeline.engine.spec import FitSpec
 from sa2_pipeline.engine.trainer import FitResult, Trainer
+from sa2_pipeline.runtime.threads import worker_init
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def resolve_runtime(spec: FitSpec, model: torch.nn.Module, device: torch.device,
     bits, and a resumed run must be bit-identical to one that was never stopped."""
     from dataclasses import replace
 
-    from sa2_pipeline.engine import precision_probe as probe
+    from sa2_pipeline.runtime import precision_probe as probe
 
     cfg = spec.train_cfg
     size = cfg.patch_size if spec.mode == "native" else spec.train_images[
@@ -248,7 +248,7 @@ def build_trainer(spec: FitSpec, model: torch.nn.Module, *, device: torch.device
 
 def _thread_callbacks(cfg: TrainingConfig, device: torch.device, worker: WorkerInfo) -> list[Any]:
     """:class:`ThreadRebalancer` for a single-process CPU run with the automatic count."""
-    from sa2_pipeline.engine.threads import is_automatic
+    from sa2_pipeline.runtime.threads import is_automatic
 
     if device.type != "cpu" or worker.distributed or not is_automatic(cfg.num_threads):
         return []

@@ -61,14 +61,14 @@ class EpochLogger(Callback):
 
 class ThreadRebalancer(Callback):
     """For the automatic thread count (``num_threads: 0``) on a CPU: after every epoch
-    torch's threads are set to :func:`~sa2_pipeline.engine.threads.auto_threads` again
+    torch's threads are set to :func:`~sa2_pipeline.runtime.threads.auto_threads` again
     (logged when they change), so a training gives up a core while another process needs
     it and takes it back once it is free (docs/environment.md, "CPU threads")."""
 
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:  # noqa: ARG002
         import torch
 
-        from sa2_pipeline.engine.threads import auto_threads
+        from sa2_pipeline.runtime.threads import auto_threads
 
         threads, before = auto_threads(), torch.get_num_threads()
         if threads != before:

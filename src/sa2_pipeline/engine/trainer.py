@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 
+from sa2_pipeline.config import TrainingConfig
 from sa2_pipeline.engine import distributed
 from sa2_pipeline.engine.callbacks import Callback
 from sa2_pipeline.engine.checkpoint import load_checkpoint, save_atomic
 from sa2_pipeline.engine.optim import EpochScheduler
-from sa2_pipeline.engine.runtime import get_rng_state, set_rng_state
-from sa2_pipeline.inference.precision import autocast, resolve_precision
+from sa2_pipeline.runtime.devices import get_rng_state, set_rng_state
+from sa2_pipeline.runtime.precision import autocast, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class Trainer:
         fingerprint: Identifies model + data + settings; a checkpoint with another
             fingerprint is not resumed from (it belongs to a different run).
         precision: ``fp32``, ``bf16``, ``fp16`` or ``auto``: the forward pass runs under
-            autocast to it (:mod:`sa2_pipeline.inference.precision`).
+            autocast to it (:mod:`sa2_pipeline.runtime.precision`).
         channels_last: Convert input batches to channels-last.
         callbacks: Lifecycle hooks (logging, experiment tracking); they may add their own
             state to every checkpoint and read it back on resume.
@@ -96,7 +97,7 @@ class Trainer:
         checkpoint_path: str | Path | None = None,
         resume: bool = True,
         fingerprint: str = "",
-        precision: str = "fp32",
+        precision: str = TrainingConfig.precision,
         channels_last: bool = False,
         callbacks: Sequence[Callback] = (),
         meta: dict[str, Any] | None = None,

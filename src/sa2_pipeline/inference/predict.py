@@ -7,8 +7,11 @@ from typing import Any
 
 import numpy as np
 
+from sa2_pipeline.config import PredictionConfig
 
-def probabilities_to_mask(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+
+def probabilities_to_mask(probs: np.ndarray,
+                          threshold: float = PredictionConfig.threshold) -> np.ndarray:
     """Class probabilities (C, H, W) -> uint8 label mask (H, W).
 
     One channel: ``p > threshold`` gives {0, 1}. Several: argmax gives class indices.
@@ -26,12 +29,12 @@ def predict_probabilities(
     *,
     num_classes: int,
     patch_size: int,
-    overlap: float = 0.5,
+    overlap: float = PredictionConfig.overlap,
     batch_size: int = 4,
-    tta: bool = False,
+    tta: bool = PredictionConfig.tta,
     channel_order: str = "rgb",
     device: Any = None,
-    precision: str = "fp32",
+    precision: str = PredictionConfig.precision,
 ) -> Iterable[tuple[str, np.ndarray]]:
     """Yield ``(id, probabilities (C, H, W) float32)`` for uint8 HWC images of any size.
 
@@ -82,11 +85,11 @@ class Predictor:
         bundles: Any,
         *,
         device: Any = None,
-        tta: bool = False,
-        overlap: float = 0.5,
+        tta: bool = PredictionConfig.tta,
+        overlap: float = PredictionConfig.overlap,
         batch_size: int = 4,
         patch_size: int | None = None,
-        precision: str = "fp32",
+        precision: str = PredictionConfig.precision,
     ) -> None:
         import torch
 
@@ -148,7 +151,7 @@ class Predictor:
         members = self.member_probabilities(image, tta=tta)
         return members[0] if len(members) == 1 else np.mean(members, axis=0)
 
-    def predict_mask(self, image: np.ndarray, threshold: float = 0.5, *,
+    def predict_mask(self, image: np.ndarray, threshold: float = PredictionConfig.threshold, *,
                      tta: bool | None = None) -> np.ndarray:
         """uint8 label mask (H, W); ``tta`` as in :meth:`member_probabilities`."""
         return probabilities_to_mask(self.probabilities(image, tta=tta), threshold)

@@ -29,12 +29,13 @@ import glob
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sa2_pipeline.inference.segment import SegmentSettings, segment_file
+from sa2_pipeline.config import InferenceConfig
+from sa2_pipeline.inference.segment import segment_file
 from sa2_pipeline.inference.slides import SUPPORTED_SUFFIXES, UnreadableImageError
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,8 @@ def sha256_file(path: Path) -> str:
 _NOT_IN_KEY = ("batch_size",)
 
 
-def _settings_key(model: dict[str, Any], settings: SegmentSettings) -> str:
-    kept = {k: v for k, v in settings.as_dict().items() if k not in _NOT_IN_KEY}
+def _settings_key(model: dict[str, Any], settings: InferenceConfig) -> str:
+    kept = {k: v for k, v in settings.mask_settings().items() if k not in _NOT_IN_KEY}
     text = json.dumps({"model": {k: model.get(k) for k in ("name", "version", "uri")},
                        "settings": kept}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -133,7 +134,7 @@ def _already_done(record_path: Path, key: str, out_dir: Path) -> bool:
         (out_dir / name).is_file() for name in record.get("outputs", {}).values())
 
 
-def segment_inputs(inputs: list[InputFile], predictor: Any, settings: SegmentSettings,
+def segment_inputs(inputs: list[InputFile], predictor: Any, settings: InferenceConfig,
                    out_dir: Path, *, model: dict[str, Any], progress: bool = True
                    ) -> RunResult:
     """Segment ``inputs`` into ``out_dir``; a bad input is recorded and the rest go on.
@@ -192,7 +193,7 @@ def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
 
         record = segment_file(entry.path, predictor, settings, out_dir, entry.name, on_row)
     record.update({"input": str(entry.path), "name": entry.name, "sha256": digest,
-                   "key": key, "model": model, "settings": settings.as_dict()})
+                   "key": key, "model": model, "settings": settings.mask_settings()})
     atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True))
     logger.info("%s -> %s (foreground %.1f%%, %d objects)", entry.path,
                 out_dir / record["outputs"]["mask"], 100 * record["foreground_fraction"],
@@ -200,7 +201,7 @@ def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
     return "done"
 
 
-def write_manifest(out_dir: Path, model: dict[str, Any], settings: SegmentSettings,
+def write_manifest(out_dir: Path, model: dict[str, Any], settings: InferenceConfig,
                    result: RunResult) -> Path:
     """``manifest.json``: the model, the settings, every record present (by input SHA-256),
     and this run's failures."""
@@ -214,55 +215,53 @@ def write_manifest(out_dir: Path, model: dict[str, Any], settings: SegmentSettin
             continue
         records[record["sha256"]] = {k: record[k] for k in
                                      ("input", "name", "outputs", "model", "settings", "key")}
-    manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings.as_dict(),
+    manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings.mask_settings(),
                 "inputs": records, "failed": result.failed,
                 "this_run": {"done": result.done, "skipped": result.skipped}}
     return atomic_write_text(out_dir / "manifest.json",
                              json.dumps(manifest, indent=2, sort_keys=True))
 
 
-def settings_from_config(cfg: Any, model_mpp: float | None) -> SegmentSettings:
-    """The mask-changing part of an ``InferenceConfig`` (CLI options map onto the same)."""
-    return SegmentSettings(threshold=cfg.threshold, tta=cfg.tta, overlap=cfg.overlap,
-                           batch_size=cfg.batch_size, precision=cfg.precision,
-                           patch_size=cfg.patch_size, skip_background=cfg.skip_background,
-                           model_mpp=cfg.model_mpp if cfg.model_mpp is not None else model_mpp,
-                           thumbnail_side=cfg.thumbnail_side)
+def with_model_mpp(cfg: InferenceConfig, model_mpp: float | None) -> InferenceConfig:
+    """``cfg`` with the model version's training pixel size where ``cfg`` names none."""
+    import dataclasses
+
+    return cfg if cfg.model_mpp is not None else dataclasses.replace(cfg, model_mpp=model_mpp)
 
 
-def run_folder(cfg: Any, *, default_model_uri: str, inputs: list[InputFile] | None = None,
+def run_folder(cfg: InferenceConfig, model: Any, load_predictor: Callable[[Any], Any], *,
+               inputs: list[InputFile] | None = None,
                out_dir: Path | None = None) -> dict[str, Any]:
-    """Resolve the model once, then segment this part's inputs (module docstring).
+    """Segment this part's inputs with one resolved model version (module docstring).
 
     Args:
         cfg: An :class:`sa2_pipeline.config.InferenceConfig`.
-        default_model_uri: Used when ``cfg.model_uri`` is unset.
+        model: The concrete model version the run uses (resolved once by the caller, e.g.
+            :func:`sa2_pipeline.tracking.model_loading.resolve_model`): it has ``label``
+            (the output folder's name), ``pixel_size_um`` and ``as_record()``.
+        load_predictor: ``device -> Predictor`` for that version; called once.
         inputs: The inputs (default: everything under ``cfg.input_dir``).
-        out_dir: The output folder (default ``<cfg.output_dir>/<name>-v<version>``).
+        out_dir: The output folder (default ``<cfg.output_dir>/<model.label>``).
 
     Returns:
         The summary: model, output folder, counts, failures by input name.
     """
-    from sa2_pipeline.engine.runtime import select_device
-    from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+    from sa2_pipeline.runtime.devices import select_device
 
     if inputs is None:
         root = Path(cfg.input_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"inference.input_dir {root} is not a folder")
         inputs = collect_inputs([root])
-    resolved = resolve_model(cfg.model_uri or default_model_uri)
-    logger.info("model %s resolved to version %s (%s)", resolved.requested_uri,
-                resolved.version, resolved.uri)
-    out_dir = out_dir or Path(cfg.output_dir) / resolved.label
+    out_dir = out_dir or Path(cfg.output_dir) / model.label
     mine = select_part(inputs, cfg.num_parts, cfg.part_id)
-    settings = settings_from_config(cfg, resolved.pixel_size_um)
-    predictor = load_predictor(resolved, device=select_device(cfg.device))
-    result = segment_inputs(mine, predictor, settings, out_dir, model=resolved.as_record(),
+    settings = with_model_mpp(cfg, model.pixel_size_um)
+    predictor = load_predictor(select_device(cfg.device))
+    result = segment_inputs(mine, predictor, settings, out_dir, model=model.as_record(),
                             progress=cfg.progress)
     logger.info("%d segmented, %d already done, %d failed (part %d of %d) -> %s",
                 len(result.done), len(result.skipped), len(result.failed), cfg.part_id,
                 cfg.num_parts, out_dir)
-    return {"model": resolved.as_record(), "out_dir": str(out_dir), "total": len(mine),
+    return {"model": model.as_record(), "out_dir": str(out_dir), "total": len(mine),
             "done": result.done, "skipped": result.skipped, "failed": result.failed,
             "part_id": cfg.part_id, "num_parts": cfg.num_parts}

@@ -14,12 +14,12 @@ import csv
 import io
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sa2_pipeline.config import InferenceConfig
 from sa2_pipeline.inference.outputs import (
     ObjectCounter,
     ThumbnailMask,
@@ -37,49 +37,14 @@ from sa2_pipeline.inference.slides import (
 from sa2_pipeline.inference.streaming import WindowSpec, stream_probabilities
 
 
-@dataclass(frozen=True)
-class SegmentSettings:
-    """Everything that changes a mask (part of the resume key, see the run manifest)."""
-
-    threshold: float = 0.5
-    tta: bool = False
-    overlap: float = 0.5
-    batch_size: int = 8
-    precision: str = "fp32"
-    #: Tile side; ``None`` = the model's own (its bundle's ``patch_size``).
-    patch_size: int | None = None
-    #: Skip tiles with no tissue on the thumbnail's tissue mask.
-    skip_background: bool = True
-    #: Pixel size the model was trained at (um/px); ``None`` = unknown (level 0 is used).
-    model_mpp: float | None = None
-    #: Longer side of the overlay thumbnail.
-    thumbnail_side: int = 1024
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.patch_size is not None and self.patch_size < 16:
-            raise ValueError(f"patch_size must be >= 16 or null, got {self.patch_size}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def tile_forward(predictor: Any, settings: SegmentSettings, patch: int) -> Callable:
+def tile_forward(predictor: Any, settings: InferenceConfig, patch: int) -> Callable:
     """``forward(tiles) -> probabilities`` of a :class:`~sa2_pipeline.inference.predict.Predictor`:
     every member's tile probabilities (its own channel order, TTA, precision), averaged."""
     import torch
 
-    from sa2_pipeline.inference.precision import (
-        autocast,
-        concrete_precision,
-        resolve_precision,
-    )
     from sa2_pipeline.inference.sliding_window import _forward_probabilities, _tta_transforms
+    from sa2_pipeline.runtime.precision import autocast, resolve_precision
+    from sa2_pipeline.runtime.precision_probe import concrete_precision
 
     for bundle in predictor.bundles:
         if bundle.get("resize_to"):
@@ -109,12 +74,12 @@ def tile_forward(predictor: Any, settings: SegmentSettings, patch: int) -> Calla
     return forward
 
 
-def model_patch(predictor: Any, settings: SegmentSettings) -> int:
+def model_patch(predictor: Any, settings: InferenceConfig) -> int:
     """The tile side: the setting, else the first member's training patch."""
     return int(settings.patch_size or predictor.bundles[0].get("patch_size", 256))
 
 
-def mask_bands(source: ImageSource, predictor: Any, settings: SegmentSettings, level: int,
+def mask_bands(source: ImageSource, predictor: Any, settings: InferenceConfig, level: int,
                tissue: np.ndarray | None,
                on_row: Callable[[int, int], None] | None = None
                ) -> Iterator[tuple[int, np.ndarray]]:
@@ -153,7 +118,7 @@ def mask_bands(source: ImageSource, predictor: Any, settings: SegmentSettings, l
         yield start, mask[rows][:, cols]
 
 
-def segment_file(path: Path, predictor: Any, settings: SegmentSettings, out_dir: Path,
+def segment_file(path: Path, predictor: Any, settings: InferenceConfig, out_dir: Path,
                  stem: str, on_row: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Segment one input; write ``<stem>.mask.{png,tif}``, ``<stem>.overlay.png``,
     ``<stem>.csv`` (summary) and ``<stem>.objects.csv`` (one row per object) atomically.
@@ -199,7 +164,7 @@ def _segment_source(source, predictor, settings, out_dir, stem, on_row) -> dict[
 
 
 def _statistics(source: ImageSource, level: int, counter: ObjectCounter,
-                settings: SegmentSettings) -> dict[str, Any]:
+                settings: InferenceConfig) -> dict[str, Any]:
     width, height = source.level_dimensions[0]
     areas = counter.object_areas()
     um2 = None if source.mpp is None else source.mpp**2

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from sa2_pipeline.inference.precision import autocast as autocast_for
-from sa2_pipeline.inference.precision import concrete_precision, resolve_precision
+from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.runtime.precision import autocast as autocast_for
+from sa2_pipeline.runtime.precision import resolve_precision
+from sa2_pipeline.runtime.precision_probe import concrete_precision
 
 __all__ = [
     "gaussian_importance_map",
@@ -213,13 +215,13 @@ def predict_sliding_window(
     image: torch.Tensor,
     *,
     patch_size: int | tuple[int, int] | None,
-    overlap: float = 0.5,
+    overlap: float = PredictionConfig.overlap,
     batch_size: int = 4,
     gaussian: bool = True,
-    tta: TTAMode = False,
+    tta: TTAMode = PredictionConfig.tta,
     num_classes: int = 1,
     device: torch.device | str | None = None,
-    precision: str = "fp32",
+    precision: str = PredictionConfig.precision,
     border: int | None = None,
 ) -> torch.Tensor:
     """Probabilities for whole images from overlapping, Gaussian-weighted tiles.
@@ -242,7 +244,7 @@ def predict_sliding_window(
         num_classes: Output channels: 1 = sigmoid, >= 2 = softmax.
         device: Where the model runs; default the model's device.
         precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (autocast of the forward,
-            :mod:`sa2_pipeline.inference.precision`); accumulation stays float32.
+            :mod:`sa2_pipeline.runtime.precision`); accumulation stays float32.
         border: Mirrored context around the image, in pixels; ``None`` = an eighth of the
             longer patch side (32 for 256), 0 = none (zero padding at the image edge).
 

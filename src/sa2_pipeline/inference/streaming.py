@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sa2_pipeline.config import PredictionConfig
+
 Forward = Callable[["object"], "object"]  # torch (B, 3, p, p) -> (B, C, p, p) probabilities
 
 
@@ -33,7 +35,7 @@ class WindowSpec:
     """Sliding-window settings."""
 
     patch: int = 256
-    overlap: float = 0.5
+    overlap: float = PredictionConfig.overlap
     batch_size: int = 8
     num_classes: int = 1
     #: Mirrored context around the image (px); ``None`` = patch / 8, as the in-memory window.

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sa2_pipeline.config import EvaluationConfig
+
 __all__ = ["boundary_scores", "hd95", "boundary_f1", "mask_boundary"]
 
 
@@ -58,7 +60,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(max(np.percentile(to_true, 95), np.percentile(to_pred, 95)))
 
 
-def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> float:
+def boundary_f1(pred: np.ndarray, truth: np.ndarray,
+                tolerance: float = EvaluationConfig.boundary_tolerance) -> float:
     """Boundary F1 with a match tolerance of ``tolerance`` pixels (module docstring)."""
     if tolerance < 0:
         raise ValueError(f"boundary tolerance must be >= 0 pixels, got {tolerance}")
@@ -75,7 +78,7 @@ def boundary_f1(pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0) -> 
 
 
 def boundary_scores(
-    pred: np.ndarray, truth: np.ndarray, tolerance: float = 2.0
+    pred: np.ndarray, truth: np.ndarray, tolerance: float = EvaluationConfig.boundary_tolerance
 ) -> dict[str, float]:
     """``{"hd95": ..., "boundary_f1": ...}`` of one binary prediction against its truth."""
     return {"hd95": hd95(pred, truth), "boundary_f1": boundary_f1(pred, truth, tolerance)}

@@ -29,12 +29,12 @@ watershed from scikit-image and scipy.ndimage.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
+from sa2_pipeline.config import InstanceConfig, PredictionConfig, check_threshold
+
 __all__ = [
-    "InstanceParams",
     "aji",
     "extract_instances",
     "instance_scores",
@@ -46,43 +46,14 @@ __all__ = [
 OBJECT_METRICS = ("aji", "pq", "dq", "sq", "obj_precision", "obj_recall", "obj_f1")
 
 
-@dataclass(frozen=True)
-class InstanceParams:
-    """How instances are cut out of a probability map (``evaluation.instances``).
-
-    ``method``: ``"watershed"`` (connected components split by a watershed on the distance
-    transform, seeded at its local maxima at least ``min_distance`` apart) or
-    ``"components"`` (connected components only). ``threshold``: foreground where the
-    probability is above it. ``min_size``: objects smaller than this many pixels are dropped.
-    ``connectivity``: 1 (4-neighbours) or 2 (8-neighbours).
-    """
-
-    method: str = "watershed"
-    threshold: float = 0.5
-    min_distance: int = 4
-    min_size: int = 10
-    connectivity: int = 1
-
-    def __post_init__(self) -> None:
-        if self.method not in ("watershed", "components"):
-            raise ValueError(
-                f"instances.method must be watershed or components, got {self.method!r}"
-            )
-        if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"instances.threshold must be in [0, 1), got {self.threshold}")
-        if self.min_distance < 1 or self.min_size < 0 or self.connectivity not in (1, 2):
-            raise ValueError(
-                "instances: need min_distance >= 1, min_size >= 0, connectivity 1 or 2; got "
-                f"{self.min_distance}, {self.min_size}, {self.connectivity}"
-            )
-
-
-def extract_instances(probability: np.ndarray, params: InstanceParams | None = None) -> np.ndarray:
+def extract_instances(probability: np.ndarray, cfg: InstanceConfig | None = None,
+                      threshold: float = PredictionConfig.threshold) -> np.ndarray:
     """Label image of the objects in a foreground probability map (or a binary mask).
 
     Args:
         probability: ``(H, W)`` foreground probability in [0, 1], or a 0/1 mask.
-        params: Extraction settings (defaults: :class:`InstanceParams`).
+        cfg: How objects are cut out (``evaluation.instances``; default its defaults).
+        threshold: Foreground where the probability is above it.
 
     Returns:
         ``(H, W)`` int32 labels ``0..N`` (0 = background), numbered consecutively.
@@ -92,11 +63,12 @@ def extract_instances(probability: np.ndarray, params: InstanceParams | None = N
     from skimage.measure import label
     from skimage.segmentation import relabel_sequential, watershed
 
-    params = params or InstanceParams()
+    params = cfg or InstanceConfig()
+    threshold = check_threshold(threshold)
     probability = np.asarray(probability)
     if probability.ndim != 2:
         raise ValueError(f"probability map must be (H, W), got shape {probability.shape}")
-    foreground = probability > params.threshold
+    foreground = probability > threshold
     components = label(foreground, connectivity=params.connectivity)
     if params.method == "watershed" and components.max() > 0:
         distance = ndimage.distance_transform_edt(foreground)
@@ -118,10 +90,10 @@ def extract_instances(probability: np.ndarray, params: InstanceParams | None = N
 
 
 def mask_instances(
-    masks: Mapping[str, np.ndarray], params: InstanceParams | None = None
+    masks: Mapping[str, np.ndarray], cfg: InstanceConfig | None = None
 ) -> dict[str, np.ndarray]:
     """:func:`extract_instances` of saved label masks (nonzero = foreground), by id."""
-    return {i: extract_instances((m > 0).astype(np.float32), params) for i, m in masks.items()}
+    return {i: extract_instances((m > 0).astype(np.float32), cfg) for i, m in masks.items()}
 
 
 def _overlaps(truth: np.ndarray, pred: np.ndarray):

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from sa2_pipeline.config import EvaluationConfig, InstanceConfig, PredictionConfig
 from sa2_pipeline.metrics.boundary import boundary_scores
-from sa2_pipeline.metrics.instances import InstanceParams, extract_instances, instance_scores
+from sa2_pipeline.metrics.instances import extract_instances, instance_scores
 
 __all__ = ["object_scores"]
 
 _COUNTS = ("n_true_objects", "n_pred_objects")
 
 
-def _class_scores(pred_k, truth_k, truth_inst_k, extract_from, params, tolerance):
+def _class_scores(pred_k, truth_k, truth_inst_k, extract_from, cut, tolerance):
     scores = boundary_scores(pred_k, truth_k, tolerance)
     if truth_inst_k is not None:
-        scores.update(instance_scores(truth_inst_k, extract_instances(extract_from, params)))
+        scores.update(instance_scores(truth_inst_k, extract_instances(extract_from, *cut)))
     return scores
 
 
@@ -32,8 +33,9 @@ def object_scores(
     num_classes: int,
     truth_instances: np.ndarray | None = None,
     probability: np.ndarray | None = None,
-    params: InstanceParams | None = None,
-    tolerance: float = 2.0,
+    cfg: InstanceConfig | None = None,
+    tolerance: float = EvaluationConfig.boundary_tolerance,
+    threshold: float = PredictionConfig.threshold,
 ) -> dict[str, float]:
     """Boundary and (with ``truth_instances``) object metrics of one predicted label mask.
 
@@ -43,14 +45,15 @@ def object_scores(
         num_classes: 1 (binary) or the number of classes including background.
         truth_instances: True instance ids ``(H, W)`` (0 = background), or ``None``.
         probability: Binary only: the foreground probability map the prediction came from;
-            instances are cut out of it at ``params.threshold`` (else out of ``pred``).
-        params: Instance extraction settings.
+            instances are cut out of it at ``threshold`` (else out of ``pred``).
+        cfg: How objects are cut out (``evaluation.instances``).
         tolerance: Boundary F1 tolerance in pixels.
+        threshold: The foreground threshold the prediction was made with.
 
     Returns:
         Metric name -> value (see the module docstring).
     """
-    params = params or InstanceParams()
+    cut = (cfg or InstanceConfig(), threshold)
     pred, truth = np.asarray(pred), np.asarray(truth)
     if truth_instances is not None and np.shape(truth_instances) != truth.shape:
         raise ValueError(
@@ -58,14 +61,14 @@ def object_scores(
         )
     if num_classes <= 1:
         source = probability if probability is not None else (pred > 0).astype(np.float32)
-        return _class_scores(pred > 0, truth > 0, truth_instances, source, params, tolerance)
+        return _class_scores(pred > 0, truth > 0, truth_instances, source, cut, tolerance)
     per_class: dict[str, float] = {}
     by_metric: dict[str, list[float]] = {}
     for k in range(1, num_classes):
         truth_k = truth == k
         inst_k = None if truth_instances is None else np.where(truth_k, truth_instances, 0)
         scores = _class_scores(
-            pred == k, truth_k, inst_k, (pred == k).astype(np.float32), params, tolerance
+            pred == k, truth_k, inst_k, (pred == k).astype(np.float32), cut, tolerance
         )
         for name, value in scores.items():
             per_class[f"{name}_class_{k}"] = value

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sa2_pipeline.config import PredictionConfig, check_threshold
+
 if TYPE_CHECKING:
     import pandas as pd
     import torch
@@ -152,7 +154,7 @@ def score(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, fl
 def batch_dice_from_logits(
     logits: torch.Tensor,
     target: torch.Tensor,
-    threshold: float = 0.5,
+    threshold: float = PredictionConfig.threshold,
 ) -> torch.Tensor:
     """Hard Dice per image from logits, for validation during training.
 
@@ -164,13 +166,13 @@ def batch_dice_from_logits(
         logits: ``(N, 1, H, W)`` (binary) or ``(N, C, H, W)`` with ``C >= 2``.
         target: Binary ``(N, 1, H, W)`` / ``(N, H, W)`` in {0, 1}; multi-class integer class
             indices ``(N, H, W)`` / ``(N, 1, H, W)``.
-        threshold: Probability threshold (binary only), in (0, 1).
+        threshold: Probability threshold (binary only), in [0, 1].
 
     Returns:
         Float32 tensor ``(N,)`` of Dice scores, on the logits' device, without gradient.
 
     Raises:
-        ValueError: On inconsistent shapes or a threshold outside (0, 1).
+        ValueError: On inconsistent shapes or a threshold outside [0, 1].
     """
     import torch
 
@@ -190,8 +192,7 @@ def batch_dice_from_logits(
     with torch.no_grad():
         spatial = tuple(range(1, target.dim()))
         if num_channels == 1:
-            if not 0.0 < threshold < 1.0:
-                raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+            check_threshold(threshold)
             pred_masks = (torch.sigmoid(logits[:, 0].float()) > threshold).unsqueeze(1)
             target_masks = (target > 0.5).unsqueeze(1)
         else:

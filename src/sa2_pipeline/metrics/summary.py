@@ -1,6 +1,6 @@
 """Test-set summary: fold mean +- std and the final member per model, the frozen test-set id.
 
-Input is the per-image frame :func:`sa2_pipeline.metrics.evaluate.evaluate_test_set`
+Input is the per-image frame :func:`sa2_pipeline.inference.evaluate.evaluate_test_set`
 writes: one row per (``model``, ``member``, ``id``) with numeric metric columns (Dice,
 IoU, boundary and object metrics; object counts ``n_*`` are not summarised). Metric
 values may be NaN where undefined (docs/metrics.md); means skip them. A member is a fold

@@ -129,14 +129,6 @@ def members_of(obj: Any) -> list[dict[str, Any]]:
     return list(obj) if is_ensemble(obj) else [obj]
 
 
-def num_classes_of(bundle: dict[str, Any]) -> int:
-    return int(bundle["init_kwargs"].get("num_classes", 1))
-
-
-def channel_order_of(bundle: dict[str, Any]) -> str:
-    return str(bundle.get("input_convention", {}).get("channel_order", "rgb"))
-
-
 def bundle_digest(obj: Any) -> str:
     """SHA-256 of what a bundle (or an ensemble) computes: architecture, constructor
     arguments, input convention, inference settings and every weight, bit for bit.

@@ -9,8 +9,9 @@ Contents, top to bottom:
                       ``crop_to``, ``resize_bilinear``
     generic layers    ``pointwise_conv``, ``Conv2d``, ``DepthwiseConv2d``,
                       ``depthwise_conv2d``, ``ConvBNReLU`` (CBR), ``LayerNorm2d``
-    kernel choices    ``set_weight_grad_layout`` / ``weight_grad_layout``,
-                      ``set_depthwise_backward`` / ``depthwise_backward``
+
+The kernel choices the layers follow (weight-gradient layout, depthwise backward) are
+process-wide settings of :mod:`sa2_pipeline.runtime.kernels`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sa2_pipeline.runtime import kernels
 
 __all__ = [
     "Conv2d",
@@ -27,14 +30,10 @@ __all__ = [
     "check_input",
     "check_positive_ints",
     "crop_to",
-    "depthwise_backward",
     "depthwise_conv2d",
     "pad_to_multiple",
     "pointwise_conv",
     "resize_bilinear",
-    "set_depthwise_backward",
-    "set_weight_grad_layout",
-    "weight_grad_layout",
 ]
 
 
@@ -149,38 +148,7 @@ def pointwise_conv(
 # --------------------------------------------------------------------------------------
 # Dense convolution with a selectable weight-gradient layout
 # --------------------------------------------------------------------------------------
-#: Process-wide kernel choices (like ``torch.backends`` flags): name -> allowed values,
-#: the first being the default.
-_KERNEL_CHOICES = {"weight-gradient layout": ("native", "nchw"),
-                   "depthwise backward": ("conv", "native")}
-_kernel = {name: allowed[0] for name, allowed in _KERNEL_CHOICES.items()}
-
-
-def _set_kernel_choice(name: str, value: str) -> None:
-    allowed = _KERNEL_CHOICES[name]
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-    _kernel[name] = value
-
-
-def set_weight_grad_layout(layout: str) -> None:
-    """Where :class:`Conv2d` computes its weight gradient for channels-last inputs.
-
-    ``native``: in the tensors' own layout (oneDNN's channels-last kernel). ``nchw``: on
-    NCHW copies of the input and output gradient. On AVX2-only CPUs oneDNN has no fast
-    channels-last weight-gradient kernel for dense convolutions (``ONEDNN_VERBOSE``:
-    ``jit:avx2`` on ``acdb``, 2-4x slower than its blocked-layout kernel, which NCHW
-    tensors reach), so ``nchw`` is faster there despite the two copies; with AVX-512 the
-    channels-last kernel (``brg_conv_bwd_w``) is fast and ``native`` wins. The training
-    engine measures both (``precision: auto``, docs/measurements.md). Both give the same
-    gradient up to float summation order. Process-wide, like ``torch.backends`` flags.
-    """
-    _set_kernel_choice("weight-gradient layout", layout)
-
-
-def weight_grad_layout() -> str:
-    """The current :func:`set_weight_grad_layout` choice (``native`` by default)."""
-    return _kernel["weight-gradient layout"]
+# The choice is process-wide: sa2_pipeline.runtime.kernels.
 
 
 class _NCHWWeightGradConv(torch.autograd.Function):
@@ -214,12 +182,13 @@ class _NCHWWeightGradConv(torch.autograd.Function):
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state-dict keys, same function) whose weight
-    gradient follows :func:`set_weight_grad_layout` for dense, zero-padded, channels-last
-    float32 convolutions; everything else runs ``nn.Conv2d`` unchanged."""
+    gradient follows :func:`~sa2_pipeline.runtime.kernels.set_weight_grad_layout` for
+    dense, zero-padded, channels-last float32 convolutions; everything else runs
+    ``nn.Conv2d`` unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            _kernel["weight-gradient layout"] == "nchw"
+            kernels.weight_grad_layout() == "nchw"
             and self.groups == 1
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
@@ -290,19 +259,6 @@ class _DepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def set_depthwise_backward(mode: str) -> None:
-    """How :func:`depthwise_conv2d` computes its CPU backward: ``conv`` (the default,
-    :class:`_DepthwiseConv`) or ``native`` (oneDNN's own depthwise backward, kept for
-    comparison: ``benchmarks/bench_training.py --precision bf16 bf16-native-dw``).
-    Process-wide, like :func:`set_weight_grad_layout`."""
-    _set_kernel_choice("depthwise backward", mode)
-
-
-def depthwise_backward() -> str:
-    """The current :func:`set_depthwise_backward` choice (``conv`` by default)."""
-    return _kernel["depthwise backward"]
-
-
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                      padding: int) -> torch.Tensor:
     """``F.conv2d(x, weight, bias, padding=padding, groups=C)`` for a square odd kernel
@@ -319,7 +275,7 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         raise ValueError(f"depthwise_conv2d needs a square odd kernel and padding k // 2, "
                          f"got kernel {k_h}x{k_w} and padding {padding}")
     if (
-        _kernel["depthwise backward"] == "conv"
+        kernels.depthwise_backward() == "conv"
         and x.device.type == "cpu"
         and weight.shape[0] == x.shape[1]
         and torch.is_grad_enabled()

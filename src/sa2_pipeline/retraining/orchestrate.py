@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sa2_pipeline.locks import LockHeldError, dataset_lock_path, exclusive_lock
 from sa2_pipeline.retraining.detect import Detection, detect_changes, write_inventory
-from sa2_pipeline.retraining.locks import LockHeldError, dataset_lock_path, exclusive_lock
 from sa2_pipeline.retraining.versioning import (
     StageFailedError,
     run_command,
@@ -224,7 +224,7 @@ def _warm_start_param(req: RetrainRequest) -> str:
     """``training.init_from=<champion's bundle>`` when warm-starting (and there is one)."""
     if not req.warm_start:
         return ""
-    from sa2_pipeline.tracking.registration import champion_bundle_file
+    from sa2_pipeline.tracking.model_loading import champion_bundle_file
 
     folder = req.project_dir / "data" / "06_models" / req.dataset / "warm_start"
     path = champion_bundle_file(req.model_name, folder)

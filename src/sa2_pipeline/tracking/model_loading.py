@@ -1,4 +1,5 @@
-"""Resolve a registered model to one concrete version and load it for inference.
+"""Load registered models: resolve one to a concrete version, load it for inference, as a
+pyfunc, or fetch the champion's bundle file.
 
 ``models:/<name>@<alias>`` is resolved once, at the start of a run, to
 ``models:/<name>/<version>``: everything after that loads that version, so an alias that
@@ -15,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:
-    from sa2_pipeline.tracking.registry import TAG_PREFIX
-except ImportError:  # the registry's home before the tracking package
-    from sa2_pipeline.tracking.registry import TAG_PREFIX
+from sa2_pipeline.tracking.model_versions import TAG_PREFIX, champion_version
+
+__all__ = ["ResolvedModel", "champion_bundle_file", "load_predictor", "load_pyfunc",
+           "resolve_model"]
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -90,3 +91,42 @@ def load_predictor(model: ResolvedModel, *, device: Any = None, **predictor_kwar
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri))
     bundles = load_bundle_file(local / "artifacts" / "model_bundle.pt")
     return Predictor(bundles, device=device, **predictor_kwargs)
+
+
+def load_pyfunc(model_uri: str) -> Any:
+    """A registered model as an MLflow pyfunc (``models:/<name>@<alias>``,
+    ``models:/<name>/<version>``, a run URI...)."""
+    import mlflow.pyfunc
+
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def champion_bundle_file(model_name: str, folder: str | Path) -> Path | None:
+    """Download the champion's ``model_bundle.pt`` to ``folder/<name>-v<version>.pt``.
+
+    Returns:
+        The file, or None when ``model_name`` has no champion yet.
+    """
+    import shutil
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    version = champion_version(MlflowClient(), model_name)
+    if version is None:
+        return None
+    target = Path(folder) / f"{model_name}-v{version}.pt"
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp))
+        found = next(local.rglob("model_bundle.pt"), None)
+        if found is None:
+            raise FileNotFoundError(f"champion {model_name} v{version} has no model_bundle.pt")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(found, partial)
+        partial.replace(target)
+    return target

@@ -34,21 +34,22 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
+from sa2_pipeline.config import ConfigError, PredictionConfig, check_threshold
 from sa2_pipeline.inference.encoding import MAX_PIXELS, MIN_SIDE  # noqa: F401 - the limits
 
 
 class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc around a model bundle or a fold ensemble of bundles."""
 
-    # The explicit signature (tracking.registry.model_signature) and the checks below are
+    # The explicit signature (tracking.mlflow_model.model_signature) and the checks below are
     # the contract: no schema is derived from type hints, and MLflow does not warn about
     # their absence on every import.
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from sa2_pipeline.engine.threads import configure_threads
         from sa2_pipeline.inference.predict import Predictor
         from sa2_pipeline.models.bundle import load_bundle_file
+        from sa2_pipeline.runtime.threads import configure_threads
 
         configure_threads(0)  # free cores, or $SA2_NUM_THREADS (docs/environment.md)
         path = context.artifacts["model_bundle"]
@@ -61,22 +62,24 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
         a one-row table: base64 PNG ``mask``, ``height``, ``width``,
         ``foreground_fraction``).
 
-        Params (per call, declared in the signature): ``threshold`` (binary models, default
-        0.5), ``tta`` (bool, default false). They are passed down with this call only.
+        Params (per call, declared in the signature): ``threshold`` (binary models) and
+        ``tta`` (bool), defaults :data:`PARAM_DEFAULTS` (``config.PredictionConfig``'s).
+        They are passed down with this call only.
         """
         params = params or {}
         encoded = _is_table(model_input)
         image = _decoded(model_input) if encoded else _as_image(model_input)
-        threshold = float(params.get("threshold", PARAM_DEFAULTS["threshold"]))
-        if not 0.0 <= threshold <= 1.0:
-            raise _refuse(f"threshold must be in [0, 1], got {threshold}")
+        try:
+            threshold = check_threshold(params.get("threshold", PARAM_DEFAULTS["threshold"]))
+        except ConfigError as err:  # e.g. null or "high": a 400 with the reason, no trace
+            raise _refuse(str(err)) from err
         tta = bool(params.get("tta", PARAM_DEFAULTS["tta"]))
         mask = self.predictor.predict_mask(image, threshold, tta=tta)
         return _encoded_answer(mask) if encoded else mask
 
 
 #: Params the signature declares, with their defaults.
-PARAM_DEFAULTS = {"threshold": 0.5, "tta": False}
+PARAM_DEFAULTS = {"threshold": PredictionConfig.threshold, "tta": PredictionConfig.tta}
 # MIN_SIDE, MAX_PIXELS: the smallest side and largest size (pixels) of an image the
 # served model takes, in both forms; larger images go through the slide pipeline.
 #: The column of a compact request (docs/inference.md).

@@ -1,50 +1,51 @@
-"""Register a model version, gate it with statistics and promote it: locked, resumable.
+"""Create model versions: the gated registration of a trained model, and the import of a
+release model.
 
-Order of writes for one registration (all under the tracking store's registry lock,
-:func:`sa2_pipeline.retraining.locks.registry_lock_path`, so two runs on one store never
-interleave):
+Order of writes for one gated registration (all under the tracking store's registry lock,
+:func:`sa2_pipeline.tracking.model_versions.registry_lock`, so two runs on one store
+never interleave):
 
-1. the model is logged to the active run;
+1. the model is logged to the active run (:mod:`sa2_pipeline.tracking.mlflow_model`);
 2. the version is created **with** its identity tags in one call (bundle digest, test set,
    test scores, data version): there is never a version without them;
 3. alias ``challenger``;
 4. the champion is re-scored per image on the same test images through its own pyfunc;
-   the statistical gate (:mod:`sa2_pipeline.retraining.gate`) decides; its numbers and
-   decision are written as tags;
+   the statistical gate (:mod:`sa2_pipeline.metrics.promotion`) decides; its numbers and
+   decision are written as tags (:mod:`sa2_pipeline.tracking.champion`);
 5. alias ``champion``, if promoted: the last write.
 
-A rerun after a crash finds the version by its digest and test set. If the gate's
-decision is missing (killed before 4), or says "promoted" while ``champion`` is elsewhere
-(killed between 4 and 5), it finishes steps 3-5 on that version: nothing is registered
-twice, and a gate never goes unrun.
+Registration is idempotent: a bundle identical to an existing version (same architecture,
+settings and weights: ``sa2.bundle_digest``), scored on the same test set, is not logged
+or registered again; the record points at that version. A rerun after a crash finds the
+version the same way. If the gate's decision is missing (killed before 4), or says
+"promoted" while ``champion`` is elsewhere (killed between 4 and 5), it finishes steps
+3-5 on that version: nothing is registered twice, and a gate never goes unrun.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
-from sa2_pipeline.retraining.gate import GateConfig, GateResult, statistical_gate
-
-# One definition of the aliases, the tag prefix and the digest look-up, shared with the
-# plain registry (registry.py imports MLflow only inside its functions).
-from sa2_pipeline.tracking.registry import (
-    CHALLENGER,
-    CHAMPION,
+from sa2_pipeline.metrics.promotion import require_metric
+from sa2_pipeline.tracking.champion import gate_and_promote, gate_finished
+from sa2_pipeline.tracking.mlflow_model import log_model_bundle, usage_tags
+from sa2_pipeline.tracking.model_versions import (
     TAG_PREFIX,
-    _identical_version,
+    find_identical_version,
+    registry_lock,
+    set_version_tags,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from sa2_pipeline.config import RegistryConfig
 
 logger = logging.getLogger(__name__)
 
-DECISION_TAG = f"{TAG_PREFIX}promotion_decision"
-
-__all__ = ["ModelToRegister", "champion_bundle_file", "load_pyfunc", "register_gated",
-           "rollback_champion"]
+__all__ = ["ModelToRegister", "register_gated", "register_release"]
 
 
 class ModelToRegister:
@@ -58,19 +59,10 @@ class ModelToRegister:
         self.data_version, self.input_example_size = data_version, input_example_size
 
 
-def _lock(what: str, wait: float):
-    import mlflow
-
-    from sa2_pipeline.retraining.locks import exclusive_lock, registry_lock_path
-
-    uri = mlflow.get_tracking_uri()
-    return exclusive_lock(registry_lock_path(uri), wait=wait, what=f"{what} on {uri}")
-
-
 def register_gated(
     model: ModelToRegister,
     *,
-    gate: GateConfig,
+    config: RegistryConfig,
     score_champion: Callable[[str], pd.DataFrame] | None,
     lock_wait: float = 1800.0,
 ) -> dict[str, Any]:
@@ -78,23 +70,28 @@ def register_gated(
 
     Args:
         model: The bundle, its test scores and per-image scores (index: image id).
-        gate: The gate's settings.
+        config: ``params:registry``: the gate's settings.
         score_champion: ``score_champion(model_uri)`` -> the champion's per-image scores on
             the same test images (same columns as ``model.per_image``).
         lock_wait: Seconds to wait for another registration on this store.
 
     Returns:
         The registration record (``model_registration.json``).
+
+    Raises:
+        KeyError: ``model.per_image`` has no column of the gate's metric; nothing is
+            registered.
     """
     from mlflow import MlflowClient
 
     from sa2_pipeline.models.bundle import bundle_digest
 
-    with _lock("registration", lock_wait):
+    require_metric(model.per_image)
+    with registry_lock("registration", lock_wait):
         client = MlflowClient()
         digest = bundle_digest(model.bundle)
-        existing = _identical_version(client, model.model_name, digest, model.test_set_id)
-        if existing is not None and _finished(client, model.model_name, existing):
+        existing = find_identical_version(client, model.model_name, digest, model.test_set_id)
+        if existing is not None and gate_finished(client, model.model_name, existing):
             return _unchanged(client, model, existing, digest)
         if existing is not None:
             version, run_id, uri = str(existing.version), existing.run_id, existing.source
@@ -102,23 +99,17 @@ def register_gated(
                            model.model_name, version)
         else:
             version, run_id, uri = _create_version(client, model, digest)
-        client.set_registered_model_alias(model.model_name, CHALLENGER, version)
-        result, champion = _run_gate(client, model, version, gate, score_champion)
-        if result.promote:
-            client.set_registered_model_alias(model.model_name, CHAMPION, version)
-        logger.info("%s version %s: %s (%s)", model.model_name, version,
-                    "promoted to champion" if result.promote else "kept as challenger",
-                    result.reason)
-        aliases = [CHALLENGER] + ([CHAMPION] if result.promote else [])
-        return _record(model, version, uri, run_id, digest, aliases, result, champion,
-                       unchanged=False)
+        result, champion, aliases = gate_and_promote(client, model.model_name, version,
+                                                     model.per_image, config, score_champion)
+        return _record(model, version, uri, run_id, digest, aliases, unchanged=False,
+                       promote=result.promote, reason=result.reason, champion=champion,
+                       champion_score=result.champion_mean, gate=result.as_dict())
 
 
 def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[str, str, str]:
     from mlflow.exceptions import MlflowException
 
     from sa2_pipeline.models.bundle import members_of
-    from sa2_pipeline.tracking.registry import log_model_bundle, usage_tags
 
     info = log_model_bundle(model.bundle, input_example_size=model.input_example_size)
     members = members_of(model.bundle)
@@ -143,58 +134,6 @@ def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[s
     return str(mv.version), info.run_id, info.model_uri
 
 
-def _run_gate(client: Any, model: ModelToRegister, version: str, gate: GateConfig,
-              score_champion: Callable[[str], pd.DataFrame] | None
-              ) -> tuple[GateResult, str | None]:
-    champion = _champion_version(client, model.model_name)
-    if champion == version:  # promoted before: keep it
-        champion = None
-    champion_scores = None
-    if champion is not None:
-        if score_champion is None:
-            raise ValueError("a champion exists but no way to score it was given")
-        champion_scores = score_champion(f"models:/{model.model_name}/{champion}")
-        logger.info("re-scored champion v%s on this test set (%d images)", champion,
-                    len(champion_scores))
-    result = statistical_gate(model.per_image, champion_scores, gate)
-    tags = result.tags(f"{TAG_PREFIX}gate.")
-    tags[DECISION_TAG] = "promoted" if result.promote else "rejected"
-    tags[f"{TAG_PREFIX}promotion_reason"] = result.reason
-    if champion is not None:
-        tags[f"{TAG_PREFIX}champion_version"] = champion
-        tags[f"{TAG_PREFIX}champion_score"] = f"{result.champion_mean:.6f}"
-    for key, value in tags.items():
-        client.set_model_version_tag(model.model_name, version, key, value)
-    return result, champion
-
-
-def _champion_version(client: Any, model_name: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(model_name, CHAMPION).version)
-    except MlflowException:
-        return None
-
-
-def _finished(client: Any, model_name: str, version: Any) -> bool:
-    """Its gate ran, and a promotion it decided was carried out.
-
-    A promoted version that is not the champion now was champion once if a later gate
-    compared against it or a rollback moved away from it; otherwise the process died
-    between the decision and the alias, and the registration is not finished.
-    """
-    tags = version.tags or {}
-    if tags.get(DECISION_TAG) is None:
-        return False
-    number = str(version.version)
-    if tags[DECISION_TAG] != "promoted" or _champion_version(client, model_name) == number:
-        return True
-    others = client.search_model_versions(f"name = '{model_name}'")
-    return any(number in ((v.tags or {}).get(f"{TAG_PREFIX}champion_version"),
-                          (v.tags or {}).get(f"{TAG_PREFIX}rollback_from")) for v in others)
-
-
 def _unchanged(client: Any, model: ModelToRegister, existing: Any, digest: str) -> dict:
     version = str(existing.version)
     full = client.get_model_version(model.model_name, version)  # searches omit aliases
@@ -202,93 +141,63 @@ def _unchanged(client: Any, model: ModelToRegister, existing: Any, digest: str) 
     reason = (f"identical to version {version} (same weights and settings, same test set): "
               "not registered again")
     logger.info("%s: %s", model.model_name, reason)
-    result = GateResult(False, reason, "dice")
-    return {**_record(model, version, f"models:/{model.model_name}/{version}", full.run_id,
-                      digest, sorted(getattr(full, "aliases", None) or []), result,
-                      tags.get(f"{TAG_PREFIX}champion_version"), unchanged=True),
-            "gate": {k.removeprefix(f"{TAG_PREFIX}gate."): v for k, v in tags.items()
-                     if k.startswith(f"{TAG_PREFIX}gate.")}}
+    gate = {k.removeprefix(f"{TAG_PREFIX}gate."): v for k, v in tags.items()
+            if k.startswith(f"{TAG_PREFIX}gate.")}
+    return _record(model, version, f"models:/{model.model_name}/{version}", full.run_id,
+                   digest, sorted(getattr(full, "aliases", None) or []), unchanged=True,
+                   promote=False, reason=reason,
+                   champion=tags.get(f"{TAG_PREFIX}champion_version"), champion_score=None,
+                   gate=gate)
 
 
 def _record(model: ModelToRegister, version: str, uri: str, run_id: str, digest: str,
-            aliases: list[str], result: GateResult, champion: str | None, *,
-            unchanged: bool) -> dict[str, Any]:
+            aliases: list[str], *, unchanged: bool, promote: bool, reason: str,
+            champion: str | None, champion_score: float | None,
+            gate: dict[str, Any]) -> dict[str, Any]:
     return {
         "model_name": model.model_name, "version": version, "model_uri": uri,
         "run_id": run_id, "test_set_id": model.test_set_id, "bundle_digest": digest,
         "data_version": model.data_version, "unchanged": unchanged, "aliases": aliases,
-        "decision_promote": result.promote, "decision_reason": result.reason,
+        "decision_promote": promote, "decision_reason": reason,
         "decision_metric": "test_dice",
         "decision_champion_version": champion,
         "decision_candidate_score": model.test_scores.get("test_dice"),
-        "decision_champion_score": result.champion_mean,
-        "gate": result.as_dict(),
+        "decision_champion_score": champion_score,
+        "gate": gate,
     }
 
 
-def rollback_champion(model_name: str, to_version: str, *, reason: str = "",
-                      lock_wait: float = 60.0) -> dict[str, str | None]:
-    """Move ``champion`` of ``model_name`` to the earlier version ``to_version``.
+def register_release(
+    bundle: dict[str, Any],
+    *,
+    model_name: str,
+    experiment: str,
+    run_name: str,
+    run_tags: dict[str, str],
+    params: dict[str, Any],
+    alias: str,
+) -> dict[str, str]:
+    """Log an imported release model in a new run of ``experiment``, register it and set
+    ``alias`` on the version (no promotion gate: it has no test score of ours).
 
-    The version gets ``sa2.rollback_from`` (the previous champion) and
-    ``sa2.rollback_reason`` tags first; the alias is the last write.
-
-    Raises:
-        ValueError: No such version.
-    """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    with _lock("rollback", lock_wait):
-        client = MlflowClient()
-        try:
-            client.get_model_version(model_name, str(to_version))
-        except MlflowException as err:
-            raise ValueError(f"{model_name} has no version {to_version}") from err
-        previous = _champion_version(client, model_name)
-        client.set_model_version_tag(model_name, str(to_version), f"{TAG_PREFIX}rollback_from",
-                                     str(previous))
-        if reason:
-            client.set_model_version_tag(model_name, str(to_version),
-                                         f"{TAG_PREFIX}rollback_reason", reason)
-        client.set_registered_model_alias(model_name, CHAMPION, str(to_version))
-        return {"model_name": model_name, "from_version": previous,
-                "to_version": str(to_version)}
-
-
-def load_pyfunc(model_uri: str) -> Any:
-    """A registered model as an MLflow pyfunc (``models:/<name>/<version>``...)."""
-    import mlflow.pyfunc
-
-    return mlflow.pyfunc.load_model(model_uri)
-
-
-def champion_bundle_file(model_name: str, folder: str | Path) -> Path | None:
-    """Download the champion's ``model_bundle.pt`` to ``folder/<name>-v<version>.pt``.
+    ``run_tags`` are set on the run with the ``sa2.`` prefix; the version is tagged
+    ``sa2.source = release`` and with its :func:`~sa2_pipeline.tracking.mlflow_model.usage_tags`.
 
     Returns:
-        The file, or None when ``model_name`` has no champion yet.
+        ``model_name``, ``version``, ``run_id`` and ``alias``.
     """
-    import shutil
-    import tempfile
-
     import mlflow
     from mlflow import MlflowClient
 
-    version = _champion_version(MlflowClient(), model_name)
-    if version is None:
-        return None
-    target = Path(folder) / f"{model_name}-v{version}.pt"
-    if target.is_file():
-        return target
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{model_name}/{version}", dst_path=tmp))
-        found = next(local.rglob("model_bundle.pt"), None)
-        if found is None:
-            raise FileNotFoundError(f"champion {model_name} v{version} has no model_bundle.pt")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(found, partial)
-        partial.replace(target)
-    return target
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags({f"{TAG_PREFIX}{k}": v for k, v in run_tags.items()})
+        mlflow.log_params(params)
+        info = log_model_bundle(bundle)
+        version = str(mlflow.register_model(info.model_uri, model_name).version)
+    client = MlflowClient()
+    set_version_tags(client, model_name, version, {"source": "release",
+                                                   **usage_tags(bundle, model_name)})
+    client.set_registered_model_alias(model_name, alias, version)
+    return {"model_name": model_name, "version": version, "run_id": run.info.run_id,
+            "alias": alias}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any
 
@@ -22,7 +21,7 @@ def evaluate_models(
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Any], dict[str, dict[str, float]]]:
     """Predict the held-out test set with every fold model and every model's fold ensemble.
 
-    Scoring is :func:`sa2_pipeline.metrics.evaluate.evaluate_test_set` (Dice, IoU,
+    Scoring is :func:`sa2_pipeline.inference.evaluate.evaluate_test_set` (Dice, IoU,
     boundary metrics, and object metrics where the test set has instance maps), the summary
     :func:`sa2_pipeline.metrics.summary.summarise_test_set` plus bootstrap intervals and
     paired comparisons against each baseline
@@ -34,11 +33,11 @@ def evaluate_models(
         ensemble scores per model, with ``test_dice``/``test_iou`` = the primary model's
         ensemble (what the promotion gate compares); the same as flat MLflow metrics.
     """
-    from sa2_pipeline.engine.runtime import configure_threads, select_device
+    from sa2_pipeline.inference.evaluate import evaluate_test_set
     from sa2_pipeline.metrics.comparison import add_uncertainty
-    from sa2_pipeline.metrics.evaluate import evaluate_test_set
-    from sa2_pipeline.metrics.instances import InstanceParams
     from sa2_pipeline.metrics.summary import flat_metrics, frozen_test_set_id, summarise_test_set
+    from sa2_pipeline.runtime.devices import select_device
+    from sa2_pipeline.runtime.threads import configure_threads
 
     cfg = parse(EvaluationConfig, params, "evaluation")
     configure_threads(cfg.num_threads)
@@ -50,7 +49,7 @@ def evaluate_models(
                            "overlap": cfg.overlap, "batch_size": cfg.batch_size,
                            "patch_size": cfg.patch_size, "precision": cfg.precision},
         instances=model_input_test.get("instances"),
-        instance_params=InstanceParams(**dataclasses.asdict(cfg.instances)),
+        instance_cfg=cfg.instances,
         boundary_tolerance=cfg.boundary_tolerance,
     )
     summary = summarise_test_set(per_image, primary)
@@ -76,7 +75,7 @@ def register_model(
     With several folds the registered model is their ensemble (mean probability), which
     is what ``test_dice`` scored. Needs an active MLflow run (kedro-mlflow opens one per
     ``kedro run``). The champion is re-scored per image on this test set through its own
-    pyfunc and the statistical gate decides (``sa2_pipeline.retraining.gate``).
+    pyfunc and the statistical gate decides (``sa2_pipeline.metrics.promotion``).
 
     Returns:
         The registration record (version, aliases, decision, the gate's numbers).
@@ -90,7 +89,6 @@ def register_model(
         logger.warning("no active MLflow run: the model is not registered")
         return {"registered": False, "reason": "no active MLflow run"}
 
-    from sa2_pipeline.retraining.gate import GateConfig
     from sa2_pipeline.tracking.registration import ModelToRegister, register_gated
 
     eval_cfg = parse(EvaluationConfig, evaluation_params, "evaluation")
@@ -109,11 +107,8 @@ def register_model(
         members[0] if len(members) == 1 else members, model_name=cfg.model_name,
         test_scores=scores, per_image=per_image, test_set_id=test_summary["test_set_id"],
         data_version=cfg.data_version, input_example_size=cfg.input_example_size)
-    gate = GateConfig(margin=cfg.promotion_margin, confidence=cfg.gate_confidence,
-                      class_tolerance=cfg.class_tolerance, n_resamples=cfg.gate_resamples,
-                      seed=cfg.gate_seed)
     return {"registered": True,
-            **register_gated(model, gate=gate, score_champion=_champion_scorer(
+            **register_gated(model, config=cfg, score_champion=_champion_scorer(
                 model_input_test, n_classes, eval_cfg.threshold))}
 
 
@@ -121,7 +116,7 @@ def _champion_scorer(model_input_test: dict, n_classes: int, threshold: float):
     """``score_champion(model_uri)``: a registered model's per-image scores on this test
     set, through its own pyfunc (how the gate compares the champion image by image)."""
     from sa2_pipeline.metrics import score
-    from sa2_pipeline.tracking.registration import load_pyfunc
+    from sa2_pipeline.tracking.model_loading import load_pyfunc
 
     def score_champion(model_uri: str) -> pd.DataFrame:
         champion = load_pyfunc(model_uri)

@@ -19,10 +19,14 @@ def segment_folder(params: dict[str, Any], registry: dict[str, Any]) -> dict[str
     Returns the run summary (also written as ``manifest.json`` there).
     """
     from sa2_pipeline.inference.run import run_folder
+    from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
 
     cfg = parse(InferenceConfig, params, "inference")
     model_name = parse(RegistryConfig, registry, "registry").model_name
-    return run_folder(cfg, default_model_uri=f"models:/{model_name}@champion")
+    model = resolve_model(cfg.model_uri or f"models:/{model_name}@champion")
+    logger.info("model %s resolved to version %s (%s)", model.requested_uri, model.version,
+                model.uri)
+    return run_folder(cfg, model, lambda device: load_predictor(model, device=device))
 
 
 def report_failures(summary: dict[str, Any]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +34,12 @@ def plot_test_overlays(
     evaluation_params: dict[str, Any],
 ):
     """Worst and best test images of the primary model: error map and object outlines."""
-    from sa2_pipeline.metrics.instances import InstanceParams, mask_instances
+    from sa2_pipeline.metrics.instances import mask_instances
     from sa2_pipeline.metrics.summary import primary_rows
     from sa2_pipeline.reporting.figures import plot_error_maps
 
     cfg = parse(ReportingConfig, params, "reporting")
-    instance_params = InstanceParams(
-        **dataclasses.asdict(parse(EvaluationConfig, evaluation_params, "evaluation").instances))
+    instance_cfg = parse(EvaluationConfig, evaluation_params, "evaluation").instances
     true_instances = model_input_test.get("instances") or None
     n_worst = (cfg.n_overlays + 1) // 2
     return plot_error_maps(
@@ -52,7 +50,7 @@ def plot_test_overlays(
         n_worst=n_worst,
         n_best=cfg.n_overlays - n_worst,
         true_instances=true_instances,
-        pred_instances=mask_instances(test_predictions, instance_params),
+        pred_instances=mask_instances(test_predictions, instance_cfg),
     )
 
 

@@ -22,7 +22,7 @@ def run_retraining(kedro_run: dict[str, Any]) -> dict[str, Any]:
     Raises:
         SystemExit: With the retrain's exit code when it is not 0 (docs/retraining.md).
     """
-    from sa2_pipeline.pipelines.retraining.config import build_request, flatten_params
+    from sa2_pipeline.pipelines.retraining.request import build_request, flatten_params
     from sa2_pipeline.retraining.orchestrate import retrain
 
     request = build_request(Path(kedro_run["project_path"]), kedro_run["env"] or "local",

@@ -114,7 +114,7 @@ def _fit_fold(model_input_trainval: dict, splits: pd.DataFrame, fold: int, key: 
     """Train one (model, fold), tracked in the active MLflow run under ``<model>/fold<k>/``."""
     from sa2_pipeline.engine.fit import fit_segmentation_model
     from sa2_pipeline.splits import fold_ids
-    from sa2_pipeline.tracking.callbacks import training_callbacks
+    from sa2_pipeline.tracking.training_callbacks import training_callbacks
 
     images, masks = model_input_trainval["images"], model_input_trainval["masks"]
     train_ids, val_ids = fold_ids(splits, fold)

@@ -39,6 +39,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sa2_pipeline.runtime import kernels
+from sa2_pipeline.runtime.precision import autocast, resolve_precision
+
 logger = logging.getLogger(__name__)
 
 #: Variant name -> (precision, weight-gradient layout of the dense convolutions).
@@ -277,19 +280,6 @@ def choose(requested: str, device: Any, key: Mapping[str, Any] | None = None,
 # --------------------------------------------------------------------------------------
 # What is timed: the real model's step, on a copy, on random data
 # --------------------------------------------------------------------------------------
-def _autocast_for(precision: str, device: Any):
-    """Autocast for one probe step (the shared helper lives in inference.precision, which
-    imports this module; the probe only needs the dtype)."""
-    import contextlib
-
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _random_batch(input_shape: tuple[int, ...], num_classes: int, device: Any,
                   channels_last: bool):
     import torch
@@ -315,8 +305,6 @@ def training_step_timer(model: Any, loss_fn: Callable, input_shape: tuple[int, .
 
     import torch
 
-    from sa2_pipeline.models import layers
-
     probe = copy.deepcopy(model).train()
     optimizer = torch.optim.Adam([p for p in probe.parameters() if p.requires_grad], lr=1e-6)
     with torch.random.fork_rng(devices=[]):
@@ -324,12 +312,12 @@ def training_step_timer(model: Any, loss_fn: Callable, input_shape: tuple[int, .
 
     def time_step(variant: str) -> float:
         precision, layout = VARIANTS[variant]
-        previous = layers.weight_grad_layout()
-        layers.set_weight_grad_layout(layout)
+        previous = kernels.weight_grad_layout()
+        kernels.set_weight_grad_layout(layout)
         try:
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            with _autocast_for(precision, device):
+            with autocast(device, resolve_precision(precision, device)):
                 out = probe(x)
             out = (tuple(o.float() for o in out) if isinstance(out, (tuple, list))
                    else out.float())
@@ -337,7 +325,7 @@ def training_step_timer(model: Any, loss_fn: Callable, input_shape: tuple[int, .
             optimizer.step()
             return time.perf_counter() - start
         finally:
-            layers.set_weight_grad_layout(previous)
+            kernels.set_weight_grad_layout(previous)
 
     return time_step
 
@@ -357,7 +345,7 @@ def forward_timer(model: Any, input_shape: tuple[int, ...], device: Any,
         model.eval()
         try:
             start = time.perf_counter()
-            with torch.inference_mode(), _autocast_for(precision, device):
+            with torch.inference_mode(), autocast(device, resolve_precision(precision, device)):
                 model(x)
             return time.perf_counter() - start
         finally:
@@ -404,9 +392,7 @@ def choose_for_training(requested: str, model: Any, loss_fn: Callable,
 
 def apply(choice: RuntimeChoice) -> None:
     """Make ``choice``'s weight-gradient layout the process's (models.layers)."""
-    from sa2_pipeline.models import layers
-
-    layers.set_weight_grad_layout(choice.weight_grad_layout)
+    kernels.set_weight_grad_layout(choice.weight_grad_layout)
 
 
 def choose_for_inference(requested: str, model: Any, input_shape: tuple[int, ...],
@@ -417,3 +403,20 @@ def choose_for_inference(requested: str, model: Any, input_shape: tuple[int, ...
     timer = _lazy(lambda: forward_timer(model, input_shape, device, channels_last))
     return choose(requested, device, key, timer, folder=folder, channels_last=channels_last,
                   workload="infer").precision
+
+
+def concrete_precision(precision: str, device: Any, model: Any = None,
+                       tile_shape: tuple[int, ...] | None = None) -> str:
+    """``auto`` on a CPU for ``model``'s forwards of ``tile_shape`` batches: the precision
+    measured fastest there (once per machine and model, then cached:
+    this module). Anything else is returned unchanged
+    (``auto`` on CUDA is resolved by :func:`~.precision.resolve_precision`)."""
+    if precision != "auto" or model is None or tile_shape is None or device.type != "cpu":
+        return precision
+    import torch
+
+    weights = [p for p in model.parameters() if p.dim() == 4]
+    channels_last = bool(weights) and weights[0].is_contiguous(
+        memory_format=torch.channels_last)
+    return choose_for_inference("auto", model, tuple(tile_shape), device,
+                                channels_last=channels_last)

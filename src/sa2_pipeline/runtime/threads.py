@@ -7,10 +7,10 @@ Two things make torch slow on a busy CPU (docs/environment.md, "CPU threads"):
   the threads that do the work, and a step can get 10-60x slower. ``OMP_WAIT_POLICY=PASSIVE``
   makes them sleep at once, but on an idle machine waking them for every parallel region
   costs 5-10 % (Zen 3) to 45 % (Zen 5) of a small model's training. So
-  :func:`choose_wait_policy`, run when :mod:`sa2_pipeline` is imported (before torch, in
-  the Kedro and command-line entry points), sets ``PASSIVE`` only when other processes
-  keep cores busy at that moment; a policy (or ``GOMP_SPINCOUNT``) already in the
-  environment wins.
+  :func:`choose_wait_policy`, run by the entry points before torch is imported (the
+  ``kedro`` command and project settings, ``sa2-pipeline``, the served model), sets
+  ``PASSIVE`` only when other processes keep cores busy at that moment; a policy (or
+  ``GOMP_SPINCOUNT``) already in the environment wins.
 * **More threads than free cores.** ``num_threads: 0`` (the default everywhere) means
   :func:`auto_threads`: the cores this process may run on, less those other processes keep
   busy right now (running or runnable), at least one. A CPU training with the automatic
@@ -150,3 +150,16 @@ def is_automatic(num_threads: int | None) -> bool:
     """Whether ``num_threads`` leaves the count to :func:`auto_threads`."""
     return not num_threads and not os.environ.get(THREADS_ENV, "").strip()
 
+
+def worker_init(worker_id: int) -> None:  # noqa: ARG001 - DataLoader signature
+    """DataLoader workers use one torch/OpenCV thread so they never fight the main process."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass

@@ -12,7 +12,6 @@ numpy and pandas at import; the predictor (torch) is imported when a test set is
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sa2_pipeline.metrics.instances import InstanceParams
+from sa2_pipeline.config import EvaluationConfig, InstanceConfig
 from sa2_pipeline.metrics.objects import object_scores
 from sa2_pipeline.metrics.segmentation import score
 
@@ -54,8 +53,8 @@ def evaluate_test_set(
     threshold: float,
     predictor_options: Mapping[str, Any],
     instances: Mapping[str, np.ndarray] | None = None,
-    instance_params: InstanceParams | None = None,
-    boundary_tolerance: float = 2.0,
+    instance_cfg: InstanceConfig | None = None,
+    boundary_tolerance: float = EvaluationConfig.boundary_tolerance,
 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
     """Predict and score every image with every member of every model.
 
@@ -69,8 +68,8 @@ def evaluate_test_set(
             :class:`sa2_pipeline.inference.predict.Predictor` (device, tta, overlap,
             batch_size, patch_size).
         instances: True instance maps by id (images without one get no object metrics).
-        instance_params: How predicted objects are cut out (its threshold is replaced by
-            ``threshold``, so objects come from exactly the scored mask).
+        instance_cfg: How predicted objects are cut out (at ``threshold``, so objects come
+            from exactly the scored mask).
         boundary_tolerance: Boundary F1 tolerance in pixels.
 
     Returns:
@@ -81,9 +80,8 @@ def evaluate_test_set(
     from sa2_pipeline.inference.predict import Predictor
 
     by_model = group_members(trained_models, primary)
-    objects = _ObjectScoring(dataclasses.replace(instance_params or InstanceParams(),
-                                                 threshold=threshold),
-                             boundary_tolerance, instances or {})
+    objects = _ObjectScoring(instance_cfg or InstanceConfig(), threshold, boundary_tolerance,
+                             instances or {})
     rows: list[dict[str, Any]] = []
     predictions: dict[str, np.ndarray] = {}
     for name, members in by_model.items():
@@ -135,7 +133,8 @@ def _score_image(
 class _ObjectScoring:
     """Boundary and object scores of one image's prediction (native resolution)."""
 
-    params: InstanceParams
+    cfg: InstanceConfig
+    threshold: float
     tolerance: float
     instances: Mapping[str, np.ndarray]
 
@@ -145,7 +144,7 @@ class _ObjectScoring:
         def scores(pred, truth, n_classes, probabilities) -> dict[str, float]:
             probability = probabilities[0] if n_classes <= 1 else None
             return object_scores(pred, truth, n_classes, truth_instances, probability,
-                                 self.params, self.tolerance)
+                                 self.cfg, self.tolerance, self.threshold)
 
         return scores
 

@@ -1,4 +1,4 @@
-"""The parameters a retrain needs, read through the project's Kedro configuration.
+"""The :class:`RetrainRequest` of a retrain, built from the project's Kedro configuration.
 
 ``sa2-pipeline retrain --env <dataset>`` runs outside a Kedro session; this module loads
 ``conf/base`` + ``conf/<env>`` (+ ``--params``) exactly as ``kedro run`` would, with the

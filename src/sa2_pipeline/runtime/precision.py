@@ -1,5 +1,7 @@
 """Numeric precision of a forward pass: one name, resolved once, used by training and inference.
 
+What ``auto`` means on a CPU is measured, not assumed: :mod:`.precision_probe`.
+
 ``precision`` is always one of :data:`PRECISIONS` (the values of ``training.precision`` and
 ``evaluation.precision``). :func:`resolve_precision` turns it into an autocast dtype for a
 device (``None`` = float32) and :func:`autocast` into the context a forward pass runs in.
@@ -18,8 +20,9 @@ def resolve_precision(precision: str, device: Any) -> Any:
     """The autocast dtype of ``precision`` on ``device`` (a ``torch.device``); ``None`` = fp32.
 
     ``auto`` picks bf16 on GPUs that support it, fp16 on older GPUs and fp32 on the CPU;
-    callers that can measure make a CPU ``auto`` concrete first (:func:`concrete_precision`,
-    :mod:`sa2_pipeline.engine.precision_probe`), so this fp32 is only the unmeasured answer.
+    callers that can measure make a CPU ``auto`` concrete first
+    (:func:`sa2_pipeline.runtime.precision_probe.concrete_precision`), so this fp32 is
+    only the unmeasured answer.
 
     Raises:
         ValueError: An unknown name, or fp16 on the CPU.
@@ -47,22 +50,3 @@ def autocast(device: Any, dtype: Any) -> contextlib.AbstractContextManager:
     import torch
 
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def concrete_precision(precision: str, device: Any, model: Any = None,
-                       tile_shape: tuple[int, ...] | None = None) -> str:
-    """``auto`` on a CPU for ``model``'s forwards of ``tile_shape`` batches: the precision
-    measured fastest there (once per machine and model, then cached:
-    :mod:`sa2_pipeline.engine.precision_probe`). Anything else is returned unchanged
-    (``auto`` on CUDA is resolved by :func:`resolve_precision`)."""
-    if precision != "auto" or model is None or tile_shape is None or device.type != "cpu":
-        return precision
-    import torch
-
-    from sa2_pipeline.engine.precision_probe import choose_for_inference
-
-    weights = [p for p in model.parameters() if p.dim() == 4]
-    channels_last = bool(weights) and weights[0].is_contiguous(
-        memory_format=torch.channels_last)
-    return choose_for_inference("auto", model, tuple(tile_shape), device,
-                                channels_last=channels_last)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sa2_pipeline.retraining.locks import (
+from sa2_pipeline.locks import (
     LockHeldError,
     dataset_lock_path,
     exclusive_lock,
@@ -22,7 +22,7 @@ from sa2_pipeline.retraining.locks import (
 
 _HOLD = textwrap.dedent("""
     import sys, time
-    from sa2_pipeline.retraining.locks import exclusive_lock
+    from sa2_pipeline.locks import exclusive_lock
     with exclusive_lock(sys.argv[1], what="test"):
         print("held", flush=True)
         time.sleep(60)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sa2_pipeline.tracking.run import RUN_ID_ENV, active_run_id, active_run_info, hand_over
+from sa2_pipeline.tracking.mlflow_run import RUN_ID_ENV, active_run_id, active_run_info, hand_over
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from sa2_pipeline.engine.callbacks import Callback
-from sa2_pipeline.tracking.run import active_run_id, hand_over, log_metrics
+from sa2_pipeline.tracking.mlflow_run import active_run_id, hand_over, log_metrics
 
 logger = logging.getLogger(__name__)
 

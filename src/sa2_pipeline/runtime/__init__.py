@@ -1,0 +1,1 @@
+"""Process runtime: devices, threads, precision and kernel choices."""
