@@ -337,3 +337,68 @@ def test_no_two_modules_share_a_name():
             by_name.setdefault(path.name, []).append(str(path.relative_to(SRC / PACKAGE)))
     shared = {name: paths for name, paths in by_name.items() if len(paths) > 1}
     assert not shared, f"modules that share a name: {shared}"
+
+
+# Third-party libraries that cost a cheap command (``sa2-pipeline --help``, ``kedro
+# registry list``) noticeable start-up time: a project module that loads one at import
+# is "heavy", and only heavy modules may be imported inside functions.
+_HEAVY_LIBRARIES = {
+    "torch", "mlflow", "kedro", "kedro_datasets", "kedro_mlflow", "cv2", "skimage",
+    "albumentations", "matplotlib", "sklearn", "scipy", "pandas", "tifffile", "tiffslide",
+    "openslide", "imagecodecs", "nibabel", "dvc", "pyarrow", "filelock", "tqdm", "yaml",
+}
+
+
+def _module_level_imports(module: str, path: Path, tree: ast.Module) -> list[str]:
+    """What ``module`` imports when it is imported (its body's import statements, outside
+    functions and ``if TYPE_CHECKING:``), as dotted names."""
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            single = ast.Module(body=[node], type_ignores=[])
+            names += [name for name, _ in _imported_names(module, path, single)]
+    return names
+
+
+def _heavy_modules() -> set[str]:
+    """Project modules whose import loads a heavy library, directly or through project
+    modules they import at module level (parent packages included)."""
+    modules = _modules()
+    direct: dict[str, set[str]] = {}
+    heavy = set()
+    for module, (path, tree) in modules.items():
+        names = _module_level_imports(module, path, tree)
+        if {n.split(".")[0] for n in names} & _HEAVY_LIBRARIES:
+            heavy.add(module)
+        parents = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+        direct[module] = ({n for n in names if n in modules} | parents) - {module}
+    changed = True
+    while changed:
+        changed = False
+        for module, deps in direct.items():
+            if module not in heavy and deps & heavy:
+                heavy.add(module)
+                changed = True
+    return heavy
+
+
+def test_project_imports_inside_functions_are_only_of_heavy_modules():
+    """A file's header says what it depends on: an import of the project's own code sits
+    at the top of the file, unless the imported module loads a heavy library."""
+    modules, heavy = _modules(), _heavy_modules()
+    assert {"sa2_pipeline.engine.trainer", "sa2_pipeline.tracking.pyfunc"} <= heavy
+    offenders = []
+    for module, (path, tree) in modules.items():
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, ast.Import | ast.ImportFrom):
+                    continue
+                single = ast.Module(body=[node], type_ignores=[])
+                targets = {n for n, _ in _imported_names(module, path, single) if n in modules}
+                if targets and not targets & heavy:
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno} "
+                                     f"{ast.unparse(node)}")
+    assert not offenders, ("move these imports of light project modules to the top of "
+                           "their file:\n" + "\n".join(offenders))

@@ -32,7 +32,12 @@ from sa2_pipeline.config import (
     InferenceConfig,
     SyntheticDataConfig,
 )
+from sa2_pipeline.inference.run import collect_inputs, run_folder
+from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.runtime.precision import PRECISIONS
+from sa2_pipeline.runtime.threads import choose_wait_policy, configure_threads
+from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+from sa2_pipeline.user_errors import find_user_error, verbose
 
 logger = logging.getLogger("sa2_pipeline.cli")
 
@@ -71,7 +76,6 @@ def cli(verbose: bool) -> None:
 def import_release(checkpoint: str, dataset: str, model_name: str | None, alias: str,
                    resize_to: int, trust: bool) -> None:
     """Register a release checkpoint in MLflow (BGR, [0, 1], resized input)."""
-    from sa2_pipeline.models.bundle import make_bundle
     from sa2_pipeline.models.sa2net import load_official_checkpoint
     from sa2_pipeline.tracking.registration import register_release
 
@@ -129,9 +133,6 @@ def import_release(checkpoint: str, dataset: str, model_name: str | None, alias:
           help="torch CPU threads; 0 = automatic (free cores, or $SA2_NUM_THREADS).")
 def segment(images: tuple[str, ...], **settings: Any) -> None:
     """Segment images and whole slides (files, folders, globs) with a registered model."""
-    from sa2_pipeline.inference.run import collect_inputs, run_folder
-    from sa2_pipeline.runtime.threads import configure_threads
-    from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
 
     try:
         cfg = InferenceConfig(**settings)
@@ -259,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     A user error (a bad file or setting: :mod:`sa2_pipeline.user_errors`) prints its
     message, not the stack, unless ``--verbose`` or ``SA2_VERBOSE=1``.
     """
-    from sa2_pipeline.runtime.threads import choose_wait_policy
-    from sa2_pipeline.user_errors import find_user_error, verbose
 
     choose_wait_policy()  # before any command imports torch
     args = sys.argv[1:] if argv is None else list(argv)

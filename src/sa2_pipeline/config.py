@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from sa2_pipeline.datasets.registry import FORMATS
+from sa2_pipeline.models import list_models
 from sa2_pipeline.runtime.precision import PRECISIONS
 from sa2_pipeline.user_errors import UserError
 
@@ -488,7 +489,6 @@ def _check_models(params: dict[str, Any]) -> None:
     baselines = params.get("baselines")
     if baselines is not None and not isinstance(baselines, list | tuple):
         raise ConfigError(f"baselines must be a list of models, got {baselines!r}")
-    from sa2_pipeline.models import list_models  # no torch: the registry is names only
 
     for where, cfg in zip(["model", *(f"baselines[{i}]" for i in range(len(baselines or [])))],
                           parse_models(params.get("model"), baselines), strict=True):

@@ -8,6 +8,9 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
+from sa2_pipeline.config import ConfigError, validate_parameters
+from sa2_pipeline.user_errors import install_excepthook
+
 logger = logging.getLogger(__name__)
 
 
@@ -120,8 +123,6 @@ class ValidateRunHook:
     def after_context_created(self, context: Any) -> None:
         from pathlib import Path
 
-        from sa2_pipeline.config import ConfigError, validate_parameters
-        from sa2_pipeline.user_errors import install_excepthook
 
         install_excepthook()
         conf = Path(context.config_loader.conf_source)

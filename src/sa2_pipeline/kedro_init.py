@@ -11,6 +11,8 @@ import contextlib
 import importlib
 import warnings
 
+from sa2_pipeline.runtime.threads import choose_wait_policy
+
 # MLflow 3 warns when a ``PythonModel`` subclass has no type hints on ``predict``.
 # kedro-mlflow's ``KedroPipelineModel`` is such a class; it is defined when kedro-mlflow's
 # CLI plugin or hook loads, i.e. at the start of every ``kedro`` command, although this
@@ -46,7 +48,6 @@ def on_kedro_start() -> None:
     """The ``kedro.init`` hook: choose the OpenMP wait policy before anything imports
     torch (:func:`sa2_pipeline.runtime.threads.choose_wait_policy`), then import
     kedro-mlflow's model class quietly (:func:`quiet_foreign_warnings`)."""
-    from sa2_pipeline.runtime.threads import choose_wait_policy
 
     choose_wait_policy()
     quiet_foreign_warnings()

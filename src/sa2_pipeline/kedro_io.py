@@ -23,6 +23,7 @@ from kedro_datasets.text import TextDataset
 
 from sa2_pipeline.datasets.schema import KEY_SEPARATOR as _SEP
 from sa2_pipeline.io_utils import atomic_directory, atomic_write_bytes
+from sa2_pipeline.models.bundle import load_bundle_file, validate_bundle
 
 
 class ArrayBundleDataset(AbstractDataset[dict, dict]):
@@ -116,8 +117,6 @@ class ModelBundleDataset(AbstractDataset[dict, dict]):
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
-        from sa2_pipeline.models.bundle import load_bundle_file, validate_bundle
-
         return validate_bundle(load_bundle_file(self._filepath), str(self._filepath))
 
     def save(self, data: dict[str, Any]) -> None:

@@ -18,13 +18,18 @@ import numpy as np
 import torch
 
 from sa2_pipeline.config import ModelConfig, TrainingConfig
+from sa2_pipeline.engine import distributed
 from sa2_pipeline.engine.callbacks import EpochLogger, ThreadRebalancer
 from sa2_pipeline.engine.distributed import WorkerInfo
 from sa2_pipeline.engine.optim import EpochScheduler
 from sa2_pipeline.engine.optim import build_optimizer as _adam
 from sa2_pipeline.engine.spec import FitSpec
 from sa2_pipeline.engine.trainer import FitResult, Trainer
-from sa2_pipeline.runtime.threads import worker_init
+from sa2_pipeline.engine.validation import validate
+from sa2_pipeline.models import create_model
+from sa2_pipeline.models.bundle import load_bundle_file, make_bundle, members_of
+from sa2_pipeline.runtime import precision_probe as probe
+from sa2_pipeline.runtime.threads import is_automatic, worker_init
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,6 @@ logger = logging.getLogger(__name__)
 def build_model(model_cfg: ModelConfig, train_cfg: TrainingConfig,
                 device: torch.device) -> torch.nn.Module:
     """The network on ``device``, in channels-last memory format if asked."""
-    from sa2_pipeline.models import create_model
 
     model = create_model(model_cfg.name, **model_cfg.kwargs()).to(device)
     if train_cfg.init_from:  # a resumed checkpoint, if any, overrides these weights
@@ -55,7 +59,6 @@ def resolve_runtime(spec: FitSpec, model: torch.nn.Module, device: torch.device,
     bits, and a resumed run must be bit-identical to one that was never stopped."""
     from dataclasses import replace
 
-    from sa2_pipeline.runtime import precision_probe as probe
 
     cfg = spec.train_cfg
     size = cfg.patch_size if spec.mode == "native" else spec.train_images[
@@ -86,7 +89,6 @@ def _checkpoint_runtime(path: Path | None, fingerprint: str,
     """The runtime choice stored in the resumable checkpoint at ``path`` (``None`` when
     there is none, it belongs to another run, or it predates the choice being stored).
     With several processes rank 0 reads it and every rank gets its answer."""
-    from sa2_pipeline.engine import distributed
     from sa2_pipeline.engine.checkpoint import load_checkpoint
     from sa2_pipeline.engine.trainer import belongs_to_run
 
@@ -107,7 +109,6 @@ def warm_start(model: torch.nn.Module, path: str | Path, model_cfg: ModelConfig)
     Raises:
         ValueError: The file holds no member with ``model_cfg``'s name and settings.
     """
-    from sa2_pipeline.models.bundle import load_bundle_file, members_of
 
     bundle = load_bundle_file(path)  # weights-only: a planted pickle is refused unrun
     wanted = model_cfg.kwargs()
@@ -192,7 +193,6 @@ def build_validator(spec: FitSpec,
                     device: torch.device) -> Callable[[torch.nn.Module], dict[str, float]]:
     """``validate(net) -> {"val_dice", "val_iou"}``: whole validation images through the
     sliding window, at the training precision."""
-    from sa2_pipeline.engine.validation import validate
 
     def validator(net: torch.nn.Module) -> dict[str, float]:
         return validate(
@@ -248,7 +248,6 @@ def build_trainer(spec: FitSpec, model: torch.nn.Module, *, device: torch.device
 
 def _thread_callbacks(cfg: TrainingConfig, device: torch.device, worker: WorkerInfo) -> list[Any]:
     """:class:`ThreadRebalancer` for a single-process CPU run with the automatic count."""
-    from sa2_pipeline.runtime.threads import is_automatic
 
     if device.type != "cpu" or worker.distributed or not is_automatic(cfg.num_threads):
         return []
@@ -258,7 +257,6 @@ def _thread_callbacks(cfg: TrainingConfig, device: torch.device, worker: WorkerI
 def build_bundle(spec: FitSpec, result: FitResult, *, fingerprint: str,
                  worker: WorkerInfo) -> dict[str, Any]:
     """The model bundle of the selected weights, with the run's provenance."""
-    from sa2_pipeline.models.bundle import make_bundle
 
     first: np.ndarray = spec.train_images[spec.train_ids[0]]
     return make_bundle(

@@ -11,6 +11,8 @@ import logging
 from collections.abc import MutableMapping
 from typing import Any
 
+from sa2_pipeline.runtime import threads as runtime_threads
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,9 +70,8 @@ class ThreadRebalancer(Callback):
     def on_epoch_end(self, trainer: Any, record: dict[str, Any]) -> None:  # noqa: ARG002
         import torch
 
-        from sa2_pipeline.runtime.threads import auto_threads
 
-        threads, before = auto_threads(), torch.get_num_threads()
+        threads, before = runtime_threads.auto_threads(), torch.get_num_threads()
         if threads != before:
             logger.info("torch now uses %d thread(s) (automatic; was %d)", threads, before)
             torch.set_num_threads(threads)

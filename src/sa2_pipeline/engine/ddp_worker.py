@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 
+from sa2_pipeline.engine.distributed import worker_info
+from sa2_pipeline.engine.fit import fit
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -24,8 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sa2_pipeline.engine.checkpoint import save_atomic
-    from sa2_pipeline.engine.distributed import worker_info
-    from sa2_pipeline.engine.fit import fit
 
     info = worker_info()
     logging.basicConfig(

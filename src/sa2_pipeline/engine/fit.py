@@ -24,7 +24,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sa2_pipeline.config import ModelConfig, TrainingConfig
+from sa2_pipeline.engine import distributed
 from sa2_pipeline.engine.spec import FitSpec
+from sa2_pipeline.locks import exclusive_lock
+from sa2_pipeline.runtime.threads import configure_threads
 
 if TYPE_CHECKING:
     from sa2_pipeline.engine.distributed import WorkerInfo
@@ -73,7 +76,6 @@ def fit_segmentation_model(
 
 def fit(spec: FitSpec) -> Result:
     """Run ``spec`` here, or launch ``torchrun`` for it when it asks for several processes."""
-    from sa2_pipeline.engine import distributed
     from sa2_pipeline.runtime.devices import select_device
 
     fingerprint = spec.fingerprint()
@@ -95,7 +97,6 @@ def fit(spec: FitSpec) -> Result:
 
 def _run_lock(run_folder: Path, *, in_worker: bool) -> contextlib.AbstractContextManager:
     """The lock of one training run folder (not taken again inside torchrun workers)."""
-    from sa2_pipeline.locks import exclusive_lock
 
     if in_worker:
         return contextlib.nullcontext()
@@ -108,7 +109,6 @@ def _fit_here(spec: FitSpec, *, device: Any, worker: WorkerInfo, fingerprint: st
     """Train in this process (alone, or as one rank of a joined process group)."""
     from sa2_pipeline.engine import builders
     from sa2_pipeline.runtime.devices import seed_everything
-    from sa2_pipeline.runtime.threads import configure_threads
 
     configure_threads(spec.train_cfg.num_threads)
     seed_everything(spec.train_cfg.seed)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sa2_pipeline.config import ModelConfig, TrainingConfig
+from sa2_pipeline.engine.fingerprint import code_fingerprint, run_fingerprint
 
 MODES = ("native", "resize")
 
@@ -69,7 +70,6 @@ class FitSpec:
 
     def fingerprint(self) -> str:
         """Hash of the model, the result-changing settings, the data and the code."""
-        from sa2_pipeline.engine.fingerprint import code_fingerprint, run_fingerprint
 
         return run_fingerprint(
             self.model_cfg, self.train_cfg, self.train_images, self.train_masks,

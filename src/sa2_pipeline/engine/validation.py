@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from sa2_pipeline.inference.predict import predict_probabilities, probabilities_to_mask
+from sa2_pipeline.metrics import score
+
 
 def validate(
     model: Any,
@@ -22,8 +25,6 @@ def validate(
 ) -> dict[str, float]:
     """``{"val_dice", "val_iou"}``: means over the images (in id order) of the scores
     :func:`sa2_pipeline.metrics.score` gives, as evaluation scores the test set."""
-    from sa2_pipeline.inference.predict import predict_probabilities, probabilities_to_mask
-    from sa2_pipeline.metrics import score
 
     dices, ious = [], []
     stream = predict_probabilities(

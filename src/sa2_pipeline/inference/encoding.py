@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sa2_pipeline.datasets.raster import read_raster
 from sa2_pipeline.inference.slides import MIN_SIDE
 
 #: Largest image (pixels) one request may carry: 64 Mpx, e.g. 8000 x 8000.
@@ -122,7 +123,6 @@ def decode_image(data: bytes) -> np.ndarray:
             type ingestion does not take (float, signed...).
     """
     from sa2_pipeline.datasets.folder import to_rgb_uint8
-    from sa2_pipeline.datasets.raster import read_raster
 
     if not isinstance(data, bytes | bytearray) or not data:
         raise ImageRequestError(f"expected the bytes of an encoded image, got "

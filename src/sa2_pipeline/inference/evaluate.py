@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from sa2_pipeline.config import EvaluationConfig, InstanceConfig
+from sa2_pipeline.inference.predict import Predictor, probabilities_to_mask, resize_probabilities
 from sa2_pipeline.metrics.objects import object_scores
 from sa2_pipeline.metrics.segmentation import score
 
@@ -77,7 +78,6 @@ def evaluate_test_set(
         one row per (model, member, image) with columns ``model``, ``member``, ``id``
         and the scores.
     """
-    from sa2_pipeline.inference.predict import Predictor
 
     by_model = group_members(trained_models, primary)
     objects = _ObjectScoring(instance_cfg or InstanceConfig(), threshold, boundary_tolerance,
@@ -105,7 +105,6 @@ def _score_image(
     objects: Any = None,
 ) -> list[tuple[str, dict[str, float], np.ndarray]]:
     """``[(member, scores, native mask)]`` for each member, then the ensemble if any."""
-    from sa2_pipeline.inference.predict import probabilities_to_mask, resize_probabilities
 
     n_classes = predictor.num_classes
     side = members[0][1].get("resize_to")

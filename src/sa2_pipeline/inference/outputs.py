@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sa2_pipeline.io_utils import remove_stale_temporaries
+
 #: Masks up to this many pixels are written as PNG; larger ones as pyramidal TIFF.
 PNG_MAX_PIXELS = 4096 * 4096
 TIFF_TILE = 512
@@ -36,7 +38,6 @@ def atomic_path(final: Path) -> Iterator[Path]:
     The name follows :func:`sa2_pipeline.io_utils.atomic_write_bytes` (``.<name>.<pid>-*.tmp``)
     so the leftovers of a killed writer are cleaned up by the next write of the same file.
     """
-    from sa2_pipeline.io_utils import remove_stale_temporaries
 
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}-", suffix=".tmp",

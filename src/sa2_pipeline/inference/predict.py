@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.models.bundle import members_of, model_from_bundle
 
 
 def probabilities_to_mask(probs: np.ndarray,
@@ -93,7 +94,6 @@ class Predictor:
     ) -> None:
         import torch
 
-        from sa2_pipeline.models.bundle import members_of, model_from_bundle
 
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bundles = members_of(bundles)

@@ -37,6 +37,7 @@ from typing import Any
 from sa2_pipeline.config import InferenceConfig
 from sa2_pipeline.inference.segment import segment_file
 from sa2_pipeline.inference.slides import SUPPORTED_SUFFIXES, UnreadableImageError
+from sa2_pipeline.io_utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +176,6 @@ def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
                  model: dict[str, Any], progress: bool) -> str:
     from tqdm.auto import tqdm
 
-    from sa2_pipeline.io_utils import atomic_write_text
 
     if not entry.path.is_file():
         reason = "no such file" if not entry.path.exists() else "not a file"
@@ -205,7 +205,6 @@ def write_manifest(out_dir: Path, model: dict[str, Any], settings: InferenceConf
                    result: RunResult) -> Path:
     """``manifest.json``: the model, the settings, every record present (by input SHA-256),
     and this run's failures."""
-    from sa2_pipeline.io_utils import atomic_write_text
 
     records = {}
     for path in sorted((out_dir / "records").glob("*.json")):

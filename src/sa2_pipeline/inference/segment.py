@@ -27,6 +27,7 @@ from sa2_pipeline.inference.outputs import (
     overlay_png,
     write_mask,
 )
+from sa2_pipeline.inference.predict import probabilities_to_mask
 from sa2_pipeline.inference.slides import (
     ImageSource,
     choose_level,
@@ -35,6 +36,9 @@ from sa2_pipeline.inference.slides import (
     tissue_mask,
 )
 from sa2_pipeline.inference.streaming import WindowSpec, stream_probabilities
+from sa2_pipeline.io_utils import atomic_write_bytes, atomic_write_text
+from sa2_pipeline.runtime.precision import autocast, resolve_precision
+from sa2_pipeline.runtime.precision_probe import concrete_precision
 
 
 def tile_forward(predictor: Any, settings: InferenceConfig, patch: int) -> Callable:
@@ -43,8 +47,6 @@ def tile_forward(predictor: Any, settings: InferenceConfig, patch: int) -> Calla
     import torch
 
     from sa2_pipeline.inference.sliding_window import _forward_probabilities, _tta_transforms
-    from sa2_pipeline.runtime.precision import autocast, resolve_precision
-    from sa2_pipeline.runtime.precision_probe import concrete_precision
 
     for bundle in predictor.bundles:
         if bundle.get("resize_to"):
@@ -88,7 +90,6 @@ def mask_bands(source: ImageSource, predictor: Any, settings: InferenceConfig, l
     Binary masks are 0/255, multi-class masks class indices. A level other than 0 is
     segmented at its own size and brought to level 0 by nearest neighbour.
     """
-    from sa2_pipeline.inference.predict import probabilities_to_mask
 
     patch = model_patch(predictor, settings)
     size = source.level_dimensions[level]
@@ -137,8 +138,6 @@ def segment_file(path: Path, predictor: Any, settings: InferenceConfig, out_dir:
 
 
 def _segment_source(source, predictor, settings, out_dir, stem, on_row) -> dict[str, Any]:
-    from sa2_pipeline.io_utils import atomic_write_bytes, atomic_write_text
-
     level = choose_level(source, settings.model_mpp)
     size0 = source.level_dimensions[0]
     thumb = source.thumbnail(settings.thumbnail_side)

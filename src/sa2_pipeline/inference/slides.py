@@ -27,6 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
+from sa2_pipeline.datasets.raster import read_raster
+
 #: Smallest side (px) of an image the pipeline segments: smaller inputs carry too little
 #: context for the network and are refused (an 8x8 image is an error, not a mask).
 MIN_SIDE = 32
@@ -221,7 +223,6 @@ def _open_openslide(path: Path) -> ImageSource:
 
 def _open_plain(path: Path) -> ImageSource:
     from sa2_pipeline.datasets.folder import to_rgb_uint8
-    from sa2_pipeline.datasets.raster import read_raster
 
     _check_plain_size(path)
     try:

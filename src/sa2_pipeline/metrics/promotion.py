@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from sa2_pipeline.metrics.stats import paired_comparison
+
 if TYPE_CHECKING:
     from sa2_pipeline.config import RegistryConfig
 
@@ -116,7 +118,6 @@ def statistical_gate(
         KeyError: ``candidate`` has no ``metric`` column.
         ValueError: The two frames do not cover the same images.
     """
-    from sa2_pipeline.metrics.stats import paired_comparison
 
     require_metric(candidate, metric)
     if champion is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from os import PathLike
 from typing import Any
 
+from sa2_pipeline.models import create_model
 from sa2_pipeline.user_errors import UserError
 
 BUNDLE_FORMAT = "sa2-pipeline/model-bundle/1"
@@ -111,7 +112,6 @@ def load_bundle_file(path: str | PathLike[str]) -> Any:
 
 def model_from_bundle(bundle: dict[str, Any], source: str = "model bundle"):
     """Rebuild the network in eval mode with the bundle's weights (strict load)."""
-    from sa2_pipeline.models import create_model
 
     validate_bundle(bundle, source)
     model = create_model(bundle["model_name"], **bundle["init_kwargs"])

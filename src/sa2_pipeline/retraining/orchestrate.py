@@ -25,12 +25,14 @@ from typing import Any
 
 from sa2_pipeline.locks import LockHeldError, dataset_lock_path, exclusive_lock
 from sa2_pipeline.retraining.detect import Detection, detect_changes, write_inventory
+from sa2_pipeline.retraining.record import append_to_report, write_record
 from sa2_pipeline.retraining.versioning import (
     StageFailedError,
     run_command,
     tool,
     version_raw_data,
 )
+from sa2_pipeline.tracking.model_loading import champion_bundle_file
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +152,6 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
     registration = json.loads(paths["registration"].read_text())
     test_summary = json.loads(paths["summary"].read_text())
     record = _record(req, detection, data, registration, test_summary, started)
-    from sa2_pipeline.retraining.record import append_to_report, write_record
 
     write_record(paths["records"], record)
     append_to_report(paths["reports"], record)
@@ -224,7 +225,6 @@ def _warm_start_param(req: RetrainRequest) -> str:
     """``training.init_from=<champion's bundle>`` when warm-starting (and there is one)."""
     if not req.warm_start:
         return ""
-    from sa2_pipeline.tracking.model_loading import champion_bundle_file
 
     folder = req.project_dir / "data" / "06_models" / req.dataset / "warm_start"
     path = champion_bundle_file(req.model_name, folder)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sa2_pipeline.io_utils import atomic_write_text
 from sa2_pipeline.runtime import kernels
 from sa2_pipeline.runtime.precision import autocast, resolve_precision
 
@@ -166,7 +167,6 @@ def read_cached(key: Mapping[str, Any], folder: Path | None = None) -> str | Non
 def write_cached(key: Mapping[str, Any], variant: str, timings: Mapping[str, list[float]],
                  folder: Path | None = None) -> Path | None:
     """Store a choice atomically; a read-only or full cache only logs a warning."""
-    from sa2_pipeline.io_utils import atomic_write_text
 
     path = cache_file(key, folder)
     record = {"key": dict(key), "choice": variant,

@@ -14,6 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.models.bundle import members_of
+from sa2_pipeline.reporting.provenance import dvc_data_version, git_commit
+
 __all__ = ["log_model_bundle", "model_signature", "usage_tags"]
 
 
@@ -27,7 +31,6 @@ def model_signature():
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
 
-    from sa2_pipeline.config import PredictionConfig
 
     return ModelSignature(
         inputs=None,
@@ -45,8 +48,6 @@ def usage_tags(bundle: dict[str, Any] | list, model_name: str,
     (``dvc.lock``, or the ``data/01_raw/<dataset>.dvc`` file; the dataset is the one
     ``sa2net-<dataset>`` names), the git commit, and the input convention. ``unknown``
     where a value is not known."""
-    from sa2_pipeline.models.bundle import members_of
-    from sa2_pipeline.reporting.provenance import dvc_data_version, git_commit
 
     first = members_of(bundle)[0]
     dataset = model_name.split("-", 1)[1] if "-" in model_name else model_name

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sa2_pipeline.inference.predict import Predictor
+from sa2_pipeline.models.bundle import load_bundle_file
 from sa2_pipeline.tracking.model_versions import TAG_PREFIX, champion_version
 
 __all__ = ["ResolvedModel", "champion_bundle_file", "load_predictor", "load_pyfunc",
@@ -85,8 +87,6 @@ def load_predictor(model: ResolvedModel, *, device: Any = None, **predictor_kwar
     """The version's bundle (or fold ensemble) as a ``Predictor`` on ``device``."""
     import mlflow
 
-    from sa2_pipeline.inference.predict import Predictor
-    from sa2_pipeline.models.bundle import load_bundle_file
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri))
     bundles = load_bundle_file(local / "artifacts" / "model_bundle.pt")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from sa2_pipeline.locks import exclusive_lock, registry_lock_path
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_PREFIX = "sa2."
@@ -61,7 +63,6 @@ def registry_lock(what: str, wait: float) -> contextlib.AbstractContextManager:
     held while a version is registered and gated, or the champion is moved."""
     import mlflow
 
-    from sa2_pipeline.locks import exclusive_lock, registry_lock_path
 
     uri = mlflow.get_tracking_uri()
     return exclusive_lock(registry_lock_path(uri), wait=wait, what=f"{what} on {uri}")

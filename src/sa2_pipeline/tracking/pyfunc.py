@@ -35,7 +35,17 @@ import mlflow.pyfunc
 import numpy as np
 
 from sa2_pipeline.config import ConfigError, PredictionConfig, check_threshold
-from sa2_pipeline.inference.encoding import MAX_PIXELS, MIN_SIDE  # noqa: F401 - the limits
+from sa2_pipeline.inference.encoding import (  # noqa: F401 - the limits
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageRequestError,
+    check_shape,
+    decode_image,
+    encode_mask,
+)
+from sa2_pipeline.inference.predict import Predictor
+from sa2_pipeline.models.bundle import load_bundle_file
+from sa2_pipeline.runtime.threads import configure_threads
 
 
 class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
@@ -47,10 +57,6 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from sa2_pipeline.inference.predict import Predictor
-        from sa2_pipeline.models.bundle import load_bundle_file
-        from sa2_pipeline.runtime.threads import configure_threads
-
         configure_threads(0)  # free cores, or $SA2_NUM_THREADS (docs/environment.md)
         path = context.artifacts["model_bundle"]
         self.bundles = load_bundle_file(path)
@@ -114,7 +120,6 @@ def _as_image(model_input: Any) -> np.ndarray:
 
 def _check_size(shape: tuple[int, ...]) -> None:
     """The size limits of both forms (``inference.encoding``), as an HTTP 400."""
-    from sa2_pipeline.inference.encoding import ImageRequestError, check_shape
 
     try:
         check_shape(shape)
@@ -133,7 +138,6 @@ def _decoded(table: Any) -> np.ndarray:
     import base64
     import binascii
 
-    from sa2_pipeline.inference.encoding import ImageRequestError, decode_image
 
     if list(table.columns) != [ENCODED_COLUMN] or len(table) != 1:
         raise _refuse(f"expected a table of one row and the one column "
@@ -153,7 +157,6 @@ def _encoded_answer(mask: np.ndarray) -> Any:
     """The one-row answer of a compact request."""
     import pandas as pd
 
-    from sa2_pipeline.inference.encoding import encode_mask
 
     return pd.DataFrame({"mask": [encode_mask(mask)], "height": [mask.shape[0]],
                          "width": [mask.shape[1]],

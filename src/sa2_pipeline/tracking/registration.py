@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sa2_pipeline.metrics.promotion import require_metric
+from sa2_pipeline.models.bundle import bundle_digest, members_of
 from sa2_pipeline.tracking.champion import gate_and_promote, gate_finished
 from sa2_pipeline.tracking.mlflow_model import log_model_bundle, usage_tags
 from sa2_pipeline.tracking.model_versions import (
@@ -84,7 +85,6 @@ def register_gated(
     """
     from mlflow import MlflowClient
 
-    from sa2_pipeline.models.bundle import bundle_digest
 
     require_metric(model.per_image)
     with registry_lock("registration", lock_wait):
@@ -109,7 +109,6 @@ def register_gated(
 def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[str, str, str]:
     from mlflow.exceptions import MlflowException
 
-    from sa2_pipeline.models.bundle import members_of
 
     info = log_model_bundle(model.bundle, input_example_size=model.input_example_size)
     members = members_of(model.bundle)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sa2_pipeline.config import IngestionConfig, ModelConfig, parse
+from sa2_pipeline.datasets.registry import load_raw_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ def ingest_raw_dataset(
         images and uint8 label masks (0 = background) by image id; uint16 instance maps by
         id for datasets with instance labels (else empty).
     """
-    from sa2_pipeline.datasets.registry import load_raw_dataset
 
     cfg = parse(IngestionConfig, params, "data_ingestion")
     num_classes = None if model is None else parse(ModelConfig, model, "model").num_classes

@@ -9,6 +9,10 @@ import numpy as np
 import pandas as pd
 
 from sa2_pipeline.config import EvaluationConfig, RegistryConfig, parse
+from sa2_pipeline.metrics import score
+from sa2_pipeline.runtime.threads import configure_threads
+from sa2_pipeline.tracking import active_run_info
+from sa2_pipeline.tracking.model_loading import load_pyfunc
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +41,6 @@ def evaluate_models(
     from sa2_pipeline.metrics.comparison import add_uncertainty
     from sa2_pipeline.metrics.summary import flat_metrics, frozen_test_set_id, summarise_test_set
     from sa2_pipeline.runtime.devices import select_device
-    from sa2_pipeline.runtime.threads import configure_threads
 
     cfg = parse(EvaluationConfig, params, "evaluation")
     configure_threads(cfg.num_threads)
@@ -80,7 +83,6 @@ def register_model(
     Returns:
         The registration record (version, aliases, decision, the gate's numbers).
     """
-    from sa2_pipeline.tracking import active_run_info
 
     cfg = parse(RegistryConfig, registry_params, "registry")
     if not cfg.register:
@@ -115,8 +117,6 @@ def register_model(
 def _champion_scorer(model_input_test: dict, n_classes: int, threshold: float):
     """``score_champion(model_uri)``: a registered model's per-image scores on this test
     set, through its own pyfunc (how the gate compares the champion image by image)."""
-    from sa2_pipeline.metrics import score
-    from sa2_pipeline.tracking.model_loading import load_pyfunc
 
     def score_champion(model_uri: str) -> pd.DataFrame:
         champion = load_pyfunc(model_uri)

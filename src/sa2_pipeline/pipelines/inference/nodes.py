@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from sa2_pipeline.config import InferenceConfig, RegistryConfig, parse
+from sa2_pipeline.inference.run import run_folder
+from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -18,8 +20,6 @@ def segment_folder(params: dict[str, Any], registry: dict[str, Any]) -> dict[str
     is resolved to one version first; outputs go to ``<output_dir>/<name>-v<version>/``.
     Returns the run summary (also written as ``manifest.json`` there).
     """
-    from sa2_pipeline.inference.run import run_folder
-    from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
 
     cfg = parse(InferenceConfig, params, "inference")
     model_name = parse(RegistryConfig, registry, "registry").model_name

@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 
 from sa2_pipeline.config import EvaluationConfig, ReportingConfig, parse
+from sa2_pipeline.metrics.instances import mask_instances
+from sa2_pipeline.reporting.provenance import collect_provenance
+from sa2_pipeline.reporting.published import published_for
 
 
 def plot_learning_curves(training_history: pd.DataFrame):
@@ -34,7 +37,6 @@ def plot_test_overlays(
     evaluation_params: dict[str, Any],
 ):
     """Worst and best test images of the primary model: error map and object outlines."""
-    from sa2_pipeline.metrics.instances import mask_instances
     from sa2_pipeline.metrics.summary import primary_rows
     from sa2_pipeline.reporting.figures import plot_error_maps
 
@@ -71,8 +73,6 @@ def build_report(
     """
     from sa2_pipeline.metrics.summary import primary_rows
     from sa2_pipeline.reporting import report
-    from sa2_pipeline.reporting.provenance import collect_provenance
-    from sa2_pipeline.reporting.published import published_for
 
     cfg = parse(ReportingConfig, params, "reporting")
     bundle = report.primary_bundle(trained_models, test_summary["primary_model"])

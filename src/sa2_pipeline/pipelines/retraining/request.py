@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from sa2_pipeline.config import IngestionConfig, RegistryConfig, RetrainingConfig, parse
+from sa2_pipeline.datasets.registry import load_raw_dataset
 
 
 def parse_params_string(text: str) -> dict[str, Any]:
@@ -72,8 +73,6 @@ def build_request(project_dir: Path, env: str, *, params: str = "",
     raw_dir = ingestion.raw_dir
 
     def build_manifest():
-        from sa2_pipeline.datasets.registry import load_raw_dataset
-
         root = Path(raw_dir) if Path(raw_dir).is_absolute() else project_dir / raw_dir
         return load_raw_dataset(ingestion.format, root, dataset_name=ingestion.dataset,
                                 max_side=ingestion.max_side).manifest

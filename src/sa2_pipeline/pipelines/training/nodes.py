@@ -15,7 +15,11 @@ from sa2_pipeline.config import (
     parse,
     parse_models,
 )
+from sa2_pipeline.datasets.registry import training_pixel_size
+from sa2_pipeline.engine.fit import fit_segmentation_model
 from sa2_pipeline.tracking import active_run_info
+from sa2_pipeline.tracking.training_callbacks import training_callbacks
+from sa2_pipeline.user_errors import find_user_error
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +87,6 @@ def fit_models(
 
 
 def _pixel_size(ingestion_params: dict[str, Any] | None, mode: str) -> float | None:
-    from sa2_pipeline.datasets.registry import training_pixel_size
-
     cfg = parse(IngestionConfig, ingestion_params or {}, "data_ingestion")
     size = training_pixel_size(cfg.format, cfg.pixel_size_um, max_side=cfg.max_side,
                                mode=mode)
@@ -95,7 +97,6 @@ def _pixel_size(ingestion_params: dict[str, Any] | None, mode: str) -> float | N
 
 def _raise_failures(failures: dict[str, Exception], total: int) -> None:
     """One error naming every failed (model, fold) run, with what to do next."""
-    from sa2_pipeline.user_errors import find_user_error
 
     detail = "; ".join(f"{k}: {type(e).__name__}: {e}" for k, e in failures.items())
     # A bad file or setting fails the same way on every rerun: say to fix it.
@@ -112,9 +113,7 @@ def _fit_fold(model_input_trainval: dict, splits: pd.DataFrame, fold: int, key: 
               model_cfg: Any, train_cfg: TrainingConfig, mode: str,
               eval_patch_size: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train one (model, fold), tracked in the active MLflow run under ``<model>/fold<k>/``."""
-    from sa2_pipeline.engine.fit import fit_segmentation_model
     from sa2_pipeline.splits import fold_ids
-    from sa2_pipeline.tracking.training_callbacks import training_callbacks
 
     images, masks = model_input_trainval["images"], model_input_trainval["masks"]
     train_ids, val_ids = fold_ids(splits, fold)
