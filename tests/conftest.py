@@ -49,3 +49,53 @@ def _restore_mlflow_environment():
         if key not in before:
             del os.environ[key]
     os.environ.update(before)
+
+
+# MLflow's client-side SQL store puts the artifacts of an experiment created without an
+# ``artifact_location`` under ``./mlruns`` of the working directory -- the project folder,
+# where pytest runs. MLflow 3.17 (pinned) takes that default from this variable instead
+# (the variable its server sets for the same purpose), so every test's artifacts, and
+# those of the processes it starts, go under the test's own temporary folder. The session
+# check below fails the run if anything lands in the project all the same.
+ARTIFACT_ROOT_ENV = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+
+
+@pytest.fixture(autouse=True)
+def _artifacts_in_the_test_s_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "mlruns"))
+
+
+#: What a test run must leave as it found it: the project's own MLflow store and data.
+_GUARDED = ("mlruns", "mlflow.db", "mlartifacts", "data")
+_REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _project_state() -> dict[str, tuple[int, int]]:
+    """Every file under the guarded paths: relative path -> (size, mtime in ns)."""
+    state = {}
+    for name in _GUARDED:
+        root = _REPO / name
+        paths = [root] if root.is_file() else (root.rglob("*") if root.is_dir() else [])
+        for path in paths:
+            if path.is_file():
+                stat = path.stat()
+                state[str(path.relative_to(_REPO))] = (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controller (or a plain run)
+        session.config._sa2_project_state = _project_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_sa2_project_state", None)
+    if before is None:
+        return
+    after = _project_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        shown = "\n  ".join(changed[:20]) + ("\n  ..." if len(changed) > 20 else "")
+        print(f"\nThe test run changed {len(changed)} file(s) in the project folder "
+              f"(tests must write under their own temporary folders):\n  {shown}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

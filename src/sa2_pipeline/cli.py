@@ -137,7 +137,7 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
     try:
         cfg = InferenceConfig(**settings)
         configure_threads(cfg.num_threads)
-        inputs = collect_inputs(images)
+        inputs = collect_inputs(images, exclude=Path(cfg.output_dir))
         model = resolve_model(cfg.model_uri)
         logger.info("model %s resolved to version %s (%s)", model.requested_uri,
                     model.version, model.uri)

@@ -19,6 +19,7 @@ changed in both places, or the test fails.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -462,6 +463,11 @@ class InferenceConfig(PredictionConfig):
                               f"got {self.patch_size}")
         if self.num_threads < 0:
             raise ConfigError(f"inference.num_threads must be >= 0, got {self.num_threads}")
+        if self.model_mpp is not None and not (
+                isinstance(self.model_mpp, int | float) and math.isfinite(self.model_mpp)
+                and self.model_mpp > 0):
+            raise ConfigError(f"inference.model_mpp (--model-mpp) must be a pixel size in "
+                              f"um/px > 0, or null for the model's own; got {self.model_mpp!r}")
 
     def mask_settings(self) -> dict[str, Any]:
         """The fields that change a mask, by name (:data:`MASK_FIELDS`)."""

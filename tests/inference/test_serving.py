@@ -154,6 +154,13 @@ def test_served_model_answers_like_in_process_predict(tiny_model):
         status, answer = _post(url, {"dataframe_split": {"columns": ["image"],
                                                          "data": [["bm90IGFuIGltYWdl"]]}})
         assert status == 400 and "not a PNG" in answer["message"], answer
+        # a bad threshold is a 400 with the reason, never the server's stack trace
+        for bad in (None, "high", 1.5, -0.1):
+            status, answer = _post(url, {"inputs": image.tolist(),
+                                         "params": {"threshold": bad}})
+            body = json.dumps(answer)
+            assert status == 400 and "threshold" in answer.get("message", ""), (bad, answer)
+            assert "Traceback" not in body and "site-packages" not in body, (bad, answer)
 
 
 def _compact(image: np.ndarray) -> dict:

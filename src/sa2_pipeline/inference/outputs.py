@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sa2_pipeline.io_utils import remove_stale_temporaries
+from sa2_pipeline.io_utils import apply_umask, remove_stale_temporaries
 
 #: Masks up to this many pixels are written as PNG; larger ones as pyramidal TIFF.
 PNG_MAX_PIXELS = 4096 * 4096
@@ -48,6 +48,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        apply_umask(tmp)  # mkstemp made it 0600; the output is as readable as any file
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,14 +7,15 @@ Output folder layout (``out_dir``, e.g.
     <name>.overlay.png                   thumbnail with the foreground tinted
     <name>.csv                           one-row summary (foreground, objects, areas)
     <name>.objects.csv                   one row per object: area in px and um^2
-    records/<sha256>.json                one record per finished input
+    records/<name-hash>-<sha256>.json    one record per finished input (name and content)
     manifest.json                        the run: model, settings, every record, failures
 
 ``<name>`` is the input's path relative to its folder (the full file name, extension
 included, so ``a.png`` and ``a.tif`` never write the same file).
 
-Resuming: an input whose SHA-256 already has a record made with the same model version and
-settings, and whose outputs are all present, is skipped. Records are written atomically
+Resuming: an input whose name and SHA-256 already have a record made with the same model
+version and settings, and whose outputs are all present, is skipped. The same bytes under
+two names are two inputs, each with its own outputs. Records are written atomically
 after the outputs, so a run killed at any point redoes at most the input it was on.
 
 Splitting: with ``num_parts = N`` and ``part_id = K`` this process takes the inputs whose
@@ -66,14 +67,18 @@ class RunResult:
         return min(len(self.failed), 100)
 
 
-def collect_inputs(items: Iterable[str | Path]) -> list[InputFile]:
+def collect_inputs(items: Iterable[str | Path],
+                   exclude: Path | None = None) -> list[InputFile]:
     """Expand files, folders (recursively, supported extensions) and glob patterns.
 
     A named file is kept whatever its extension (so an unsupported one is reported, not
-    silently dropped); a missing file is kept too and reported as missing.
+    silently dropped); a missing file is kept too and reported as missing. Files under
+    ``exclude`` (the run's output folder, when it lies inside an input folder) are never
+    inputs: a run does not segment its own masks.
 
     Raises:
-        ValueError: Two inputs would write outputs of the same name.
+        ValueError: Two inputs would write outputs of the same name, or a glob or folder
+            matched nothing.
     """
     found: list[InputFile] = []
     for item in items:
@@ -81,14 +86,20 @@ def collect_inputs(items: Iterable[str | Path]) -> list[InputFile]:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()
                                 and p.suffix.lower() in SUPPORTED_SUFFIXES
-                                and not p.name.startswith(".")):
+                                and not p.name.startswith(".")
+                                and not _inside(p, exclude)):
                 found.append(InputFile(child, child.relative_to(path).as_posix()))
         elif glob.has_magic(str(item)) and not path.exists():
-            for match in sorted(glob.glob(str(item), recursive=True)):
-                if Path(match).is_file():
-                    found.append(InputFile(Path(match), Path(match).name))
+            matches = [Path(m) for m in sorted(glob.glob(str(item), recursive=True))
+                       if Path(m).is_file() and not _inside(Path(m), exclude)]
+            if not matches:
+                raise ValueError(f"{item}: the pattern matches no file")
+            found += [InputFile(m, m.name) for m in matches]
         else:
             found.append(InputFile(path, path.name))
+    if not found:
+        raise ValueError(f"no image or slide to segment in {', '.join(map(str, items))} "
+                         f"(supported: {', '.join(sorted(SUPPORTED_SUFFIXES))})")
     by_name: dict[str, Path] = {}
     for entry in found:
         other = by_name.setdefault(entry.name, entry.path)
@@ -105,6 +116,13 @@ def select_part(inputs: list[InputFile], num_parts: int, part_id: int) -> list[I
                          f"num_parts={num_parts}, part_id={part_id}")
     ordered = sorted(inputs, key=lambda e: e.name)
     return [e for i, e in enumerate(ordered) if i % num_parts == part_id]
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    """Whether ``path`` lies under ``folder`` (both resolved)."""
+    if folder is None:
+        return False
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def sha256_file(path: Path) -> str:
@@ -124,6 +142,12 @@ def _settings_key(model: dict[str, Any], settings: InferenceConfig) -> str:
     text = json.dumps({"model": {k: model.get(k) for k in ("name", "version", "uri")},
                        "settings": kept}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _record_name(name: str, digest: str) -> str:
+    """The record of input ``name`` with content ``digest``: one per (name, content), so
+    the same bytes under two names are two inputs with their own outputs."""
+    return f"{hashlib.sha256(name.encode()).hexdigest()[:16]}-{digest}.json"
 
 
 def _already_done(record_path: Path, key: str, out_dir: Path) -> bool:
@@ -181,7 +205,7 @@ def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
         reason = "no such file" if not entry.path.exists() else "not a file"
         raise UnreadableImageError(f"{entry.path}: {reason}")
     digest = sha256_file(entry.path)
-    record_path = out_dir / "records" / f"{digest}.json"
+    record_path = out_dir / "records" / _record_name(entry.name, digest)
     if _already_done(record_path, key, out_dir):
         logger.info("%s: already segmented with this model and settings, skipped", entry.path)
         return "skipped"
@@ -203,7 +227,7 @@ def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
 
 def write_manifest(out_dir: Path, model: dict[str, Any], settings: InferenceConfig,
                    result: RunResult) -> Path:
-    """``manifest.json``: the model, the settings, every record present (by input SHA-256),
+    """``manifest.json``: the model, the settings, every record present (by input name),
     and this run's failures."""
 
     records = {}
@@ -212,8 +236,8 @@ def write_manifest(out_dir: Path, model: dict[str, Any], settings: InferenceConf
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        records[record["sha256"]] = {k: record[k] for k in
-                                     ("input", "name", "outputs", "model", "settings", "key")}
+        records[record["name"]] = {k: record[k] for k in ("input", "name", "sha256", "outputs",
+                                                           "model", "settings", "key")}
     manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings.mask_settings(),
                 "inputs": records, "failed": result.failed,
                 "this_run": {"done": result.done, "skipped": result.skipped}}
@@ -247,12 +271,12 @@ def run_folder(cfg: InferenceConfig, model: Any, load_predictor: Callable[[Any],
     """
     from sa2_pipeline.runtime.devices import select_device
 
+    out_dir = out_dir or Path(cfg.output_dir) / model.label
     if inputs is None:
         root = Path(cfg.input_dir)
         if not root.is_dir():
             raise FileNotFoundError(f"inference.input_dir {root} is not a folder")
-        inputs = collect_inputs([root])
-    out_dir = out_dir or Path(cfg.output_dir) / model.label
+        inputs = collect_inputs([root], exclude=out_dir)
     mine = select_part(inputs, cfg.num_parts, cfg.part_id)
     settings = with_model_mpp(cfg, model.pixel_size_um)
     predictor = load_predictor(select_device(cfg.device))
