@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from sa2_pipeline.cli import main
@@ -88,3 +89,81 @@ def test_make_synthetic_data_never_overwrites(tmp_path, capsys):
     assert main(["make-synthetic-data", str(out), "--seed", "5"]) == 0
     assert "kept existing data" in capsys.readouterr().out
     assert sorted(p.name for p in out.rglob("*.tif")) == first
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _pixels(path: Path) -> bytes:
+    return tifffile.imread(path).tobytes()
+
+
+def test_make_synthetic_data_adds_new_slides_next_to_the_existing_ones(tmp_path, capsys):
+    out = tmp_path / "raw"
+    base = ["make-synthetic-data", str(out), "--n-train", "3", "--n-test", "1",
+            "--image-size", "32"]
+    assert main(base) == 0
+    before = _files(out)
+
+    assert main([*base[:2], "--add", "--prefix", "NEW", "--n-train", "2", "--n-test", "0",
+                 "--image-size", "32"]) == 0
+    assert "NEW-TRAIN-000, NEW-TRAIN-001" in capsys.readouterr().out
+    after = _files(out)
+    assert {name: after[name] for name in before} == before  # byte-identical
+    added = sorted(after.keys() - before.keys())
+    assert added == ["MoNuSeg 2018 Training Data/Annotations/NEW-TRAIN-000.xml",
+                     "MoNuSeg 2018 Training Data/Annotations/NEW-TRAIN-001.xml",
+                     "MoNuSeg 2018 Training Data/Tissue Images/NEW-TRAIN-000.tif",
+                     "MoNuSeg 2018 Training Data/Tissue Images/NEW-TRAIN-001.tif"]
+    # New content (what retraining detection hashes): no pixels, no annotation repeated.
+    old_pixels = {_pixels(out / name) for name in before if name.endswith(".tif")}
+    old_xml = {data for name, data in before.items() if name.endswith(".xml")}
+    for name in added:
+        if name.endswith(".tif"):
+            assert _pixels(out / name) not in old_pixels, name
+        else:
+            assert after[name] not in old_xml, name
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no temporary folder left
+
+
+def test_make_synthetic_data_add_refuses_an_existing_name_and_writes_nothing(tmp_path,
+                                                                          capsys):
+    out = tmp_path / "raw"
+    assert main(["make-synthetic-data", str(out), "--n-train", "2", "--n-test", "1",
+                 "--image-size", "32"]) == 0
+    before = _files(out)
+    capsys.readouterr()
+
+    # SYN-TRAIN-002 would be new, SYN-TRAIN-001 exists: nothing at all is written.
+    assert main(["make-synthetic-data", str(out), "--add", "--start", "1", "--n-train", "2",
+                 "--n-test", "0", "--image-size", "32"]) == 1
+    err = capsys.readouterr().err
+    assert "Tissue Images/SYN-TRAIN-001.tif" in err and "nothing written" in err
+    assert "SYN-TRAIN-002" not in err
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+    # A new name without --add is not silently "kept": the error says what to do.
+    assert main(["make-synthetic-data", str(out), "--prefix", "NEW", "--image-size", "32"]) == 1
+    assert "--add" in capsys.readouterr().err
+    assert _files(out) == before
+
+
+def test_the_documented_walk_through_adds_what_docs_retraining_says(tmp_path, capsys):
+    """docs/retraining.md "Try it on the embedded data": its command and what it prints."""
+    doc = (Path(__file__).parents[1] / "docs" / "retraining.md").read_text()
+    section = doc.split("## Try it on the embedded data", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(block) == 5
+    command = next(line for line in block if "make-synthetic-data" in line).split()
+    assert command[:3] == ["sa2-pipeline", "make-synthetic-data", "data/01_raw/synthetic"]
+    out = tmp_path / "data" / "01_raw" / "synthetic"
+    assert main(["make-synthetic-data", str(out), "--n-train", "1", "--n-test", "1"]) == 0
+    capsys.readouterr()
+
+    assert main(["make-synthetic-data", str(out), *command[3:]]) == 0
+    printed = capsys.readouterr().out.strip().replace(str(out), "data/01_raw/synthetic")
+    assert printed in " ".join(section.split())
+    assert printed.endswith("NEW-TRAIN-000, NEW-TRAIN-001, NEW-TRAIN-002, NEW-TRAIN-003")

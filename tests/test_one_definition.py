@@ -23,7 +23,7 @@ SCHEMAS = [config.PredictionConfig, config.EvaluationConfig, config.InferenceCon
            config.InstanceConfig, config.RegistryConfig, config.TrainingConfig,
            config.RetrainingConfig, config.ReportingConfig]
 #: Settings whose name alone says what they are, wherever they appear.
-SETTINGS = ("threshold", "overlap", "tta", "precision", "margin", "promotion_margin",
+SETTINGS = ("threshold", "overlap", "tta", "precision", "promotion_margin",
             "gate_confidence", "class_tolerance", "gate_resamples", "gate_seed",
             "min_distance", "min_size", "thumbnail_side", "boundary_tolerance")
 

@@ -37,6 +37,7 @@ from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.runtime.precision import PRECISIONS
 from sa2_pipeline.runtime.threads import choose_wait_policy, configure_threads
 from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+from sa2_pipeline.tracking.server import bound_http_requests, unreachable_server
 from sa2_pipeline.user_errors import find_user_error, verbose
 
 logger = logging.getLogger("sa2_pipeline.cli")
@@ -159,18 +160,52 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
 @_setting(SyntheticDataConfig, "n_test", "--n-test", type=int)
 @_setting(SyntheticDataConfig, "image_size", "--image-size", type=int)
 @_setting(SyntheticDataConfig, "seed", "--seed", type=int)
-def make_synthetic_data(out: str, **sizes: int) -> None:
-    """Write the embedded synthetic dataset (a folder holding any file is kept)."""
-    from sa2_pipeline.datasets.synthetic import ensure_synthetic_monuseg
+@click.option("--prefix", default=None,
+              help="Tile names PREFIX-TRAIN-000... [default: SYN]")
+@click.option("--start", type=click.IntRange(min=0), default=None,
+              help="Number of the first tile of each split. [default: 0]")
+@click.option("--add", is_flag=True,
+              help="Write the tiles next to the data already in OUT (new slides; --n-test 0 "
+                   "keeps the test set): only new files, all or none; refused if a name "
+                   "exists.")
+def make_synthetic_data(out: str, prefix: str | None, start: int | None, add: bool,
+                        **sizes: int) -> None:
+    """Write the embedded synthetic dataset (a folder holding any file is kept).
 
-    made = ensure_synthetic_monuseg(Path(out), **sizes)
-    print(f"{'generated' if made else 'kept existing data in'} {out}")
+    \b
+    New slides for a retraining trial, next to the embedded ones:
+        sa2-pipeline make-synthetic-data data/01_raw/synthetic --add --prefix NEW \\
+            --n-train 4 --n-test 0
+    """
+    from sa2_pipeline.datasets.synthetic import (
+        ensure_synthetic_monuseg,
+        generate_synthetic_monuseg,
+    )
+
+    names = {k: v for k, v in (("prefix", prefix), ("start", start)) if v is not None}
+    root = Path(out)
+    try:
+        if add:
+            written = generate_synthetic_monuseg(root, add=True, **names, **sizes)
+        else:
+            made = ensure_synthetic_monuseg(root, **names, **sizes)
+    except (ValueError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from err
+    if add:
+        stems = [p.stem for p in written[::2]]
+        print(f"wrote {len(stems)} tile(s), {len(written)} files, into {out}: "
+              f"{', '.join(stems)}")
+    elif not made and names:
+        raise click.ClickException(f"{out} already holds files; kept them. Add --add to "
+                                   "write the new tiles next to them")
+    else:
+        print(f"{'generated' if made else 'kept existing data in'} {out}")
 
 
 _RETRAIN_EPILOG = """Exit codes: 0 retrained (promoted or not) or nothing to do; 1 a step
-failed (champion unchanged; rerun to resume); 3 a raw file failed verification (nothing
-written); 4 the change touches the frozen test set (see --change-test-set); 75 another
-retrain of this dataset holds its lock."""
+failed (champion unchanged; rerun to resume), or registry.register is false (nothing run);
+3 a raw file failed verification (nothing written); 4 the change touches the frozen
+test set (see --change-test-set); 75 another retrain of this dataset holds its lock."""
 
 _ENV = click.option("--env", required=True, help="The dataset's Kedro environment.")
 _PROJECT = click.option("--project-dir", default=".", show_default=True,
@@ -207,17 +242,30 @@ def detect_command(env: str, project_dir: str, params: str, change_test_set: boo
 @click.option("--model", required=True, help="Registered model, e.g. sa2net-monuseg.")
 @click.option("--to-version", required=True, type=int, help="The version to make champion.")
 @click.option("--reason", default="", help="Recorded on the version (sa2.rollback_reason).")
-def rollback_command(model: str, to_version: int, reason: str) -> None:
-    """Make an earlier model version the champion again (one command)."""
+@click.option("--force", is_flag=True,
+              help="Roll back to a version the promotion gate rejected (recorded on it).")
+def rollback_command(model: str, to_version: int, reason: str, force: bool) -> None:
+    """Make an earlier model version the champion again (one command).
+
+    Exit codes: 0 moved, or already the champion (nothing written); 2 refused (no such
+    version, or the gate rejected it and --force was not given; nothing written).
+    """
     from sa2_pipeline.tracking.champion import rollback_champion
 
     try:
-        moved = rollback_champion(model, str(to_version), reason=reason)
+        moved = rollback_champion(model, str(to_version), reason=reason, force=force)
     except ValueError as err:
         print(f"rollback refused: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    if not moved["changed"]:
+        print(f"{moved['model_name']}: version {moved['to_version']} is already the "
+              "champion; nothing changed")
+        return
     print(f"{moved['model_name']}: champion moved from version {moved['from_version']} "
           f"to version {moved['to_version']}")
+    if moved["forced"]:
+        print(f"forced: the promotion gate had rejected version {moved['to_version']}: "
+              f"{moved['gate_reason']}")
 
 
 @cli.command("retrain-report")
@@ -262,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     """
 
     choose_wait_policy()  # before any command imports torch
+    bound_http_requests()  # a tracking server that is down fails in bounded time
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         cli.main(args=args, prog_name="sa2-pipeline", standalone_mode=False)
@@ -273,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         err.show()
         return err.exit_code
     except Exception as err:
+        unreachable = unreachable_server(err, os.environ.get("MLFLOW_TRACKING_URI", ""))
+        if unreachable and not (verbose() or {"-v", "--verbose"} & set(args)):
+            print(f"Error: {unreachable}", file=sys.stderr)
+            return 1
         user_error = find_user_error(err)
         if user_error is None or verbose() or {"-v", "--verbose"} & set(args):
             raise

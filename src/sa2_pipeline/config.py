@@ -427,12 +427,14 @@ class InferenceConfig(PredictionConfig):
         "threshold", "tta", "overlap", "batch_size", "precision", "patch_size",
         "skip_background", "model_mpp", "thumbnail_side")
 
-    #: Every supported image or slide under this folder (recursively).
-    input_dir: str = f"data/01_raw/{DEFAULT_DATASET}/inference"
+    #: Every supported image or slide under this folder (recursively). Slides to segment
+    #: live in ``data/09_inference/``, outside the DVC-versioned training data: a slide put
+    #: there never becomes part of a dataset version or a retraining (docs/inference.md).
+    input_dir: str = f"data/09_inference/{DEFAULT_DATASET}/slides"
     #: null: ``models:/<registry.model_name>@champion``, resolved to one version at start.
     model_uri: str | None = None
     #: Outputs go to ``<output_dir>/<model name>-v<version>/``.
-    output_dir: str = f"data/07_model_output/{DEFAULT_DATASET}/inference"
+    output_dir: str = f"data/09_inference/{DEFAULT_DATASET}/results"
     #: Tiles per forward pass.
     batch_size: int = 8
     #: null: the model's training patch.

@@ -3,10 +3,12 @@
 import os
 
 from sa2_pipeline.runtime.threads import choose_wait_policy
+from sa2_pipeline.tracking.server import bound_http_requests
 
 # A session created in-process (KedroSession.create, not the kedro command) reaches the
 # project here first: choose the OpenMP wait policy before anything imports torch.
 choose_wait_policy()
+bound_http_requests()  # a tracking server that is down fails in bounded time
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 

@@ -1,5 +1,6 @@
 """The embedded default dataset: layout, determinism, ground truth, never overwriting."""
 
+import errno
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,130 @@ def test_invalid_arguments_are_rejected(tmp_path: Path, kwargs: dict, message: s
         generate_synthetic_monuseg(tmp_path / "raw", **{"n_train": 2, "n_test": 1,
                                                         "image_size": 64, "seed": 0, **kwargs})
     assert not (tmp_path / "raw").exists()
+
+
+# --------------------------------------------------------------------------- adding tiles
+
+
+def test_default_names_keep_the_embedded_tiles_and_other_names_draw_from_their_name(
+    tmp_path: Path,
+) -> None:
+    # The embedded set is unchanged by the naming options (its DVC hashes stay valid).
+    default = _small(tmp_path / "default")
+    named = generate_synthetic_monuseg(tmp_path / "named", n_train=2, n_test=1,
+                                       image_size=64, seed=0, prefix="SYN", start=0)
+    assert _tree(tmp_path / "default") == _tree(tmp_path / "named")
+    # Another name: another tile; the same name: the same tile, whatever else is written.
+    other = generate_synthetic_monuseg(tmp_path / "other", n_train=2, n_test=0,
+                                       image_size=64, seed=0, prefix="NEW", start=5)
+    assert [p.name for p in other] == ["NEW-TRAIN-005.tif", "NEW-TRAIN-005.xml",
+                                       "NEW-TRAIN-006.tif", "NEW-TRAIN-006.xml"]
+    alone = generate_synthetic_monuseg(tmp_path / "alone", n_train=1, n_test=0,
+                                       image_size=64, seed=0, prefix="NEW", start=6)
+    assert alone[0].read_bytes() == other[2].read_bytes()
+    embedded = {p.read_bytes() for p in default + named}
+    assert not embedded & {p.read_bytes() for p in other}
+
+
+def test_add_writes_only_new_files_and_keeps_the_existing_ones(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    _small(root)
+    before = _tree(root)
+
+    written = generate_synthetic_monuseg(root, n_train=1, n_test=1, image_size=64, seed=0,
+                                         start=2, add=True)
+    assert [p.relative_to(root).as_posix() for p in written] == [
+        f"{TRAIN_IMAGES}/SYN-TRAIN-002.tif", f"{TRAIN_XML}/SYN-TRAIN-002.xml",
+        f"{TEST_DIR}/SYN-TEST-002.tif", f"{TEST_DIR}/SYN-TEST-002.xml"]
+    after = _tree(root)
+    assert {k: after[k] for k in before} == before
+    assert set(after) - set(before) == {p.relative_to(root).as_posix() for p in written}
+    assert not set(before.values()) & {after[p.relative_to(root).as_posix()] for p in written}
+    assert sorted(load_monuseg(root).manifest["id"]) == sorted(
+        ["SYN-TRAIN-000", "SYN-TRAIN-001", "SYN-TRAIN-002", "SYN-TEST-000", "SYN-TEST-002"])
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_add_creates_missing_split_folders_and_into_nothing_generates(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    generate_synthetic_monuseg(root, n_train=1, n_test=0, image_size=64, seed=0)
+    generate_synthetic_monuseg(root, n_train=0, n_test=1, image_size=64, seed=0,
+                               prefix="NEW", add=True)
+    assert (root / TEST_DIR / "NEW-TEST-000.tif").is_file()
+    fresh = generate_synthetic_monuseg(tmp_path / "fresh", n_train=1, n_test=0,
+                                       image_size=64, seed=0, prefix="NEW", add=True)
+    assert [p.name for p in fresh] == ["NEW-TRAIN-000.tif", "NEW-TRAIN-000.xml"]
+
+
+def test_add_refuses_a_taken_name_before_writing_anything(tmp_path: Path) -> None:
+    root = tmp_path / "raw"
+    _small(root)
+    (root / TRAIN_IMAGES / "NEW-TRAIN-001.tiff").write_bytes(b"a user's slide")
+    before = _tree(root)
+
+    with pytest.raises(FileExistsError, match="NEW-TRAIN-001.tiff") as caught:
+        generate_synthetic_monuseg(root, n_train=3, n_test=0, image_size=64, seed=0,
+                                   prefix="NEW", add=True)
+    assert "NEW-TRAIN-000" not in str(caught.value)
+    with pytest.raises(FileExistsError, match="SYN-TEST-000.tif"):
+        generate_synthetic_monuseg(root, n_train=0, n_test=1, image_size=64, seed=0,
+                                   add=True)
+    assert _tree(root) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_add_that_fails_midway_removes_what_it_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "raw"
+    generate_synthetic_monuseg(root, n_train=2, n_test=0, image_size=64, seed=0)
+    before = _tree(root)
+    real_link = synthetic.os.link
+    calls = []
+
+    def link_then_fail(source, target):  # noqa: ANN001, ANN202
+        calls.append(target)
+        if len(calls) == 5:  # the third tile's image: two tiles and a new folder are in
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_link(source, target)
+
+    monkeypatch.setattr(synthetic.os, "link", link_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        generate_synthetic_monuseg(root, n_train=1, n_test=2, image_size=64, seed=0,
+                                   prefix="NEW", add=True)
+    assert len(calls) == 5
+    assert _tree(root) == before
+    assert not (root / TEST_DIR).exists()  # the folder it made is gone too
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_add_without_hard_links_renames_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "raw"
+    _small(root)
+
+    def no_links(source, target):  # noqa: ANN001, ANN202
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(synthetic.os, "link", no_links)
+    written = generate_synthetic_monuseg(root, n_train=1, n_test=0, image_size=64, seed=0,
+                                         prefix="NEW", add=True)
+    assert all(p.is_file() for p in written)
+    assert len(_tree(root)) == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"prefix": "../x"}, "prefix"), ({"prefix": ""}, "prefix"), ({"start": -1}, "start"),
+     ({"n_train": 0, "n_test": 0}, "n_train")],
+)
+def test_invalid_names_are_rejected(tmp_path: Path, kwargs: dict, message: str) -> None:
+    _small(tmp_path / "raw")
+    before = _tree(tmp_path / "raw")
+    with pytest.raises(ValueError, match=message):
+        generate_synthetic_monuseg(tmp_path / "raw", **{"n_train": 1, "n_test": 0,
+                                                        "image_size": 64, "seed": 0,
+                                                        "add": True, **kwargs})
+    assert _tree(tmp_path / "raw") == before

@@ -89,3 +89,29 @@ def test_masks_and_records_follow_the_umask(tmp_path, tiny_model, umask):
     assert proc.returncode == 0, proc.stderr
     for path in (out / "a.png.mask.png", out / "manifest.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+def _dead_pid() -> int:
+    """A process id that no longer runs (a child that has exited)."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    return int(child.stdout)
+
+
+def test_a_killed_pyramid_write_s_scratch_is_removed_by_the_next_write(tmp_path):
+    import numpy as np
+
+    from sa2_pipeline.inference.outputs import PNG_MAX_PIXELS, SCRATCH_PREFIX, write_mask
+
+    stale = tmp_path / f"{SCRATCH_PREFIX}{_dead_pid()}-x1y2"
+    stale.mkdir()
+    (stale / "level1.raw").write_bytes(b"\0" * 1024)
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getppid()}-keep"  # a running writer's
+    live.mkdir()
+    side = int(PNG_MAX_PIXELS ** 0.5) + 16  # just past the PNG limit: a pyramidal TIFF
+    band = np.zeros((512, side), np.uint8)
+    bands = ((row, band[: min(512, side - row)]) for row in range(0, side, 512))
+    write_mask(tmp_path / "big.mask.tif", bands, (side, side), mpp=0.5)
+    assert (tmp_path / "big.mask.tif").is_file()
+    assert not stale.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["big.mask.tif", live.name])

@@ -1,5 +1,6 @@
 """Shared inputs of the report tests: a two-model evaluation and its rendered report."""
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -89,7 +90,7 @@ def render_report(dataset="glas"):
         "metric_distribution": plot_metric_distribution(per_image),
         "learning_curves": figure_png(plot_learning_curves(history())),
     }
-    return build_report(
+    report = build_report(
         title="T",
         dataset=dataset,
         model_desc={"model": "sa2net"},
@@ -104,7 +105,11 @@ def render_report(dataset="glas"):
             "mlflow_run_link": "http://127.0.0.1:5000/#/experiments/0/runs/r1",
         },
         published=published_for(dataset),
-    ), summary
+    )
+    for figure in figures.values():
+        if not isinstance(figure, bytes):
+            plt.close(figure)
+    return report, summary
 
 
 @pytest.fixture

@@ -43,3 +43,25 @@ def test_screenshot_of_the_report_is_not_blank(tmp_path, make_report):
     png = screenshot(path.as_uri(), tmp_path / "shot.png", width=1000, height=1400)
     pixels = np.asarray(Image.open(png).convert("L"))
     assert pixels.std() > 5  # a blank (uniform) page would be ~0
+
+
+def test_report_is_not_wider_than_a_1280_px_window(tmp_path):
+    """The per-image table of a real run (14 columns) scrolls inside its container; the
+    page itself never scrolls sideways in a 1280 px window."""
+    import pandas as pd
+
+    from sa2_pipeline.reporting.report import build_report
+
+    columns = ["dice", "iou", "hd95", "boundary_f1", "aji", "pq", "dq", "sq",
+               "obj_precision", "obj_recall", "obj_f1", "n_true_objects", "n_pred_objects"]
+    rng = np.random.default_rng(0)
+    per_image = pd.DataFrame(rng.uniform(0.6, 0.99, (8, len(columns))), columns=columns)
+    per_image.insert(0, "id", [f"SYN-TEST-{i:03d}" for i in range(8)])
+    per_image[["n_true_objects", "n_pred_objects"]] = 141.0
+    _, page = build_report(title="T", test_summary={"primary_model": "m"},
+                           per_image=per_image, registration={}, figures={})
+    path = tmp_path / "report.html"
+    path.write_text(page, encoding="utf-8")
+    check = check_page(path, width=1280)
+    assert check.window_width == 1280
+    assert check.page_width <= 1280

@@ -244,3 +244,76 @@ def test_registrations_on_one_store_wait_for_each_other(store, tmp_path):
     assert holder.poll() is not None and record["version"] == "1"
     with exclusive_lock(registry_lock_path(store), wait=0):
         pass
+
+
+def _gated_v2_rejected() -> dict[str, str]:
+    """v1 promoted, v2 (worse on every image) rejected, v3 (better) champion; v2's tags."""
+    scores = {1: _scores(BASE), 2: _scores(BASE - 0.05), 3: _scores(BASE + 0.05)}
+
+    def by_version(uri: str) -> pd.DataFrame:
+        return scores[int(uri.rsplit("/", 1)[1])]
+
+    for v in (1, 2, 3):
+        _register_model(_bundle(v), scores[v], score_champion=by_version)
+    assert _champion() == "3"
+    tags = _client().get_model_version(NAME, "2").tags
+    assert tags["sa2.promotion_decision"] == "rejected" and tags["sa2.promotion_reason"]
+    return tags
+
+
+def _tags(version: str) -> dict[str, str]:
+    return dict(_client().get_model_version(NAME, version).tags)
+
+
+def test_rollback_to_the_champion_is_a_no_op_that_writes_nothing(store, capsys):
+    from sa2_pipeline.cli import main
+
+    _gated_v2_rejected()
+    before = _tags("3")
+    assert main(["rollback", "--model", NAME, "--to-version", "3", "--reason", "x"]) == 0
+    out = capsys.readouterr().out
+    assert f"{NAME}: version 3 is already the champion; nothing changed" in out
+    assert "moved" not in out
+    assert _tags("3") == before and not any(k.startswith("sa2.rollback") for k in before)
+    assert _champion() == "3"
+
+
+def test_rollback_to_a_gate_rejected_version_needs_force_and_says_why(store, capsys):
+    from sa2_pipeline.cli import main
+
+    rejected = _gated_v2_rejected()
+    reason = rejected["sa2.promotion_reason"]
+
+    # refused: names the version, the gate's verdict and reason, and --force; nothing written
+    assert main(["rollback", "--model", NAME, "--to-version", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "version 2" in err and "rejected" in err and reason in err and "--force" in err
+    assert _champion() == "3" and _tags("2") == rejected
+
+    # forced: the champion moves and the version records that it was forced, and why
+    assert main(["rollback", "--model", NAME, "--to-version", "2", "--force",
+                 "--reason", "v3 misses small nuclei"]) == 0
+    out = capsys.readouterr().out
+    assert "champion moved from version 3 to version 2" in out
+    assert "forced" in out and reason in out
+    assert _champion() == "2"
+    tags = _tags("2")
+    assert tags["sa2.rollback_from"] == "3"
+    assert tags["sa2.rollback_forced"] == "true"
+    assert tags["sa2.rollback_gate_reason"] == reason
+    assert tags["sa2.rollback_reason"] == "v3 misses small nuclei"
+
+    # a version the gate promoted needs no --force, and records no forcing
+    assert main(["rollback", "--model", NAME, "--to-version", "1"]) == 0
+    assert _champion() == "1" and "sa2.rollback_forced" not in _tags("1")
+
+
+def test_rollback_to_a_missing_version_or_model_is_refused(store, capsys):
+    from sa2_pipeline.cli import main
+
+    _gated_v2_rejected()
+    assert main(["rollback", "--model", NAME, "--to-version", "9"]) == 2
+    assert f"{NAME} has no version 9" in capsys.readouterr().err
+    assert main(["rollback", "--model", "sa2net-nope", "--to-version", "1", "--force"]) == 2
+    assert "sa2net-nope has no version 1" in capsys.readouterr().err
+    assert _champion() == "3"

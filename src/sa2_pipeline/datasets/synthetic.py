@@ -21,12 +21,25 @@ versions on the same platform; OpenCV's SIMD paths may differ in the last bit el
    with some pale nuclei, chromatin texture, darker rim, some vesicular nuclei).
 3. Optical density -> RGB with per-tile perturbed stain vectors, then Gaussian blur and
    noise.
+
+Tile names and seeds: the embedded set is ``SYN-TRAIN-000`` ... and ``SYN-TEST-000`` ...,
+tile k of the run drawing from ``SeedSequence(seed).spawn(...)[k]`` (as it always has, so
+its files and their DVC hashes do not change). Tiles under any other name (another
+``prefix``, or numbering from ``start`` > 0) draw from the seed and their own name,
+``SeedSequence(seed, spawn_key=<name's bytes>)``: a tile's content then depends only on
+the seed and its name, and new names never repeat an existing tile. ``add=True`` writes
+such tiles next to an existing dataset (new slides for a retraining trial).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
+import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,11 +56,22 @@ from sa2_pipeline.datasets.monuseg import (
     TRAIN_IMAGE_DIR,
     format_aperio_xml,
 )
-from sa2_pipeline.io_utils import atomic_directory
+from sa2_pipeline.io_utils import apply_umask, atomic_directory, named_os_error
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ensure_synthetic_monuseg", "generate_synthetic_monuseg", "render_synthetic_tile"]
+__all__ = [
+    "DEFAULT_PREFIX",
+    "ensure_synthetic_monuseg",
+    "generate_synthetic_monuseg",
+    "render_synthetic_tile",
+]
+
+#: Tile names of the embedded set: ``SYN-TRAIN-000`` ...
+DEFAULT_PREFIX = "SYN"
+_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
+#: ``os.link`` errors that mean "no hard links on this file system".
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 # Stain optical-density directions (R, G, B absorbance), between the Ruifrok & Johnston
 # reference and typical Macenko estimates on TCGA slides; perturbed per tile.
@@ -383,33 +407,62 @@ def _remove_empty_tree(root: Path) -> None:
         os.rmdir(dirpath)
 
 
-def _check_target(root: Path, n_train: int, n_test: int, image_size: int) -> None:
-    """Refuse bad arguments or a ``root`` that holds files; clear a tree of empty folders."""
-    if n_train < 1 or n_test < 0:
+def _check_arguments(
+    n_train: int, n_test: int, image_size: int, prefix: str, start: int, add: bool
+) -> None:
+    """Refuse arguments out of range (before anything is written)."""
+    if n_test < 0 or n_train < (0 if add else 1) or n_train + n_test < 1:
+        least = "n_train + n_test must be >= 1" if add else "n_train must be >= 1"
         raise ValueError(
-            f"n_train must be >= 1 and n_test >= 0, got n_train={n_train}, n_test={n_test}"
+            f"{least} and n_test >= 0, got n_train={n_train}, n_test={n_test}"
         )
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+    if not _PREFIX_PATTERN.fullmatch(prefix):
+        raise ValueError(
+            f"prefix must be 1-40 letters, digits, '_' or '-' (not first), got {prefix!r}"
+        )
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+
+
+def _check_target(root: Path) -> None:
+    """Refuse a ``root`` that holds files; clear a tree of empty folders."""
     if _has_files(root):
         raise ValueError(
-            f"{root}: already contains files; refusing to write synthetic data into it"
+            f"{root}: already contains files; refusing to write synthetic data into it "
+            "(add=True writes new tiles next to them)"
         )
     if root.exists():
         _remove_empty_tree(root)
 
 
+def _tile_paths(split: str, stem: str) -> tuple[Path, Path]:
+    """Image and annotation paths of one tile, relative to the dataset root."""
+    if split == "train":
+        return TRAIN_IMAGE_DIR / f"{stem}.tif", TRAIN_ANNOTATION_DIR / f"{stem}.xml"
+    return TEST_DIR / f"{stem}.tif", TEST_DIR / f"{stem}.xml"
+
+
+def _plan(
+    n_train: int, n_test: int, seed: int, prefix: str, start: int
+) -> list[tuple[str, str, np.random.SeedSequence]]:
+    """``(split, stem, seed sequence)`` of every tile, training tiles first."""
+    tiles = [("train", start + i) for i in range(n_train)]
+    tiles += [("test", start + i) for i in range(n_test)]
+    stems = [f"{prefix}-{split.upper()}-{index:03d}" for split, index in tiles]
+    if prefix == DEFAULT_PREFIX and start == 0:  # the embedded set, byte for byte as before
+        seeds = np.random.SeedSequence(seed).spawn(len(tiles))
+    else:  # keyed by name: never the stream of an embedded tile (1-element spawn keys)
+        seeds = [np.random.SeedSequence(seed, spawn_key=tuple(stem.encode())) for stem in stems]
+    return [(split, stem, sq) for (split, _), stem, sq in zip(tiles, stems, seeds, strict=True)]
+
+
 def _write_tile(
-    tmp: Path, split: str, index: int, seed: np.random.SeedSequence, image_size: int
+    tmp: Path, split: str, stem: str, seed: np.random.SeedSequence, image_size: int
 ) -> tuple[list[Path], float]:
     """Render and write one tile + XML under ``tmp``: their relative paths, foreground."""
-    stem = f"SYN-{split.upper()}-{index:03d}"
-    if split == "train":
-        image_rel = TRAIN_IMAGE_DIR / f"{stem}.tif"
-        xml_rel = TRAIN_ANNOTATION_DIR / f"{stem}.xml"
-    else:
-        image_rel = TEST_DIR / f"{stem}.tif"
-        xml_rel = TEST_DIR / f"{stem}.xml"
+    image_rel, xml_rel = _tile_paths(split, stem)
     image, polygons, instances = render_synthetic_tile(np.random.default_rng(seed), image_size)
     (tmp / image_rel).parent.mkdir(parents=True, exist_ok=True)
     (tmp / xml_rel).parent.mkdir(parents=True, exist_ok=True)
@@ -419,6 +472,113 @@ def _write_tile(
     return [image_rel, xml_rel], float((instances > 0).mean())
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _place_new(source: Path, target: Path) -> None:
+    """Put ``source`` at ``target`` unless ``target`` exists (then FileExistsError)."""
+    appeared = FileExistsError(f"{target}: appeared while the new tiles were written")
+    try:
+        os.link(source, target)  # atomic and never replaces an existing name
+    except FileExistsError:
+        raise appeared from None
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(target):  # a file system without hard links: check, then rename
+            raise appeared from None
+        os.rename(source, target)
+
+
+def _add_files(root: Path, relative: list[Path], build: Path) -> None:
+    """Move the files built under ``build`` into ``root``: all of them, or none.
+
+    Every target was checked to be absent; should one appear meanwhile, or a move fail,
+    the files and folders placed so far are removed again and the error raised. (A
+    process killed while linking, a few milliseconds, leaves the files linked so far;
+    a rerun then names them.)
+    """
+    placed: list[Path] = []
+    made: list[Path] = []
+    try:
+        for rel in relative:
+            _fsync(build / rel)
+        for rel in relative:
+            for folder in reversed(rel.parents[:-1]):  # below root, outermost first
+                if not (root / folder).exists():
+                    (root / folder).mkdir()
+                    made.append(root / folder)
+            _place_new(build / rel, root / rel)
+            placed.append(root / rel)
+        for folder in {(root / rel).parent for rel in relative} | {p.parent for p in made}:
+            _fsync(folder)
+    except BaseException as exc:
+        for path in reversed(placed):
+            path.unlink(missing_ok=True)
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: someone else wrote there
+                folder.rmdir()
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+            raise named_os_error(exc, root) from exc
+        raise
+
+
+def _generate_tiles(
+    root: Path, plan: list[tuple[str, str, np.random.SeedSequence]], image_size: int
+) -> tuple[list[Path], list[float]]:
+    """Write the planned tiles as a new dataset ``root`` (all of them, or none)."""
+    _check_target(root)
+    relative: list[Path] = []
+    fractions: list[float] = []
+    with atomic_directory(root) as tmp:
+        for split, stem, sq in plan:
+            written, fraction = _write_tile(tmp, split, stem, sq, image_size)
+            relative += written
+            fractions.append(fraction)
+    return relative, fractions
+
+
+def _add_tiles(
+    root: Path, plan: list[tuple[str, str, np.random.SeedSequence]], image_size: int
+) -> tuple[list[Path], list[float]]:
+    """Write the planned tiles into the existing dataset ``root``, next to its files."""
+    relative = [rel for split, stem, _ in plan for rel in _tile_paths(split, stem)]
+    taken: dict[Path, dict[str, Path]] = {}  # folder -> stem -> a file of that stem
+    for folder in {rel.parent for rel in relative}:
+        if (root / folder).is_dir():
+            taken[folder] = {p.stem: p for p in (root / folder).iterdir()}
+    # Same name, or same stem under another suffix (NEW-TRAIN-000.tiff): one sample id.
+    clashes = list(dict.fromkeys(
+        root / rel if os.path.lexists(root / rel) else taken[rel.parent][rel.stem]
+        for rel in relative if rel.stem in taken.get(rel.parent, {})
+    ))
+    if clashes:
+        listed = ", ".join(str(p) for p in clashes[:4]) + (" ..." if len(clashes) > 4 else "")
+        raise FileExistsError(
+            f"{root}: {len(clashes)} of the new tiles' files already exist, nothing written "
+            f"(choose another prefix or start): {listed}"
+        )
+    try:
+        build = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".add.tmp",
+                                      dir=root.parent))
+        apply_umask(build, directory=True)
+    except OSError as exc:
+        raise named_os_error(exc, root) from exc
+    try:
+        fractions = []
+        for split, stem, sq in plan:
+            fractions.append(_write_tile(build, split, stem, sq, image_size)[1])
+        _add_files(root, relative, build)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return relative, fractions
+
+
 def generate_synthetic_monuseg(
     root: Path,
     *,
@@ -426,56 +586,61 @@ def generate_synthetic_monuseg(
     n_test: int,
     image_size: int,
     seed: int,
+    prefix: str = DEFAULT_PREFIX,
+    start: int = 0,
+    add: bool = False,
 ) -> list[Path]:
     """Write a synthetic H&E nuclei dataset in the MoNuSeg 2018 raw layout.
 
     Files are built in a temporary sibling folder and renamed to ``root`` when all are
     written, so ``root`` is either absent or complete. Tiles are named
-    ``SYN-TRAIN-000`` ... and ``SYN-TEST-000`` ...
+    ``<prefix>-TRAIN-<start>`` ... and ``<prefix>-TEST-<start>`` ... (three digits at
+    least; ``SYN-TRAIN-000`` ... by default).
+
+    With ``add=True`` the tiles are written next to the files already in ``root`` (new
+    slides for a retraining trial): only new files, none if any of their names exists
+    (the error names them), and all of them or none (built aside, then linked into
+    place; a failure removes what was placed). Tiles under names other than the default
+    ones draw from the seed and their name, so they differ from every embedded tile.
 
     Args:
         root: Dataset root to create; must be missing or hold no files (empty folders
-            are replaced).
+            are replaced), unless ``add``.
         n_train: Training tiles (``MoNuSeg 2018 Training Data/``).
         n_test: Test tiles (``MoNuSegTestData/``).
         image_size: Tile side in pixels.
         seed: Random seed; the same seed writes byte-identical files.
+        prefix: Tile name prefix (letters, digits, ``_``, ``-``).
+        start: Number of the first tile of each split.
+        add: Add to an existing dataset instead of refusing a ``root`` with files;
+            ``n_train`` may then be 0.
 
     Returns:
         The written files (final paths), training tiles first, each ``.tif`` then ``.xml``.
 
     Raises:
-        ValueError: ``root`` already holds files, or an argument is out of range.
+        ValueError: ``root`` already holds files (and not ``add``), or an argument is out
+            of range.
+        FileExistsError: ``add`` and a file of a new tile already exists (nothing written).
     """
     root = Path(root)
-    _check_target(root, n_train, n_test, image_size)
+    _check_arguments(n_train, n_test, image_size, prefix, start, add)
+    plan = _plan(n_train, n_test, seed, prefix, start)
     started = time.perf_counter()
-    children = np.random.SeedSequence(seed).spawn(n_train + n_test)
-    plan = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
-    relative: list[Path] = []
-    fractions: list[float] = []
-    with atomic_directory(root) as tmp:
-        for (split, index), child in zip(plan, children, strict=True):
-            written, fraction = _write_tile(tmp, split, index, child, image_size)
-            relative += written
-            fractions.append(fraction)
+    adding = add and _has_files(root)
+    write = _add_tiles if adding else _generate_tiles
+    relative, fractions = write(root, plan, image_size)
     logger.info(
-        "Generated synthetic MoNuSeg at %s: %d train + %d test tiles of %dx%d, seed %d, "
+        "%s synthetic MoNuSeg at %s: %d train + %d test tiles %s-*-%03d... of %dx%d, seed %d, "
         "foreground %.2f-%.2f, in %.1f s",
-        root,
-        n_train,
-        n_test,
-        image_size,
-        image_size,
-        seed,
-        min(fractions),
-        max(fractions),
+        "Added to" if adding else "Generated", root, n_train, n_test, prefix, start,
+        image_size, image_size, seed, min(fractions), max(fractions),
         time.perf_counter() - started,
     )
     return [root / rel for rel in relative]
 
 
-def ensure_synthetic_monuseg(root: Path, **kwargs: int) -> bool:
+def ensure_synthetic_monuseg(root: Path, **kwargs: int | str) -> bool:
     """Generate the synthetic dataset at ``root`` unless something is already there.
 
     Never overwrites or adds to existing data: if ``root`` holds any file (a user's real
@@ -484,7 +649,7 @@ def ensure_synthetic_monuseg(root: Path, **kwargs: int) -> bool:
     Args:
         root: Dataset root.
         **kwargs: Passed to :func:`generate_synthetic_monuseg` (``n_train``, ``n_test``,
-            ``image_size``, ``seed``).
+            ``image_size``, ``seed``, ``prefix``, ``start``; not ``add``).
 
     Returns:
         True if the dataset was generated now, False if ``root`` already held files.

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from sa2_pipeline.io_utils import apply_umask, remove_stale_temporaries
+from sa2_pipeline.io_utils import apply_umask, process_alive, remove_stale_temporaries
 
 #: Masks up to this many pixels are written as PNG; larger ones as pyramidal TIFF.
 PNG_MAX_PIXELS = 4096 * 4096
@@ -169,6 +170,25 @@ def _write_png(tmp: Path, bands: Iterator[tuple[int, np.ndarray]], size: tuple[i
     tmp.write_bytes(png.tobytes())
 
 
+#: The pyramid writer's scratch folders: ``.pyramid-<pid>-<random>`` beside the mask.
+SCRATCH_PREFIX = ".pyramid-"
+
+
+def remove_stale_scratch(folder: Path) -> list[Path]:
+    """Delete the scratch folders that killed pyramid writers left in ``folder`` (those of
+    processes that no longer run; a live writer's, and this process's, are kept). A
+    SIGKILLed 20,000² write leaves about 130 MB there; the next write cleans it up."""
+    removed = []
+    for candidate in folder.glob(f"{SCRATCH_PREFIX}*"):
+        pid_text = candidate.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if (not candidate.is_dir() or candidate.is_symlink() or not pid_text.isdigit()
+                or int(pid_text) == os.getpid() or process_alive(int(pid_text))):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
+
+
 def _pyramid_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
     """Half-size levels (``ceil``) while the level is larger than one tile, at most 6."""
     sizes = []
@@ -185,7 +205,9 @@ def _write_pyramid(tmp: Path, bands, size: tuple[int, int], mpp: float | None) -
     width, height = size
     levels = _pyramid_sizes(size)
     resolution = None if mpp is None else (1e4 / mpp, 1e4 / mpp)  # px per cm
-    with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".pyramid-") as scratch:
+    remove_stale_scratch(tmp.parent)
+    with tempfile.TemporaryDirectory(dir=tmp.parent,
+                                     prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
         level_files = [Path(scratch, f"level{k + 1}.raw") for k in range(len(levels))]
         handles = [open(f, "wb") for f in level_files]  # noqa: SIM115 - closed below
         try:

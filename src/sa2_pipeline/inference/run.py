@@ -1,7 +1,7 @@
 """Segment many inputs into one output folder, resumably; shared by Kedro and the CLI.
 
 Output folder layout (``out_dir``, e.g.
-``data/07_model_output/<dataset>/inference/<model-version>/``)::
+``data/09_inference/<dataset>/results/<model-version>/``)::
 
     <name>.mask.png | <name>.mask.tif    label mask at the input's full size
     <name>.overlay.png                   thumbnail with the foreground tinted

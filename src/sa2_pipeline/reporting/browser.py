@@ -27,14 +27,16 @@ _FLAGS = (
     "--no-first-run",
 )
 # Appended to a copy of the page: once everything has loaded, record on <body> how many
-# images there are, how many decoded (naturalWidth > 0) and how much text is visible.
+# images there are, how many decoded (naturalWidth > 0), how much text is visible, and how
+# wide the page's content is (scrollWidth: wider than the window means a sideways scroll).
 _PROBE = (
     "<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
     "var ok=i.filter(function(x){return x.complete&&x.naturalWidth>0}).length;"
     "document.body.setAttribute('data-probe',i.length+':'+ok+':'+"
-    "document.body.innerText.trim().length)})</script>"
+    "document.body.innerText.trim().length+':'+document.documentElement.scrollWidth+':'+"
+    "window.innerWidth)})</script>"
 )
-_RESULT = re.compile(r'data-probe="(\d+):(\d+):(\d+)"')
+_RESULT = re.compile(r'data-probe="(\d+):(\d+):(\d+):(\d+):(\d+)"')
 
 
 class PageCheck(NamedTuple):
@@ -43,6 +45,10 @@ class PageCheck(NamedTuple):
     images: int
     images_loaded: int
     text_chars: int
+    #: Width of the page's content in CSS px (``document.documentElement.scrollWidth``).
+    page_width: int
+    #: Width of the window it was laid out in (``window.innerWidth``).
+    window_width: int
 
 
 def find_chromium() -> str | None:
@@ -67,13 +73,24 @@ def _run(args: list[str], timeout: float) -> str:
     return result.stdout
 
 
-def check_page(html_file: str | Path, timeout: float = 120) -> PageCheck:
-    """Load ``html_file`` (with a probe script added to a copy) and report what rendered."""
+def check_page(
+    html_file: str | Path, timeout: float = 120, width: int = 1280, height: int = 900
+) -> PageCheck:
+    """Load ``html_file`` (with a probe script added to a copy) in a ``width`` × ``height``
+    window and report what rendered."""
     source = Path(html_file).read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="page-check-") as tmp:
         copy = Path(tmp) / "page.html"
         copy.write_text(source.replace("</body>", _PROBE + "</body>"), encoding="utf-8")
-        dom = _run(["--virtual-time-budget=10000", "--dump-dom", copy.as_uri()], timeout)
+        dom = _run(
+            [
+                f"--window-size={width},{height}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                copy.as_uri(),
+            ],
+            timeout,
+        )
     match = _RESULT.search(dom)
     if match is None:
         raise RuntimeError(f"{html_file}: the page's load event never ran in chromium")

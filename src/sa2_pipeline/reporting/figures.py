@@ -20,31 +20,50 @@ def _plt():
 
 def plot_learning_curves(history: pd.DataFrame, title: str = "Learning curves"):
     """Training loss and validation Dice per epoch, one line per (model, fold); the
-    selected (best validation) epoch of each run is marked."""
+    selected (best validation) epoch of each run is marked.
+
+    Each model's training loss gets its own panel (its own y scale): it is the loss that
+    model was trained with (SA2-Net's sums its deep-supervision heads), so losses are not
+    comparable across models. Validation Dice, the same measure for every model, shares
+    one panel. Every panel has a legend naming the model, fold and train/val.
+    """
     plt = _plt()
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     groups = (
-        history.groupby(["model", "fold"], sort=False)
+        list(history.groupby(["model", "fold"], sort=False))
         if "model" in history
         else [(("model", 0), history)]
     )
+    models = list(dict.fromkeys(model for (model, _), _ in groups))
+    fig, axes = plt.subplots(
+        1, len(models) + 1, figsize=(4.2 * (len(models) + 1), 3.8), constrained_layout=True,
+        squeeze=False,
+    )
+    loss_axes = dict(zip(models, axes[0][:-1], strict=True))
+    ax_dice = axes[0][-1]
     for k, ((model, fold), run) in enumerate(groups):
         color = f"C{k % 10}"
-        label = f"{model} fold {fold}"
-        ax_loss.plot(run["epoch"], run["train_loss"], color=color, marker="o", ms=2, label=label)
-        ax_dice.plot(run["epoch"], run["val_dice"], color=color, marker="o", ms=2, label=label)
+        ax_loss = loss_axes[model]
+        ax_loss.plot(run["epoch"], run["train_loss"], color=color, marker="o", ms=2,
+                     label=f"{model} fold {fold} (train)")
+        ax_dice.plot(run["epoch"], run["val_dice"], color=color, marker="o", ms=2,
+                     label=f"{model} fold {fold} (val)")
         if run["is_best"].any():
             best = run.loc[run["is_best"]].iloc[-1]
             ax_dice.scatter(
                 [best["epoch"]], [best["val_dice"]], color=color, marker="*", s=90, zorder=3
             )
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("training loss")
+    for model, ax_loss in loss_axes.items():
+        ax_loss.set_title(f"{model}: its own training loss", fontsize=9)
+        ax_loss.set_xlabel("epoch")
+        ax_loss.set_ylabel(f"{model} training loss")
+        ax_loss.legend(loc="upper right", fontsize=7)
+    ax_dice.set_title("validation Dice (all models)", fontsize=9)
     ax_dice.set_xlabel("epoch")
     ax_dice.set_ylabel("validation Dice (* = selected)")
     ax_dice.set_ylim(0, 1)
     ax_dice.legend(loc="lower right", fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}. Each loss panel is that model's own training loss: losses are "
+                 "not comparable across models", fontsize=10)
     return fig
 
 
@@ -78,10 +97,23 @@ def plot_metric_distribution(per_image: pd.DataFrame, title: str = "Test metrics
     rng = np.random.default_rng(0)
     for k, values in enumerate(data, start=1):
         ax.scatter(k + rng.uniform(-0.12, 0.12, len(values)), values, s=12, alpha=0.6)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("score")
+    ax.set_ylim(*data_limits(data))
+    ax.set_ylabel("score (axis fitted to the data)")
     ax.set_title(f"{title} (n = {n})")
     return fig
+
+
+def data_limits(data: list[np.ndarray], margin: float = 0.08) -> tuple[float, float]:
+    """Axis limits spanning every finite value with ``margin`` (a fraction of the range) on
+    each side, so boxes of scores that sit close together are not squashed; (0, 1) when
+    there are no values."""
+    values = np.concatenate([np.asarray(d, dtype=float).ravel() for d in data] or [[]])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    pad = margin * (high - low) or 0.01 * max(abs(high), 1.0)
+    return low - pad, high + pad
 
 
 def pick_worst_and_best(

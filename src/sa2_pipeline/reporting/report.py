@@ -40,7 +40,9 @@ FIGURE_CAPTIONS = {
     "object outlines.",
     "metric_distribution": "Per-image test scores of each model's final member (box: "
     "quartiles, triangle: mean, dots: images).",
-    "learning_curves": "Training loss and validation Dice per epoch (star: selected epoch).",
+    "learning_curves": "Training loss and validation Dice per epoch (star: selected epoch). "
+    "Each model's training loss has its own panel and scale: it is the loss that model was "
+    "trained with, so losses are not comparable across models; validation Dice is.",
 }
 
 
@@ -59,6 +61,31 @@ def _num(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+#: Columns that hold counts (printed as integers when every value is a whole number).
+_COUNT_COLUMNS = ("n", "n images", "folds", "best_epoch", "epochs_run", "resumed_from_epoch")
+
+
+def _is_count_column(name: Any) -> bool:
+    name = str(name)
+    return name.startswith(("n_", "n ")) or name in _COUNT_COLUMNS
+
+
+def _counts_as_integers(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its count columns (``n_true_objects``, ``n images``, ``folds``...)
+    as integer text (``141``, not ``141.0000``); missing values as ``–``. A column with a
+    fractional value is left as it is."""
+    out = frame.copy()
+    for column in out.columns:
+        if not _is_count_column(column) or not pd.api.types.is_numeric_dtype(out[column]):
+            continue
+        values = pd.to_numeric(out[column], errors="coerce").astype(float)
+        present = values.dropna()
+        if (present != present.round()).any():
+            continue
+        out[column] = ["–" if math.isnan(v) else str(int(v)) for v in values]
+    return out
 
 
 def _ci(entry: Mapping[str, Any]) -> str:
@@ -92,8 +119,9 @@ def folds_table(test_summary: Mapping[str, Any]) -> pd.DataFrame:
         row: dict[str, Any] = {"model": name, "folds": folds}
         pixel = [m for m in entry["fold_mean"] if m.startswith(("dice", "iou"))]
         for metric in pixel:
-            row[f"{metric} (folds)"] = (f"{entry['fold_mean'][metric]:.4f} ± "
-                                        f"{entry['fold_std'][metric]:.4f}")
+            # One fold has no spread: say so instead of printing a std of 0.
+            spread = ("(1 fold)" if folds == 1 else f"± {entry['fold_std'][metric]:.4f}")
+            row[f"{metric} (folds)"] = f"{entry['fold_mean'][metric]:.4f} {spread}"
         for metric in pixel:
             row[f"{metric} ({entry['final_member']})"] = f"{entry['final'][metric]:.4f}"
         rows.append(row)
@@ -125,6 +153,81 @@ def _verdict(entry: Mapping[str, Any]) -> str:
     better = low > 0 if entry["higher_is_better"] else high < 0
     worse = high < 0 if entry["higher_is_better"] else low > 0
     return "better" if better else "worse" if worse else "no clear difference"
+
+
+def _favours(entry: Mapping[str, Any]) -> int:
+    """+1 when the primary model's mean is the better one, -1 the baseline's, 0 neither."""
+    delta = entry.get("delta")
+    if delta is None or not math.isfinite(delta) or delta == 0:
+        return 0
+    sign = 1 if delta > 0 else -1
+    return sign if entry.get("higher_is_better", True) else -sign
+
+
+def _short_label(metric: str) -> str:
+    return _label(metric).split(" (")[0]
+
+
+#: The metric whose paired difference the summary states (the promotion metric), when the
+#: comparison has it; else the first compared metric in display order.
+KEY_METRIC = "dice"
+
+
+def _signed(value: Any) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value:+.4f}"
+
+
+def comparison_sentence(primary: str, baseline: str, metrics: Mapping[str, Any]) -> str:
+    """The paired comparison with one baseline in words, from the same numbers as its table.
+
+    Says which model is better on how many of the compared metrics (by the mean paired
+    difference), on how many clearly (the 95 % interval of the difference excludes 0: the
+    table's verdict), and the difference in the key metric (Dice) with its interval and
+    whether it is significant (the same rule). Differences are given as winner − loser.
+    """
+    names = _ordered_metrics(list(metrics))
+    if not names:
+        return f"{primary} and {baseline} share no compared metric."
+    votes = [_favours(metrics[m]) for m in names]
+    primary_wins, baseline_wins = votes.count(1), votes.count(-1)
+    verdicts = [_verdict(metrics[m]) for m in names]
+    key = KEY_METRIC if KEY_METRIC in names else names[0]
+    entry, label = metrics[key], _short_label(key)
+    opening = f"Paired on the same {entry['n']} test images, "
+    if primary_wins == baseline_wins:
+        text = (f"{opening}{primary} and {baseline} are even: each is better on "
+                f"{primary_wins} of {len(names)} paired metrics (mean difference).")
+        leader, other, sign = primary, baseline, 1
+    else:
+        baseline_leads = baseline_wins > primary_wins
+        leader, other = (baseline, primary) if baseline_leads else (primary, baseline)
+        sign, clear = (-1, "worse") if baseline_leads else (1, "better")
+        text = (f"{opening}{leader} is better than {other} on "
+                f"{max(primary_wins, baseline_wins)} of {len(names)} paired metrics (mean "
+                "difference), clearly (95 % interval of the difference excluding 0) on "
+                f"{verdicts.count(clear)}.")
+    # The key metric's difference as leader − other: flip the sign and the interval.
+    low, high = sign * entry["delta_low"], sign * entry["delta_high"]
+    low, high = min(low, high), max(low, high)
+    text += (f" {label}, {leader} − {other}: {_signed(sign * entry['delta'])} [95 % CI "
+             f"{_signed(low)}, {_signed(high)}], Wilcoxon p = {_num(entry['wilcoxon_p'], 3)}: ")
+    verdict = _verdict(entry)
+    if verdict == "too few images to tell":
+        return text + f"too few images to tell whether the difference in {label} is significant."
+    significant = "is" if verdict in ("better", "worse") else "is not"
+    return text + f"the difference in {label} {significant} significant."
+
+
+def comparison_sentences(test_summary: Mapping[str, Any]) -> list[str]:
+    """:func:`comparison_sentence` for each baseline the primary model was compared with."""
+    primary = test_summary.get("primary_model", "model")
+    return [
+        comparison_sentence(primary, baseline, metrics)
+        for baseline, metrics in test_summary.get("comparisons", {}).items()
+        if metrics
+    ]
 
 
 def comparison_tables(test_summary: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
@@ -233,8 +336,13 @@ _URL = re.compile(r"(https?://[^<\s]+)")
 
 
 def _html_table(frame: pd.DataFrame) -> str:
-    table = frame.to_html(index=False, escape=True, na_rep="–", float_format=lambda x: f"{x:.4f}")
-    return _URL.sub(r'<a href="\1">\1</a>', table)
+    """The table in a container that scrolls sideways, so a wide table (the per-image
+    scores) never makes the page wider than the text column."""
+    table = _counts_as_integers(frame).to_html(
+        index=False, escape=True, na_rep="–", float_format=lambda x: f"{x:.4f}"
+    )
+    linked = _URL.sub(r'<a href="\1">\1</a>', table)
+    return f'<div class="table-wrap">{linked}</div>'
 
 
 def _kv_rows(rows: list[tuple[str, str]]) -> pd.DataFrame:
@@ -271,7 +379,13 @@ def build_sections(
     """The report's sections in order: ``(heading, paragraph or table)``; ``"figures"``
     marks where the figures go."""
     sections: list[tuple[str, str | pd.DataFrame]] = [
-        ("Summary", headline_sentence(test_summary, dataset)),
+        # Paragraphs: the headline scores, then the verdict of each paired comparison.
+        (
+            "Summary",
+            "\n\n".join(
+                [headline_sentence(test_summary, dataset), *comparison_sentences(test_summary)]
+            ),
+        ),
         ("Registry decision", registry_sentence(registration)),
     ]
     headline = headline_table(test_summary)
@@ -303,6 +417,7 @@ def build_sections(
 
 def _markdown_table(frame: pd.DataFrame) -> str:
     """A GitHub-flavoured Markdown table (no optional dependency)."""
+    frame = _counts_as_integers(frame)
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
     lines += [
         "| " + " | ".join(_num(v) for v in row) + " |" for row in frame.itertuples(index=False)
@@ -324,7 +439,8 @@ def _render_markdown(title: str, sections, figures: Mapping[str, Any]) -> str:
 
 _STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;"
+    ".table-wrap{max-width:100%;overflow-x:auto;margin:.5em 0 1.5em}"
+    "table{border-collapse:collapse}td,th{border:1px solid #ccc;"
     "padding:3px 8px;text-align:left;font-size:.9em}img{max-width:100%}"
     "figure{margin:1em 0}figcaption{font-size:.9em;color:#555}p.lead{font-size:1.1em}"
 )
@@ -344,7 +460,7 @@ def _render_html(title: str, sections, figures: Mapping[str, Any]) -> str:
                 )
             continue
         content = (
-            f'<p class="lead">{html.escape(body)}</p>'
+            "".join(f'<p class="lead">{html.escape(p)}</p>' for p in body.split("\n\n"))
             if isinstance(body, str)
             else _html_table(body)
         )
@@ -421,6 +537,8 @@ def build_report(
 
 __all__ = [
     "build_report",
+    "comparison_sentence",
+    "comparison_sentences",
     "figure_png",
     "headline_table",
     "model_description",

@@ -1,5 +1,8 @@
 """``sa2-pipeline retrain``: the whole retraining sequence for one dataset.
 
+0. a retrain exists to gate a challenger: with ``registry.register`` false it refuses
+   at once (:data:`EXIT_BAD_SETTING`), before the lock, detection or any write, so the
+   slides stay new (``detect`` alone is allowed);
 1. take the dataset's lock (another retrain: exit :data:`EXIT_LOCK_HELD` at once);
 2. detect new or changed annotated slides (:mod:`.detect`); nothing new: exit 0 without
    opening an MLflow run; fewer than ``retraining.min_new_images``: exit 0 too;
@@ -39,6 +42,7 @@ logger = logging.getLogger(__name__)
 #: Exit codes of ``sa2-pipeline retrain`` (docs/retraining.md).
 EXIT_OK = 0              # retrained (promoted or not), or nothing to do
 EXIT_FAILED = 1          # a step failed (the message says which); the champion is unchanged
+EXIT_BAD_SETTING = 1     # a setting rules the retrain out (registry.register false); nothing done
 EXIT_BAD_DATA = 3        # a new or changed raw file failed verification; nothing written
 EXIT_TEST_SET_CHANGED = 4  # the change touches the frozen test set; needs --change-test-set
 EXIT_LOCK_HELD = 75      # another retrain of this dataset holds the lock (EX_TEMPFAIL)
@@ -63,6 +67,8 @@ class RetrainRequest:
     #: Kedro ``--params`` for the training run (``"training.epochs=2,..."``), or "".
     params: str = ""
     detect_only: bool = False
+    #: ``registry.register`` of the run (config + ``params``): a retrain needs it true.
+    register: bool = True
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ def retrain(req: RetrainRequest) -> RetrainOutcome:
     """Run the sequence; never raises for the expected failures (see the exit codes)."""
     from sa2_pipeline.datasets.schema import DatasetValidationError
 
+    refused = _refusal(req)
+    if refused is not None:
+        return refused
     lock = dataset_lock_path(req.project_dir, req.dataset)
     try:
         with exclusive_lock(lock, what=f"retrain of {req.dataset}"):
@@ -102,6 +111,18 @@ def retrain(req: RetrainRequest) -> RetrainOutcome:
     except StageFailedError as err:
         return RetrainOutcome(EXIT_FAILED, f"{err}; the champion is unchanged. Run the same "
                               "command again to resume (finished epochs are kept).")
+
+
+def _refusal(req: RetrainRequest) -> RetrainOutcome | None:
+    """The outcome of a retrain its settings rule out, before anything runs; else None."""
+    if req.detect_only or req.register:
+        return None
+    return RetrainOutcome(
+        EXIT_BAD_SETTING,
+        f"retrain of {req.dataset} refused: registry.register is false (conf/{req.env} or "
+        "--params), so no challenger would be registered and gated against the champion. "
+        "Nothing was run and the new slides stay new; set registry.register=true to "
+        "retrain, or use `kedro run` to train without registering")
 
 
 def _locked(req: RetrainRequest) -> RetrainOutcome:
@@ -150,6 +171,12 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
     run_command([tool("kedro"), "run", "--env", req.env, "--params", ",".join(params)],
                 req.project_dir)
     registration = json.loads(paths["registration"].read_text())
+    if registration.get("registered") is False or registration.get("version") is None:
+        return RetrainOutcome(  # pending.json stays: the next retrain finishes this one
+            EXIT_FAILED, f"{summary}: the training run registered no challenger "
+            f"({registration.get('reason', 'no version in its registration record')}); "
+            "nothing was gated and the champion is unchanged. Fix that and run the same "
+            "command again to resume")
     test_summary = json.loads(paths["summary"].read_text())
     record = _record(req, detection, data, registration, test_summary, started)
 

@@ -19,9 +19,11 @@ from sa2_pipeline.tracking.model_versions import (
     CHALLENGER,
     CHAMPION,
     DECISION_TAG,
+    REASON_TAG,
     TAG_PREFIX,
     champion_version,
     registry_lock,
+    set_version_tags,
 )
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["gate_and_promote", "gate_finished", "rollback_champion"]
+__all__ = ["RollbackRefusedError", "gate_and_promote", "gate_finished", "rollback_champion"]
 
 
 def gate_and_promote(
@@ -82,7 +84,7 @@ def _run_gate(client: Any, model_name: str, version: str, per_image: pd.DataFram
     result = statistical_gate(per_image, champion_scores, config)
     tags = result.tags(f"{TAG_PREFIX}gate.")
     tags[DECISION_TAG] = "promoted" if result.promote else "rejected"
-    tags[f"{TAG_PREFIX}promotion_reason"] = result.reason
+    tags[REASON_TAG] = result.reason
     if champion is not None:
         tags[f"{TAG_PREFIX}champion_version"] = champion
         tags[f"{TAG_PREFIX}champion_score"] = f"{result.champion_mean:.6f}"
@@ -109,31 +111,62 @@ def gate_finished(client: Any, model_name: str, version: Any) -> bool:
                           (v.tags or {}).get(f"{TAG_PREFIX}rollback_from")) for v in others)
 
 
+class RollbackRefusedError(ValueError):
+    """The rollback target was rejected by the promotion gate and ``force`` was not given."""
+
+
 def rollback_champion(model_name: str, to_version: str, *, reason: str = "",
-                      lock_wait: float = 60.0) -> dict[str, str | None]:
+                      force: bool = False, lock_wait: float = 60.0) -> dict[str, Any]:
     """Move ``champion`` of ``model_name`` to the earlier version ``to_version``.
 
-    The version gets ``sa2.rollback_from`` (the previous champion) and
-    ``sa2.rollback_reason`` tags first; the alias is the last write.
+    Nothing is written when ``to_version`` is already the champion (``changed`` False).
+    A version the promotion gate rejected (``sa2.promotion_decision`` = rejected) is
+    refused unless ``force``; a forced rollback records ``sa2.rollback_forced`` and the
+    gate's reason (``sa2.rollback_gate_reason``). The version gets ``sa2.rollback_from``
+    (the previous champion) and ``sa2.rollback_reason`` tags first; the alias is the last
+    write.
+
+    Returns:
+        ``model_name``, ``from_version``, ``to_version``, ``changed`` (the alias moved),
+        ``forced`` (a gate-rejected version was made champion) and ``gate_reason``.
 
     Raises:
+        RollbackRefusedError: The gate rejected ``to_version`` and ``force`` is False.
         ValueError: No such version.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    target = str(to_version)
     with registry_lock("rollback", lock_wait):
         client = MlflowClient()
         try:
-            client.get_model_version(model_name, str(to_version))
+            version = client.get_model_version(model_name, target)
         except MlflowException as err:
-            raise ValueError(f"{model_name} has no version {to_version}") from err
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":  # e.g. the server is down
+                raise
+            raise ValueError(f"{model_name} has no version {target}") from err
+        tags = version.tags or {}
+        rejected = tags.get(DECISION_TAG) == "rejected"
+        gate_reason = tags.get(REASON_TAG) or tags.get(f"{TAG_PREFIX}gate.reason") or ""
         previous = champion_version(client, model_name)
-        client.set_model_version_tag(model_name, str(to_version), f"{TAG_PREFIX}rollback_from",
-                                     str(previous))
+        outcome: dict[str, Any] = {"model_name": model_name, "from_version": previous,
+                                   "to_version": target, "changed": previous != target,
+                                   "forced": False, "gate_reason": gate_reason or None}
+        if previous == target:
+            return outcome
+        if rejected and not force:
+            raise RollbackRefusedError(
+                f"the promotion gate rejected {model_name} version {target}: "
+                f"{gate_reason or 'no reason recorded'}. Pass --force to roll back to it "
+                "anyway; nothing was changed")
+        rollback_tags = {"rollback_from": str(previous)}
         if reason:
-            client.set_model_version_tag(model_name, str(to_version),
-                                         f"{TAG_PREFIX}rollback_reason", reason)
-        client.set_registered_model_alias(model_name, CHAMPION, str(to_version))
-        return {"model_name": model_name, "from_version": previous,
-                "to_version": str(to_version)}
+            rollback_tags["rollback_reason"] = reason
+        if rejected:
+            rollback_tags["rollback_forced"] = "true"
+            rollback_tags["rollback_gate_reason"] = gate_reason or "no reason recorded"
+            outcome["forced"] = True
+        set_version_tags(client, model_name, target, rollback_tags)
+        client.set_registered_model_alias(model_name, CHAMPION, target)
+        return outcome

@@ -21,8 +21,11 @@ CHALLENGER = "challenger"
 TAG_PREFIX = "sa2."
 #: ``promoted`` or ``rejected``: written once the gate has decided about a version.
 DECISION_TAG = f"{TAG_PREFIX}promotion_decision"
+#: Why the gate decided so (written with :data:`DECISION_TAG`).
+REASON_TAG = f"{TAG_PREFIX}promotion_reason"
 
-__all__ = ["CHALLENGER", "CHAMPION", "DECISION_TAG", "TAG_PREFIX", "champion_version",
+__all__ = ["CHALLENGER", "CHAMPION", "DECISION_TAG", "REASON_TAG", "TAG_PREFIX",
+           "champion_version",
            "find_identical_version", "registry_lock", "set_version_tags"]
 
 

@@ -101,9 +101,13 @@ def register_gated(
             version, run_id, uri = _create_version(client, model, digest)
         result, champion, aliases = gate_and_promote(client, model.model_name, version,
                                                      model.per_image, config, score_champion)
+        # The record states the data version the version's tag holds (usage_tags' DVC hash
+        # unless registry.data_version overrides it), not only the override.
+        tags = client.get_model_version(model.model_name, version).tags or {}
         return _record(model, version, uri, run_id, digest, aliases, unchanged=False,
                        promote=result.promote, reason=result.reason, champion=champion,
-                       champion_score=result.champion_mean, gate=result.as_dict())
+                       champion_score=result.champion_mean, gate=result.as_dict(),
+                       data_version=tags.get(f"{TAG_PREFIX}data_version", model.data_version))
 
 
 def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[str, str, str]:
@@ -146,17 +150,18 @@ def _unchanged(client: Any, model: ModelToRegister, existing: Any, digest: str) 
                    digest, sorted(getattr(full, "aliases", None) or []), unchanged=True,
                    promote=False, reason=reason,
                    champion=tags.get(f"{TAG_PREFIX}champion_version"), champion_score=None,
-                   gate=gate)
+                   gate=gate,
+                   data_version=tags.get(f"{TAG_PREFIX}data_version", model.data_version))
 
 
 def _record(model: ModelToRegister, version: str, uri: str, run_id: str, digest: str,
             aliases: list[str], *, unchanged: bool, promote: bool, reason: str,
             champion: str | None, champion_score: float | None,
-            gate: dict[str, Any]) -> dict[str, Any]:
+            gate: dict[str, Any], data_version: str | None) -> dict[str, Any]:
     return {
         "model_name": model.model_name, "version": version, "model_uri": uri,
         "run_id": run_id, "test_set_id": model.test_set_id, "bundle_digest": digest,
-        "data_version": model.data_version, "unchanged": unchanged, "aliases": aliases,
+        "data_version": data_version, "unchanged": unchanged, "aliases": aliases,
         "decision_promote": promote, "decision_reason": reason,
         "decision_metric": "test_dice",
         "decision_champion_version": champion,

@@ -14,6 +14,11 @@ import yaml
 
 from sa2_pipeline.config import IngestionConfig, RegistryConfig, RetrainingConfig, parse
 from sa2_pipeline.datasets.registry import load_raw_dataset
+from sa2_pipeline.user_errors import UserError
+
+
+class RequestError(UserError, ValueError):
+    """A bad ``--env`` or ``--params`` of a retrain command; the message says what is allowed."""
 
 
 def parse_params_string(text: str) -> dict[str, Any]:
@@ -21,7 +26,8 @@ def parse_params_string(text: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in (text or "").split(","))):
         if "=" not in item:
-            raise ValueError(f"--params item {item!r} is not key=value")
+            raise RequestError(f"--params item {item!r} is not key=value (Kedro's syntax: "
+                               f"\"training.epochs=3,registry.register=true\")")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw) if raw.strip() else ""
         node = out
@@ -52,8 +58,14 @@ def load_parameters(project_dir: Path, env: str, runtime_params: dict[str, Any] 
 
     from sa2_pipeline.settings import CONFIG_LOADER_ARGS
 
-    if not (project_dir / "conf" / env).is_dir():
-        raise ValueError(f"no Kedro environment conf/{env} in {project_dir}")
+    conf = project_dir / "conf"
+    # ``local`` is what a plain ``kedro run`` uses; ``base`` is under every environment.
+    known = sorted(p.name for p in conf.iterdir()
+                   if p.is_dir() and p.name != "base") if conf.is_dir() else []
+    if env not in known:
+        # A name, not a path: "..", "/etc" or "base/../x" never reach the config loader.
+        raise RequestError(f"--env {env!r} is not an environment of {conf} "
+                           f"(choose one of {known})")
     loader = OmegaConfigLoader(conf_source=str(project_dir / "conf"), env=env,
                                runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS)
     return dict(loader["parameters"])
@@ -91,5 +103,6 @@ def build_request(project_dir: Path, env: str, *, params: str = "",
         build_manifest=build_manifest, prepare_raw=prepare_raw, min_new_images=cfg.min_new_images,
         change_test_set=cfg.change_test_set if change_test_set is None else change_test_set,
         params=params, detect_only=detect_only, model_name=registry.model_name,
+        register=registry.register,
         warm_start=cfg.warm_start if warm_start is None else warm_start,
     )
