@@ -79,7 +79,8 @@ def _sample(name: str, size: int, seed: int):
 
         weights = {"w": torch.from_numpy(rng.random(size).astype(np.float32))}
         return {"unet-fold0": make_bundle(model_name="unet", init_kwargs={"base_channels": 4},
-                                          state_dict=weights, metadata={"seed": seed})}
+                                          state_dict=weights, patch_size=64,
+                                          metadata={"seed": seed})}
     if kind == "FigurePngDataset":
         import matplotlib.pyplot as plt
 

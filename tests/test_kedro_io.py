@@ -52,7 +52,8 @@ def test_image_folder_missing_is_a_clear_error(tmp_path):
 
 def test_model_bundle_dataset_is_weights_only(tmp_path):
     bundle = make_bundle(model_name="unet", init_kwargs={"base_channels": 4},
-                         state_dict={"w": torch.ones(2)}, metadata={"best_epoch": 3})
+                         state_dict={"w": torch.ones(2)}, patch_size=64,
+                         metadata={"best_epoch": 3})
     ds = ModelBundleDataset(str(tmp_path / "model.pt"))
     ds.save(bundle)
     loaded = ds.load()

@@ -25,7 +25,8 @@ SCHEMAS = [config.PredictionConfig, config.EvaluationConfig, config.InferenceCon
 #: Settings whose name alone says what they are, wherever they appear.
 SETTINGS = ("threshold", "overlap", "tta", "precision", "promotion_margin",
             "gate_confidence", "class_tolerance", "gate_resamples", "gate_seed",
-            "min_distance", "min_size", "thumbnail_side", "boundary_tolerance")
+            "min_distance", "min_size", "thumbnail_side", "boundary_tolerance", "batch_size",
+            "patch_size", "num_threads")
 
 
 def _literal_defaults(tree: ast.Module) -> list[tuple[int, str]]:

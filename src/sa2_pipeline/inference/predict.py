@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.config import EvaluationConfig, PredictionConfig
 from sa2_pipeline.models.bundle import members_of, model_from_bundle
 
 
@@ -31,7 +31,7 @@ def predict_probabilities(
     num_classes: int,
     patch_size: int,
     overlap: float = PredictionConfig.overlap,
-    batch_size: int = 4,
+    batch_size: int = EvaluationConfig.batch_size,
     tta: bool = PredictionConfig.tta,
     channel_order: str = "rgb",
     device: Any = None,
@@ -88,7 +88,7 @@ class Predictor:
         device: Any = None,
         tta: bool = PredictionConfig.tta,
         overlap: float = PredictionConfig.overlap,
-        batch_size: int = 4,
+        batch_size: int = EvaluationConfig.batch_size,
         patch_size: int | None = None,
         precision: str = PredictionConfig.precision,
     ) -> None:

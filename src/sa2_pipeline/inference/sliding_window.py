@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.config import EvaluationConfig, PredictionConfig
 from sa2_pipeline.runtime.precision import autocast as autocast_for
 from sa2_pipeline.runtime.precision import resolve_precision
 from sa2_pipeline.runtime.precision_probe import concrete_precision
@@ -216,7 +216,7 @@ def predict_sliding_window(
     *,
     patch_size: int | tuple[int, int] | None,
     overlap: float = PredictionConfig.overlap,
-    batch_size: int = 4,
+    batch_size: int = EvaluationConfig.batch_size,
     gaussian: bool = True,
     tta: TTAMode = PredictionConfig.tta,
     num_classes: int = 1,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.config import EvaluationConfig, InferenceConfig, PredictionConfig
 
 Forward = Callable[["object"], "object"]  # torch (B, 3, p, p) -> (B, C, p, p) probabilities
 
@@ -34,9 +34,9 @@ Forward = Callable[["object"], "object"]  # torch (B, 3, p, p) -> (B, C, p, p) p
 class WindowSpec:
     """Sliding-window settings."""
 
-    patch: int = 256
+    patch: int = EvaluationConfig.patch_size
     overlap: float = PredictionConfig.overlap
-    batch_size: int = 8
+    batch_size: int = InferenceConfig.batch_size
     num_classes: int = 1
     #: Mirrored context around the image (px); ``None`` = patch / 8, as the in-memory window.
     border: int | None = None

@@ -21,8 +21,8 @@ def make_bundle(
     model_name: str,
     init_kwargs: dict[str, Any],
     state_dict: dict[str, Any],
+    patch_size: int,
     channel_order: str = "rgb",
-    patch_size: int = 256,
     resize_to: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
