@@ -35,7 +35,7 @@ from sa2_pipeline.config import (
 from sa2_pipeline.inference.run import collect_inputs, run_folder
 from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.runtime.precision import PRECISIONS
-from sa2_pipeline.runtime.threads import choose_wait_policy, configure_threads
+from sa2_pipeline.runtime.threads import choose_wait_policy
 from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
 from sa2_pipeline.tracking.server import bound_http_requests, unreachable_server
 from sa2_pipeline.user_errors import find_user_error, verbose
@@ -137,7 +137,6 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
 
     try:
         cfg = InferenceConfig(**settings)
-        configure_threads(cfg.num_threads)
         inputs = collect_inputs(images, exclude=Path(cfg.output_dir))
         model = resolve_model(cfg.model_uri)
         logger.info("model %s resolved to version %s (%s)", model.requested_uri,

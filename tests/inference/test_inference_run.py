@@ -65,6 +65,7 @@ def test_kedro_inference_pipeline_segments_reports_and_resumes(tmp_path, tiny_mo
     log = proc.stdout + proc.stderr
     # four bad inputs: the exit status is their number; the good ones are all done
     assert proc.returncode == 4, log
+    assert "(automatic)" in log  # inference.num_threads: 0 by default
     for name, reason in (("empty.png", "empty file"), ("corrupt.tif", "unreadable"),
                          ("tiny.png", "too small"), ("notes.svslide", "OpenSlide")):
         assert name in log and reason in log, (name, log[-3000:])
@@ -89,8 +90,9 @@ def test_kedro_inference_pipeline_segments_reports_and_resumes(tmp_path, tiny_mo
 
     # unchanged re-run: nothing redone; a changed threshold redoes every input
     stamp = (run_dir / "a.png.mask.png").stat().st_mtime_ns
-    again = _kedro(tiny_model, params, cwd=REPO)
+    again = _kedro(tiny_model, params + ",inference.num_threads=1", cwd=REPO)
     assert again.returncode == 4
+    assert "torch uses 1 thread(s)" in again.stdout + again.stderr  # inference.num_threads
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert sorted(manifest["this_run"]["skipped"]) == ["a.png", "a.tif", "slide.tif"]
     assert (run_dir / "a.png.mask.png").stat().st_mtime_ns == stamp

@@ -39,6 +39,7 @@ from sa2_pipeline.config import InferenceConfig
 from sa2_pipeline.inference.segment import segment_file
 from sa2_pipeline.inference.slides import SUPPORTED_SUFFIXES, UnreadableImageError
 from sa2_pipeline.io_utils import atomic_write_text
+from sa2_pipeline.runtime.threads import configure_threads
 
 logger = logging.getLogger(__name__)
 
@@ -279,6 +280,7 @@ def run_folder(cfg: InferenceConfig, model: Any, load_predictor: Callable[[Any],
         inputs = collect_inputs([root], exclude=out_dir)
     mine = select_part(inputs, cfg.num_parts, cfg.part_id)
     settings = with_model_mpp(cfg, model.pixel_size_um)
+    configure_threads(cfg.num_threads)
     predictor = load_predictor(select_device(cfg.device))
     result = segment_inputs(mine, predictor, settings, out_dir, model=model.as_record(),
                             progress=cfg.progress)
