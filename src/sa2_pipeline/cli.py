@@ -7,10 +7,10 @@
     sa2-pipeline make-synthetic-data data/01_raw/synthetic     # the embedded dataset
     sa2-pipeline retrain --env monuseg      # retrain on new slides, gated promotion
     sa2-pipeline rollback --model sa2net-monuseg --to-version 3
+    sa2-pipeline serve --model models:/sa2net-synthetic@champion   # HTTP, one version
 
-The pipelines themselves run with ``kedro run``. Every option that is also a parameter
-XX
-:mod:`sa2_pipeline.config`; nothing here repeats one.
+The pipelines themselves run with `kedro run`. An option that is also a parameter (those
+of `segment` are the `inference` parameters) takes its default from sa2_pipeline.config.
 """
 
 from __future__ import annotations
@@ -37,8 +37,22 @@ from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.runtime.precision import PRECISIONS
 from sa2_pipeline.runtime.threads import choose_wait_policy
 from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
-from sa2_pipeline.tracking.server import bound_http_requests, unreachable_server
-from sa2_pipeline.user_errors import find_user_error, verbose
+from sa2_pipeline.tracking.server import (
+    bound_http_requests,
+    require_existing_store,
+    unreachable_server,
+)
+from sa2_pipeline.tracking.serving import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_WORKERS,
+    START_TIMEOUT_S,
+    ModelServer,
+    ServeError,
+    default_log_path,
+    serve_until_signalled,
+)
+from sa2_pipeline.user_errors import check_output_folder, find_in_chain, find_user_error, verbose
 
 logger = logging.getLogger("sa2_pipeline.cli")
 
@@ -138,12 +152,13 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
     try:
         cfg = InferenceConfig(**settings)
         inputs = collect_inputs(images, exclude=Path(cfg.output_dir))
+        check_output_folder(cfg.output_dir, "--out")  # before the model is loaded
         model = resolve_model(cfg.model_uri)
         logger.info("model %s resolved to version %s (%s)", model.requested_uri,
                     model.version, model.uri)
         summary = run_folder(cfg, model, lambda device: load_predictor(model, device=device),
                              inputs=inputs, out_dir=Path(cfg.output_dir))
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, OSError) as err:  # OSError: an output not written
         raise SystemExit(f"segment: {err}") from err
     for name, reason in summary["failed"].items():
         print(f"{name}: {reason}", file=sys.stderr)
@@ -151,6 +166,42 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
           f"{summary['model']['uri']}; {len(summary['skipped'])} already done, "
           f"{len(summary['failed'])} failed")
     raise SystemExit(min(len(summary["failed"]), 100))
+
+
+@cli.command("serve")
+@click.option("--model", "model_uri", required=True,
+              help="e.g. models:/sa2net-monuseg@champion (served as the version it names now)")
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Interface to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT,
+              show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=DEFAULT_WORKERS,
+              show_default=True, help="uvicorn worker processes.")
+@click.option("--log", "log_file", default=None,
+              help="The server's output (default: <tmp>/sa2-serve-<name>-v<version>-<port>.log).")
+@click.option("--start-timeout", type=click.FloatRange(min=1), default=START_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for the server to answer /ping.")
+def serve(model_uri: str, host: str, port: int, workers: int, log_file: str | None,
+          start_timeout: float) -> None:
+    """Serve a registered model over HTTP (mlflow models serve) until Ctrl-C or SIGTERM,
+    which stop the server's whole process group: no uvicorn is left on the port."""
+    try:
+        model = resolve_model(model_uri)
+    except ValueError as err:
+        raise SystemExit(f"serve: {err}") from err
+    log_path = Path(log_file) if log_file else default_log_path(model.label, port)
+    print(f"serving {model.requested_uri} as version {model.version} ({model.uri})",
+          flush=True)
+    try:
+        server = ModelServer.start(model.uri, host=host, port=port, workers=workers,
+                                   log_path=log_path)
+        print(f"server process group {server.pgid}; log: {log_path}", flush=True)
+        serve_until_signalled(server, timeout_s=start_timeout, on_ready=lambda: print(
+            f"ready: {server.url}/invocations (Ctrl-C or kill -TERM {os.getpid()} stops "
+            "it)", flush=True))
+    except ServeError as err:
+        raise SystemExit(f"serve: {err}") from err
+    print("server stopped", flush=True)
 
 
 @cli.command("make-synthetic-data")
@@ -251,6 +302,7 @@ def rollback_command(model: str, to_version: int, reason: str, force: bool) -> N
     """
     from sa2_pipeline.tracking.champion import rollback_champion
 
+    require_existing_store("rollback")
     try:
         moved = rollback_champion(model, str(to_version), reason=reason, force=force)
     except ValueError as err:
@@ -301,6 +353,12 @@ def _retrain(env: str, project_dir: str, params: str, *, change_test_set: bool,
     return outcome.code
 
 
+def _database_locked(err: BaseException) -> bool:
+    """SQLite's "database is locked" (MLflow's default store, two writers at once),
+    raised as ``sqlite3.OperationalError`` or wrapped by SQLAlchemy and MLflow."""
+    return "database is locked" in str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point ``sa2-pipeline``; returns the exit code.
 
@@ -321,8 +379,16 @@ def main(argv: list[str] | None = None) -> int:
         err.show()
         return err.exit_code
     except Exception as err:
+        loud = verbose() or bool({"-v", "--verbose"} & set(args))
+        if not loud and find_in_chain(err, _database_locked) is not None:
+            uri = (os.environ.get("MLFLOW_TRACKING_URI")
+                   or "MLflow's default store (MLFLOW_TRACKING_URI is unset)")
+            print(f"Error: the MLflow database is busy: another run holds it ({uri}). Retry "
+                  "when that run has written, or use an MLflow server (mlflow server) for "
+                  "concurrent runs.", file=sys.stderr)
+            return 1
         unreachable = unreachable_server(err, os.environ.get("MLFLOW_TRACKING_URI", ""))
-        if unreachable and not (verbose() or {"-v", "--verbose"} & set(args)):
+        if unreachable and not loud:
             print(f"Error: {unreachable}", file=sys.stderr)
             return 1
         user_error = find_user_error(err)

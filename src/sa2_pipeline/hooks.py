@@ -9,7 +9,7 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from sa2_pipeline.config import ConfigError, validate_parameters
-from sa2_pipeline.user_errors import install_excepthook
+from sa2_pipeline.user_errors import config_file_error, install_excepthook
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ class ValidateRunHook:
     def after_context_created(self, context: Any) -> None:
         from pathlib import Path
 
+        import yaml
 
         install_excepthook()
         conf = Path(context.config_loader.conf_source)
@@ -130,7 +131,19 @@ class ValidateRunHook:
             envs = sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name != "base")
             raise ConfigError(f"environment {context.env!r} not found: no folder "
                               f"{conf / context.env}; the environments are {envs}")
-        validate_parameters(context.params)
+        try:
+            params = context.params
+        except yaml.YAMLError as err:
+            # Kedro names the file of a syntax error but not its problem, and neither the
+            # file nor the key of a duplicate key: say both, with the lines.
+            loader = context.config_loader
+            problem = config_file_error(conf, [getattr(loader, "base_env", None),
+                                               context.env or getattr(loader, "env", None)
+                                               or getattr(loader, "default_run_env", None)])
+            if problem is None:
+                raise
+            raise problem from err
+        validate_parameters(params)
 
 
 class InterruptedRunHook:

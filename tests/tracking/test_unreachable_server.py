@@ -86,3 +86,13 @@ def test_the_entry_points_bound_mlflow_s_http_waits():
     assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"  # the user's setting wins
     assert chosen == {k: v for k, v in HTTP_DEFAULTS.items()
                       if k != "MLFLOW_HTTP_REQUEST_TIMEOUT"}
+
+
+def test_rollback_outside_the_project_creates_no_store(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.run([str(BIN / "sa2-pipeline"), "rollback", "--model", "sa2net-x",
+                           "--to-version", "1"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 1
+    assert "no MLflow tracking store here" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # no stray mlflow.db

@@ -9,7 +9,10 @@
 3. the adapter has verified every raw file by then: a bad one stops here
    (:data:`EXIT_BAD_DATA`), with nothing written;
 4. the frozen test set: a change that touches a test image needs ``change_test_set``
-   (:data:`EXIT_TEST_SET_CHANGED` otherwise);
+   (:data:`EXIT_TEST_SET_CHANGED` otherwise); its reference is kept outside DVC's
+   outputs (``retraining/frozen_test_set.json``), so a ``dvc repro`` killed after deleting
+   the manifest does not switch this check off; a near-copy of a test image offered as
+   training data is refused like a bad file (:data:`EXIT_BAD_DATA`);
 5. version the raw data (:mod:`.versioning`: ``dvc repro data_ingestion@<env>``, push);
 6. ``kedro run --env <env>`` trains the challenger (resumable), evaluates it on the frozen
    test set and registers it; the registry's statistical gate decides on ``champion``;
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from sa2_pipeline.locks import LockHeldError, dataset_lock_path, exclusive_lock
-from sa2_pipeline.retraining.detect import Detection, detect_changes, write_inventory
+from sa2_pipeline.retraining.detect import (
+    Detection,
+    detect_changes,
+    write_inventory,
+    write_test_reference,
+)
 from sa2_pipeline.retraining.record import append_to_report, write_record
 from sa2_pipeline.retraining.versioning import (
     StageFailedError,
@@ -35,7 +45,7 @@ from sa2_pipeline.retraining.versioning import (
     tool,
     version_raw_data,
 )
-from sa2_pipeline.tracking.model_loading import champion_bundle_file
+from sa2_pipeline.tracking.model_loading import champion_bundle_file, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +99,9 @@ def _paths(req: RetrainRequest) -> dict[str, Path]:
         "reports": root / "08_reporting" / req.dataset,
         "records": root / "08_reporting" / req.dataset / "retraining",
         "pending": root / "08_reporting" / req.dataset / "retraining" / "pending.json",
+        # Not an output of any DVC stage: `dvc repro` never deletes it (detect.py).
+        "test_reference": root / "08_reporting" / req.dataset / "retraining"
+        / "frozen_test_set.json",
     }
 
 
@@ -109,8 +122,40 @@ def retrain(req: RetrainRequest) -> RetrainOutcome:
         return RetrainOutcome(EXIT_BAD_DATA, f"verification failed, nothing was written and "
                               f"the current data version is kept:\n{err}")
     except StageFailedError as err:
+        unreadable = _unreadable_champion(req)
+        if unreadable is not None:
+            return RetrainOutcome(EXIT_FAILED, f"{err}; {unreadable}")
         return RetrainOutcome(EXIT_FAILED, f"{err}; the champion is unchanged. Run the same "
                               "command again to resume (finished epochs are kept).")
+
+
+def _unreadable_champion(req: RetrainRequest) -> str | None:
+    """Why the champion cannot be re-scored (its artifacts cannot be downloaded), or None.
+
+    Asked only after a step failed: a champion whose artifacts are gone fails every
+    retrain's gate the same way, so "run it again" would never help.
+    """
+    if not req.model_name or not (os.environ.get("MLFLOW_TRACKING_URI")
+                                  or (Path.cwd() / "mlflow.db").is_file()):
+        return None  # no store to ask: never create an empty one by looking
+    try:
+        champion = resolve_model(f"models:/{req.model_name}@champion")
+    except Exception:  # noqa: BLE001 - no champion, store unreachable: not a diagnosis
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            champion_bundle_file(req.model_name, tmp)
+        except Exception as err:  # noqa: BLE001 - MLflow and the stores raise many types
+            return (
+                f"the champion, {req.model_name} version {champion.version}, cannot be read "
+                f"({type(err).__name__}: {str(err)[:300]}): its artifacts are missing, and "
+                "every retrain re-scores the champion on the test set, so running the same "
+                "command again fails the same way. The champion is unchanged. Restore that "
+                "version's artifacts, or make a version whose artifacts exist champion: "
+                f"`sa2-pipeline rollback --model {req.model_name} --to-version <N> --reason "
+                f"\"v{champion.version} artifacts missing\"` (add --force for a version the "
+                "gate rejected), then run the same command again to resume")
+    return None
 
 
 def _refusal(req: RetrainRequest) -> RetrainOutcome | None:
@@ -132,7 +177,17 @@ def _locked(req: RetrainRequest) -> RetrainOutcome:
         req.prepare_raw()
     detection = detect_changes(req.raw_dir if Path(req.raw_dir).is_absolute()
                                else req.project_dir / req.raw_dir,
-                               paths["manifest"], paths["inventory"], req.build_manifest)
+                               paths["manifest"], paths["inventory"], req.build_manifest,
+                               paths["test_reference"])
+    if detection.test_reference_missing and not req.change_test_set:
+        return RetrainOutcome(
+            EXIT_FAILED,
+            f"the frozen test set of {req.dataset} is unknown: {paths['manifest']} is "
+            "missing (a `dvc repro` killed after deleting its outputs?) and there is no "
+            f"reference {paths['test_reference']}, so a change to a test image could not "
+            "be told apart. Nothing was done. Restore the last ingested manifest (`dvc "
+            f"checkout data_ingestion@{req.env}`) and run the same command again, or pass "
+            "--change-test-set to accept whatever test split the raw folder has now")
     pending = _read_pending(paths["pending"])
     if pending is not None:  # an earlier retrain was interrupted: finish it
         detection = _with_pending(detection, pending)
@@ -181,6 +236,9 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
     record = _record(req, detection, data, registration, test_summary, started)
 
     write_record(paths["records"], record)
+    # the test set this challenger was scored on is the frozen one from now on
+    if paths["manifest"].is_file():
+        write_test_reference(paths["test_reference"], paths["manifest"])
     append_to_report(paths["reports"], record)
     paths["pending"].unlink(missing_ok=True)  # done: the next call detects afresh
     return RetrainOutcome(EXIT_OK, f"{summary}: {record['decision']}: {record['reason']}",
@@ -217,8 +275,6 @@ def _record(req: RetrainRequest, detection: Detection, data: dict, registration:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    import os
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1))

@@ -16,6 +16,8 @@
 - :mod:`.model_loading`: resolving an alias to one version and loading it (predictor,
   pyfunc, the champion's bundle file);
 - :mod:`.pyfunc` and :mod:`.pyfunc_model`: the registered, served model.
+- :mod:`.serving`: ``mlflow models serve`` in its own process group, stopped as a whole
+  (``sa2-pipeline serve``).
 
 This is the only package of the library that imports MLflow (the Kedro edge files
 ``hooks.py`` and ``settings.py`` aside). MLflow itself is imported inside functions (the

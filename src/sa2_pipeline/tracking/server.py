@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
+
+from sa2_pipeline.user_errors import UserError
 
 #: The project's defaults for MLflow's HTTP client (docs/environment.md, "Tracking server").
 HTTP_DEFAULTS = {
@@ -56,3 +59,25 @@ def unreachable_server(exc: BaseException, tracking_uri: str) -> str | None:
                     f"({timeout} s per request, {retries} retries): is it running and is "
                     f"MLFLOW_TRACKING_URI right? Nothing was changed in the registry.")
     return None
+
+
+class NoTrackingStoreError(UserError):
+    """A command that reads the registry found no tracking store to read."""
+
+
+def require_existing_store(command: str) -> None:
+    """Refuse when no ``MLFLOW_TRACKING_URI`` is set and the default store (``mlflow.db``
+    in the working folder) does not exist: the command would create an empty store there
+    and then report that the model has no such version.
+
+    Raises:
+        NoTrackingStoreError: Names the folder and what to do.
+    """
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return
+    here = Path.cwd()
+    if not (here / "mlflow.db").is_file():
+        raise NoTrackingStoreError(
+            f"{command}: no MLflow tracking store here ({here / 'mlflow.db'} does not exist "
+            "and MLFLOW_TRACKING_URI is not set): run it in the project folder, or set "
+            "MLFLOW_TRACKING_URI to the team's server or database; nothing was created")

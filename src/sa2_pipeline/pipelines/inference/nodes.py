@@ -9,8 +9,13 @@ from typing import Any
 from sa2_pipeline.config import InferenceConfig, RegistryConfig, parse
 from sa2_pipeline.inference.run import run_folder
 from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+from sa2_pipeline.user_errors import UserError, check_output_folder
 
 logger = logging.getLogger(__name__)
+
+
+class ModelNotFoundError(UserError, ValueError):
+    """The model to segment with is not in the registry (no champion yet, a bad URI)."""
 
 
 def segment_folder(params: dict[str, Any], registry: dict[str, Any]) -> dict[str, Any]:
@@ -23,7 +28,15 @@ def segment_folder(params: dict[str, Any], registry: dict[str, Any]) -> dict[str
 
     cfg = parse(InferenceConfig, params, "inference")
     model_name = parse(RegistryConfig, registry, "registry").model_name
-    model = resolve_model(cfg.model_uri or f"models:/{model_name}@champion")
+    try:
+        model = resolve_model(cfg.model_uri or f"models:/{model_name}@champion")
+    except ValueError as err:
+        if cfg.model_uri:
+            raise ModelNotFoundError(f"inference.model_uri: {err}") from err
+        raise ModelNotFoundError(f"no champion for {model_name} yet: run the training "
+                                 f"pipeline first, or set inference.model_uri ({err})"
+                                 ) from err
+    check_output_folder(cfg.output_dir, "inference.output_dir")
     logger.info("model %s resolved to version %s (%s)", model.requested_uri, model.version,
                 model.uri)
     return run_folder(cfg, model, lambda device: load_predictor(model, device=device))

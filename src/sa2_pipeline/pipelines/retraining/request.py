@@ -14,7 +14,7 @@ import yaml
 
 from sa2_pipeline.config import IngestionConfig, RegistryConfig, RetrainingConfig, parse
 from sa2_pipeline.datasets.registry import load_raw_dataset
-from sa2_pipeline.user_errors import UserError
+from sa2_pipeline.user_errors import UserError, config_file_error
 
 
 class RequestError(UserError, ValueError):
@@ -68,7 +68,13 @@ def load_parameters(project_dir: Path, env: str, runtime_params: dict[str, Any] 
                            f"(choose one of {known})")
     loader = OmegaConfigLoader(conf_source=str(project_dir / "conf"), env=env,
                                runtime_params=runtime_params or {}, **CONFIG_LOADER_ARGS)
-    return dict(loader["parameters"])
+    try:
+        return dict(loader["parameters"])
+    except yaml.YAMLError as err:  # a syntax error or a duplicate key: name file and line
+        problem = config_file_error(conf, [env])
+        if problem is None:
+            raise
+        raise problem from err
 
 
 def build_request(project_dir: Path, env: str, *, params: str = "",

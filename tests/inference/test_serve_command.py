@@ -1,0 +1,117 @@
+"""``sa2-pipeline serve``: the alias is resolved to one version, the server answers, and
+SIGTERM to the command leaves no process of the server's group and nothing on the port."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from inference_helpers import he_image
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _read_until(proc: subprocess.Popen, pattern: str, seen: list[str],
+                timeout_s: float) -> re.Match:
+    """Read the command's output lines until one matches ``pattern``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen.append(line)
+        if match := re.search(pattern, line):
+            return match
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model, tmp_path):
+    port, log = _free_port(), tmp_path / "server.log"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tiny_model.tracking_uri,
+               PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [str(BIN / "sa2-pipeline"), "serve", "--model", tiny_model.uri, "--port", str(port),
+         "--log", str(log)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    pgid = None
+    try:
+        assert _read_until(proc, r"as version (\d+) \(models:/sa2net-tiny/1\)", seen, 60)
+        pgid = int(_read_until(proc, r"process group (\d+)", seen, 30)[1])
+        _read_until(proc, r"ready: http://127\.0\.0\.1:\d+/invocations", seen, 240)
+
+        image = he_image(64, 72, seed=4)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": image.tolist()}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            assert reply.status == 200
+            mask = np.asarray(json.loads(reply.read())["predictions"])
+        assert mask.shape == (64, 72) and set(np.unique(mask)) <= {0, 1}
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, "".join(seen) + proc.stdout.read()
+        # serve returns only once its server's group is gone: no grace period needed here
+        assert not _group_alive(pgid), "a process of the server's group is still running"
+        assert not _port_open(port), "something still listens on the port"
+        assert "server stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if pgid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        proc.stdout.close()
+
+
+def test_serve_refuses_a_port_in_use_and_an_unknown_model(tiny_model, tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tiny_model.tracking_uri,
+               PYTHONPATH=str(REPO / "src"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [str(BIN / "sa2-pipeline"), "serve", "--model", tiny_model.uri, "--port",
+             str(port), "--log", str(tmp_path / "server.log")],
+            check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    result = subprocess.run(
+        [str(BIN / "sa2-pipeline"), "serve", "--model", "models:/sa2net-tiny@nothing"],
+        check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "not found in the registry" in result.stderr, \
+        result.stderr
