@@ -87,6 +87,7 @@ def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model,
         assert not _group_alive(pgid), "a process of the server's group is still running"
         assert not _port_open(port), "something still listens on the port"
         assert "server stopped" in proc.stdout.read()
+        assert log.stat().st_size > 0  # --log: the server's output went where asked
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -115,3 +116,18 @@ def test_serve_refuses_a_port_in_use_and_an_unknown_model(tiny_model, tmp_path):
         check=False, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "not found in the registry" in result.stderr, \
         result.stderr
+
+
+def test_a_server_not_ready_within_start_timeout_is_stopped_and_named(tiny_model, tmp_path):
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tiny_model.tracking_uri,
+               PYTHONPATH=str(REPO / "src"))
+    log = tmp_path / "slow.log"
+    result = subprocess.run(
+        [str(BIN / "sa2-pipeline"), "serve", "--model", tiny_model.uri, "--port",
+         str(_free_port()), "--log", str(log), "--start-timeout", "1"],
+        check=False, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert str(log) in result.stderr, result.stderr
+    pgid = int(re.search(r"process group (\d+)", result.stdout)[1])
+    assert not _group_alive(pgid), "the server that missed its start-up time still runs"
+
