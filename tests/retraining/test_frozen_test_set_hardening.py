@@ -19,8 +19,6 @@ from sa2_pipeline.cli import main
 from sa2_pipeline.pipelines.retraining.request import build_request
 from sa2_pipeline.retraining import orchestrate
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY_RAW = {"data_ingestion": {"synthetic": {"n_train": 3, "n_test": 2, "image_size": 64}}}
 RAW = Path("data") / "01_raw" / "synthetic"
 TEST_DIR = RAW / "MoNuSegTestData"
 TRAIN_IMAGES = RAW / "MoNuSeg 2018 Training Data" / "Tissue Images"
@@ -30,18 +28,9 @@ MANIFEST = Path("data") / "02_intermediate" / "synthetic" / "manifest.csv"
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(offline_project):
     """conf/ in a temporary folder; ingestion and training must not run unless faked."""
-    root = tmp_path / "project"
-    shutil.copytree(ROOT / "conf", root / "conf")
-    (root / "conf" / "synthetic" / "parameters.yml").write_text(json.dumps(TINY_RAW))
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError(f"this retrain must stop before {args!r}")
-
-    monkeypatch.setattr(orchestrate, "version_raw_data", must_not_run)
-    monkeypatch.setattr(orchestrate, "run_command", must_not_run)
-    return root
+    return offline_project(n_train=3, n_test=2)
 
 
 def _detect(root: Path, capsys, *options: str) -> dict:

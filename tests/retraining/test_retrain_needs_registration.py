@@ -5,7 +5,6 @@ leaves the new slides new; ``detect`` alone is still allowed."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,23 +12,13 @@ import pytest
 from sa2_pipeline.cli import main
 from sa2_pipeline.retraining import orchestrate
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY_RAW = {"data_ingestion": {"synthetic": {"n_train": 2, "n_test": 1, "image_size": 64}}}
 
 
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(offline_project):
     """A checkout's conf/ in a temporary folder; the synthetic env makes tiny slides."""
-    root = tmp_path / "project"
-    shutil.copytree(ROOT / "conf", root / "conf")
-    (root / "conf" / "synthetic" / "parameters.yml").write_text(json.dumps(TINY_RAW))
-
-    def must_not_run(*args, **kwargs):
-        raise AssertionError(f"a refused retrain ran {args!r}")
-
-    monkeypatch.setattr(orchestrate, "version_raw_data", must_not_run)
-    monkeypatch.setattr(orchestrate, "run_command", must_not_run)
-    return root
+    return offline_project(n_train=2, n_test=1, message="a refused retrain ran")
 
 
 def _detect(root: Path, capsys, *params: str) -> dict:
