@@ -8,14 +8,12 @@ process) or ``kedro run`` in a throw-away copy of the project (as in
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from kedro_project import kedro_run, make_project_copy
 from sa2_pipeline import cli
 from sa2_pipeline.cli import main
 from sa2_pipeline.tracking import champion
@@ -32,21 +30,7 @@ def tracking(tmp_path, monkeypatch):
 
 @pytest.fixture
 def project_copy(tmp_path) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    return root
-
-
-def _kedro_run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KEDRO_DISABLE_TELEMETRY": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
-    env.pop("SA2_VERBOSE", None)
-    kedro = Path(sys.executable).parent / "kedro"
-    return subprocess.run([str(kedro), "run", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    return make_project_copy(tmp_path / "project")
 
 
 # -- 1. segment --out that cannot be written -------------------------------------------
@@ -93,7 +77,7 @@ def test_segment_to_an_unwritable_out_names_the_folder_before_loading_a_model(
 
 
 def test_kedro_inference_without_a_champion_says_train_first(project_copy):
-    result = _kedro_run(project_copy, "--pipelines", "inference", "--env", "synthetic")
+    result = kedro_run(project_copy, "--pipelines", "inference", "--env", "synthetic")
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "no champion for sa2net-synthetic yet: run the training pipeline first, or set " \
@@ -115,7 +99,7 @@ def test_kedro_run_with_a_broken_parameters_file_names_file_and_line(project_cop
     text, where = _BROKEN[kind]
     broken = project_copy / "conf" / "local" / "parameters.yml"
     broken.write_text(text)
-    result = _kedro_run(project_copy)
+    result = kedro_run(project_copy)
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert str(broken) in out and where in out, out

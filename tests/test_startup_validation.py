@@ -7,14 +7,11 @@ exists before the run, so any file it leaves would show that a node ran.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from kedro_project import kedro_run, make_project_copy
 from sa2_pipeline.config import ConfigError, validate_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,21 +66,7 @@ def test_every_problem_is_listed_at_once() -> None:
 
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("project")
-    shutil.copytree(ROOT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
-    (root / "conf" / "local").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
-    (root / "src").mkdir()
-    return root
-
-
-def _kedro_run(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KEDRO_DISABLE_TELEMETRY": "1",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}
-    env.pop("SA2_VERBOSE", None)
-    kedro = Path(sys.executable).parent / "kedro"
-    return subprocess.run([str(kedro), "run", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    return make_project_copy(tmp_path_factory.mktemp("project"))
 
 
 def _created(root: Path) -> list[str]:
@@ -92,7 +75,7 @@ def _created(root: Path) -> list[str]:
 
 
 def test_kedro_run_with_bad_params_fails_before_any_node(project_copy: Path) -> None:
-    result = _kedro_run(project_copy, "--params",
+    result = kedro_run(project_copy, "--params",
                         "trainin.epochs=1000,evaluation.overlap=1.5,registry.promotion_margn=1")
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
@@ -108,7 +91,7 @@ def test_kedro_run_with_bad_params_fails_before_any_node(project_copy: Path) -> 
 
 
 def test_kedro_run_with_a_missing_environment_names_it(project_copy: Path) -> None:
-    result = _kedro_run(project_copy, "--env", "doesnotexist")
+    result = kedro_run(project_copy, "--env", "doesnotexist")
     out = result.stdout + result.stderr
     assert result.returncode != 0, out
     assert "environment 'doesnotexist' not found" in out
