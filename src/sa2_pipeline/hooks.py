@@ -9,7 +9,8 @@ from typing import Any
 from kedro.framework.hooks import hook_impl
 
 from sa2_pipeline.config import ConfigError, validate_parameters
-from sa2_pipeline.user_errors import config_file_error, install_excepthook
+from sa2_pipeline.config_files import config_file_error
+from sa2_pipeline.user_errors import install_excepthook
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ from typing import Any
 import yaml
 
 from sa2_pipeline.config import IngestionConfig, RegistryConfig, RetrainingConfig, parse
+from sa2_pipeline.config_files import config_file_error
 from sa2_pipeline.datasets.registry import load_raw_dataset
-from sa2_pipeline.user_errors import UserError, config_file_error
+from sa2_pipeline.user_errors import UserError
 
 
 class RequestError(UserError, ValueError):
