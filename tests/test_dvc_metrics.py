@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sa2_pipeline.metrics.comparison import add_uncertainty
-from sa2_pipeline.metrics.summary import summarise_test_set
+from sa2_pipeline.metrics.summary import headline_metrics, summarise_test_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DVC = [sys.executable, "-m", "dvc"]
@@ -36,6 +36,7 @@ def _write_outputs(root: Path, shift: float) -> None:
     reporting = root / "data" / "08_reporting" / "synthetic"
     reporting.mkdir(parents=True, exist_ok=True)
     (reporting / "test_summary.json").write_text(json.dumps(summary))
+    (reporting / "metrics.json").write_text(json.dumps(headline_metrics(summary)))
     per_image.to_csv(reporting / "test_metrics_per_image.csv", index=False)
     models = root / "data" / "06_models" / "synthetic"
     models.mkdir(parents=True, exist_ok=True)
@@ -63,16 +64,21 @@ def test_metrics_and_plots_compare_two_commits(tmp_path):
     _write_outputs(tmp_path, 0.1)
     _run(tmp_path, "git", "commit", "-qam", "second run")
 
+    # What a terminal shows: a few named headline numbers, not one line of 380 columns
+    table = _run(tmp_path, *DVC, "metrics", "show")
+    assert max(len(line) for line in table.splitlines()) <= 120, table
+    assert "dice_ci_low" in table and "n_images" in table, table
     shown = json.loads(_run(tmp_path, *DVC, "metrics", "show", "--json"))
-    summary = shown[""]["data"]["data/08_reporting/synthetic/test_summary.json"]["data"]
-    assert summary["models"]["sa2net"]["intervals"]["dice"]["n"] == 5
+    headline = shown[""]["data"]["data/08_reporting/synthetic/metrics.json"]["data"]
+    assert headline["n_images"] == 5 and headline["model"] == "sa2net"
 
     diff = json.loads(_run(tmp_path, *DVC, "metrics", "diff", "HEAD~1", "HEAD", "--json"))
-    change = diff["data/08_reporting/synthetic/test_summary.json"]["test_dice"]
-    assert change["diff"] == pytest.approx(0.1)
-    assert (
-        "models.sa2net.intervals.dice.low" in diff["data/08_reporting/synthetic/test_summary.json"]
-    )
+    change = diff["data/08_reporting/synthetic/metrics.json"]["dice"]
+    assert change["diff"] == pytest.approx(0.1, abs=1e-4)
+    # the whole summary on demand (every model's intervals, comparisons)
+    full = json.loads(_run(tmp_path, *DVC, "metrics", "diff", "HEAD~1", "HEAD", "--json",
+                           "--targets", "data/08_reporting/synthetic/test_summary.json"))
+    assert "models.sa2net.intervals.dice.low" in full["data/08_reporting/synthetic/test_summary.json"]
 
     plots = json.loads(_run(tmp_path, *DVC, "plots", "diff", "HEAD~1", "HEAD", "--json"))["data"]
     for path, field in (

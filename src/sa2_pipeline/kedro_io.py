@@ -222,6 +222,22 @@ class AtomicJSONDataset(JSONDataset):
         _atomic_local_save(self, json.dumps(data, **self._save_args).encode("utf-8"))
 
 
+class OptionalJSONDataset(AtomicJSONDataset):
+    """A JSON file that may not exist yet: loads as ``{}`` when it is missing.
+
+    The reporting pipeline reads the latest retraining record through it: a project that
+    has never been retrained has none, and its report simply has no retraining section.
+    """
+
+    def load(self) -> Any:
+        if not Path(get_filepath_str(self._get_load_path(), self._protocol)).is_file():
+            return {}
+        return super().load()
+
+    def _exists(self) -> bool:
+        return True
+
+
 class AtomicTextDataset(TextDataset):
     """kedro-datasets' ``text.TextDataset`` whose save is atomic."""
 

@@ -88,7 +88,18 @@ def test_new_slides_retrain_gate_record_then_no_op(trained_project, tmp_path):
     run = client.get_run(record["registration"]["run_id"])
     assert run.data.params["registry.data_version"] == tags["sa2.data_version"]
     assert record["data"]["pushed"] is True  # the project's default remote
-    assert "## Retraining" in project.data("08_reporting", "report.md").read_text()
+    report = project.data("08_reporting", "report.md").read_text()
+    section = project.data("08_reporting", "retraining", "latest.md").read_text().strip()
+    assert section.startswith("## Retraining") and section in report, report[-2000:]
+    assert "Retraining</h2><ul>" in project.data("08_reporting", "report.html").read_text()
+    # DVC knows what the retrain rebuilt (issue 24, README 3) ...
+    status = project.dvc("status").stdout
+    assert "up to date" in status, status
+    # ... and a rebuilt report keeps the section, registry text without a repeated reason
+    project.dvc("repro", "--force", "--single-item", "reporting@synthetic")
+    rebuilt = project.data("08_reporting", "report.md").read_text()
+    assert section in rebuilt, rebuilt[-2000:]
+    assert "up to date" in project.dvc("status").stdout
 
     runs_before = len(client.search_runs([run.info.experiment_id]))
     again = retrain(project).stdout

@@ -71,3 +71,16 @@ def test_record_has_the_data_version_of_the_version_tag(store):
     # data version.
     again = _register(data_version=None)
     assert again["unchanged"] and again["data_version"] == RAW_HASH
+
+
+def test_an_unchanged_registration_says_which_version_is_champion_once(store):
+    """A rebuilt run (`dvc repro` of evaluation) registers nothing new: the report's registry
+    text names the champion and does not repeat the reason (issue 24, README 3)."""
+    from sa2_pipeline.reporting.report import registry_sentence
+
+    first = _register(data_version=None)  # the first version becomes champion
+    again = _register(data_version=None)
+    assert again["unchanged"] and again["decision_champion_version"] == first["version"]
+    text = registry_sentence(again)
+    assert f"Version {first['version']} is the champion." in text, text
+    assert text.count("identical") == 1, text

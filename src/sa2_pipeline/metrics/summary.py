@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["flat_metrics", "frozen_test_set_id", "primary_rows", "summarise_test_set"]
+__all__ = ["flat_metrics", "frozen_test_set_id", "headline_metrics", "primary_rows",
+           "summarise_test_set"]
 
 
 def _model_entry(frame: pd.DataFrame, metrics: list[str]) -> dict[str, Any]:
@@ -78,6 +79,30 @@ def flat_metrics(summary: Mapping[str, Any]) -> dict[str, dict[str, float]]:
         flat.update({f"{name}.folds.{c}_std": v for c, v in entry["fold_std"].items()})
     # An undefined value (e.g. HD95 of a model that predicted nothing) is not logged.
     return {k: {"value": float(v), "step": 0} for k, v in flat.items() if np.isfinite(v)}
+
+
+#: What ``dvc metrics show`` prints, in this order: the primary model's ensemble scores.
+HEADLINE_METRICS = ("dice", "dice_ci_low", "dice_ci_high", "iou", "aji", "pq", "hd95")
+
+
+def headline_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers a terminal shows per run (``metrics.json``, DVC's metrics file).
+
+    The primary model's ensemble on the test set: Dice with its bootstrap interval, IoU,
+    and AJI, PQ, HD95 where the test set has them; then the model's name and the number of
+    test images. Everything else (every model, fold statistics, paired comparisons) stays
+    in ``test_summary.json``, which ``dvc metrics show`` used to print as one line of
+    several hundred columns.
+    """
+    out: dict[str, Any] = {"model": summary.get("primary_model")}
+    for name in HEADLINE_METRICS:
+        value = summary.get(f"test_{name}")
+        if value is not None:
+            out[name] = round(float(value), 4)
+    n_images = summary.get("n_images", summary.get("test_dice_n"))
+    if n_images is not None:
+        out["n_images"] = int(n_images)
+    return out
 
 
 def primary_rows(per_image: pd.DataFrame, summary: Mapping[str, Any]) -> pd.DataFrame:

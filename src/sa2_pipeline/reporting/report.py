@@ -296,9 +296,16 @@ def registry_sentence(record: Mapping[str, Any]) -> str:
     )
     reason = record.get("decision_reason", "")
     if record.get("unchanged"):
+        champion_now = record.get("decision_champion_version")
+        if champion_now is None:
+            whose = f"No version of {name} is champion."
+        elif str(champion_now) == str(version):
+            whose = f"Version {version} is the champion."
+        else:
+            whose = f"The champion is version {champion_now}."
         return (
             f"Nothing new was registered: this model is identical (same weights, same test "
-            f"set) to version {version} of {name}, already registered. {reason}".strip()
+            f"set) to version {version} of {name}, already registered. {whose}"
         )
     text = f"Registered as version {version} of {name} (alias challenger). "
     if record.get("decision_promote"):
@@ -312,6 +319,40 @@ def registry_sentence(record: Mapping[str, Any]) -> str:
             text += f" ({metric} {champion:.4f} against this model's {candidate:.4f})"
         text += "."
     return text.replace("..", ".")
+
+
+def _or_na(value: Any, fmt: str = "+.4f") -> str:
+    return "n/a" if value is None else format(float(value), fmt)
+
+
+def retraining_items(record: Mapping[str, Any]) -> list[str]:
+    """The retraining record (``sa2-pipeline retrain``) as the report's bullet points:
+    what was new, the data version, what trained, the gate's figures and the decision."""
+    changes = record.get("changes") or {}
+    gate = record.get("gate") or {}
+    reg = record.get("registration") or {}
+    data = record.get("data") or {}
+    named = (changes.get("new", []) + changes.get("changed", []))[:12]
+    items = [
+        f"dataset: `{record.get('dataset')}`, started {record.get('started')}, "
+        f"finished {record.get('finished')}",
+        f"new images: {len(changes.get('new', []))}, changed: "
+        f"{len(changes.get('changed', []))}, removed: {len(changes.get('removed', []))}"
+        f" ({', '.join(named)})",
+        f"data version: `{data.get('data_version')}` (DVC pushed: {data.get('pushed')})",
+        f"trained: `{reg.get('model_name')}` version {reg.get('version')}"
+        f" (run `{reg.get('run_id')}`), test Dice {_or_na(record.get('test_dice'), '.4f')}",
+    ]
+    if gate.get("delta") is not None:
+        level = f"{100 * float(gate.get('confidence', 0.95)):g}%"
+        items.append(
+            f"challenger - champion, per-image Dice on the frozen test set (n = "
+            f"{gate.get('n')}): {_or_na(gate.get('delta'))}, {level} interval "
+            f"[{_or_na(gate.get('delta_low'))}, {_or_na(gate.get('delta_high'))}], one-sided "
+            f"lower bound {_or_na(gate.get('lower_bound'))} (margin {gate.get('margin')}), "
+            f"Wilcoxon p = {_or_na(gate.get('wilcoxon_p'), '.3g')}")
+    items.append(f"decision: **{record.get('decision')}**: {record.get('reason')}")
+    return items
 
 
 def headline_sentence(test_summary: Mapping[str, Any], dataset: str) -> str:
@@ -375,10 +416,11 @@ def build_sections(
     runs: pd.DataFrame | None,
     provenance: Mapping[str, Any],
     published: Mapping[str, Any] | None,
-) -> list[tuple[str, str | pd.DataFrame]]:
-    """The report's sections in order: ``(heading, paragraph or table)``; ``"figures"``
-    marks where the figures go."""
-    sections: list[tuple[str, str | pd.DataFrame]] = [
+    retraining: Mapping[str, Any] | None = None,
+) -> list[tuple[str, str | list[str] | pd.DataFrame]]:
+    """The report's sections in order: ``(heading, paragraph, bullet list or table)``;
+    ``"figures"`` marks where the figures go."""
+    sections: list[tuple[str, str | list[str] | pd.DataFrame]] = [
         # Paragraphs: the headline scores, then the verdict of each paired comparison.
         (
             "Summary",
@@ -388,6 +430,8 @@ def build_sections(
         ),
         ("Registry decision", registry_sentence(registration)),
     ]
+    if retraining:
+        sections.append(("Retraining", retraining_items(retraining)))
     headline = headline_table(test_summary)
     if not headline.empty:
         sections.append(("Test scores (95 % bootstrap intervals of the mean)", headline))
@@ -432,7 +476,10 @@ def _render_markdown(title: str, sections, figures: Mapping[str, Any]) -> str:
             for name in figures:
                 md += [f"![{name}](figures/{name}.png)", "", FIGURE_CAPTIONS.get(name, name), ""]
             continue
-        text = body if isinstance(body, str) else _markdown_table(body)
+        if isinstance(body, list):
+            text = "\n".join(f"- {item}" for item in body)
+        else:
+            text = body if isinstance(body, str) else _markdown_table(body)
         md += [f"## {heading}", "", text, ""]
     return "\n".join(md)
 
@@ -444,6 +491,15 @@ _STYLE = (
     "padding:3px 8px;text-align:left;font-size:.9em}img{max-width:100%}"
     "figure{margin:1em 0}figcaption{font-size:.9em;color:#555}p.lead{font-size:1.1em}"
 )
+
+
+def _inline_html(text: str) -> str:
+    """Escaped text with Markdown's ``code`` and **bold** as HTML."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
 
 
 def _render_html(title: str, sections, figures: Mapping[str, Any]) -> str:
@@ -459,11 +515,12 @@ def _render_html(title: str, sections, figures: Mapping[str, Any]) -> str:
                     "</figure>"
                 )
             continue
-        content = (
-            "".join(f'<p class="lead">{html.escape(p)}</p>' for p in body.split("\n\n"))
-            if isinstance(body, str)
-            else _html_table(body)
-        )
+        if isinstance(body, list):
+            content = "<ul>" + "".join(f"<li>{_inline_html(item)}</li>" for item in body) + "</ul>"
+        elif isinstance(body, str):
+            content = "".join(f'<p class="lead">{html.escape(p)}</p>' for p in body.split("\n\n"))
+        else:
+            content = _html_table(body)
         parts.append(f"<h2>{html.escape(heading)}</h2>{content}")
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
@@ -511,6 +568,7 @@ def build_report(
     dataset: str = "",
     provenance: Mapping[str, Any] | None = None,
     published: Mapping[str, Any] | None = None,
+    retraining: Mapping[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Return ``(markdown, html)``.
 
@@ -521,6 +579,8 @@ def build_report(
         provenance: ``dataset``, ``data_version``, ``test_set_id``, ``git_commit``,
             ``mlflow_run_id``, ``mlflow_run_link``, ``tracking_uri`` (any may be missing).
         published: The dataset's entry of :mod:`sa2_pipeline.reporting.published`.
+        retraining: The retraining record of the retrain that trained this model (its
+            ``Retraining`` section); ``None`` for a run that was not a retrain.
     """
     sections = build_sections(
         dataset=dataset,
@@ -531,6 +591,7 @@ def build_report(
         runs=runs,
         provenance=provenance or {},
         published=published,
+        retraining=retraining,
     )
     return _render_markdown(title, sections, figures), _render_html(title, sections, figures)
 
@@ -544,5 +605,6 @@ __all__ = [
     "model_description",
     "primary_bundle",
     "registry_sentence",
+    "retraining_items",
     "runs_table",
 ]

@@ -16,7 +16,9 @@
 5. version the raw data (:mod:`.versioning`: ``dvc repro data_ingestion@<env>``, push);
 6. ``kedro run --env <env>`` trains the challenger (resumable), evaluates it on the frozen
    test set and registers it; the registry's statistical gate decides on ``champion``;
-7. the retraining record (:mod:`.record`).
+7. the retraining record (:mod:`.record`), the report rebuilt with it, and the stages
+   the run changed recorded in ``dvc.lock`` (``dvc commit``), so ``dvc status`` is up to
+   date afterwards and a ``dvc repro`` does not rebuild (or undo) them.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ from sa2_pipeline.retraining.detect import (
     write_inventory,
     write_test_reference,
 )
-from sa2_pipeline.retraining.record import append_to_report, write_record
+from sa2_pipeline.retraining.record import write_record
 from sa2_pipeline.retraining.versioning import (
     StageFailedError,
+    record_stages,
     run_command,
     tool,
     version_raw_data,
@@ -239,7 +242,11 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
     # the test set this challenger was scored on is the frozen one from now on
     if paths["manifest"].is_file():
         write_test_reference(paths["test_reference"], paths["manifest"])
-    append_to_report(paths["reports"], record)
+    # The report shows the record (catalog `retraining_record`): rebuilt now, it reads as
+    # any later rebuild (`dvc repro`) will; then DVC records the stages the run changed.
+    run_command([tool("kedro"), "run", "--pipelines", "reporting", "--env", req.env,
+                 *(["--params", req.params] if req.params else [])], req.project_dir)
+    record_stages(req.project_dir, req.env)
     paths["pending"].unlink(missing_ok=True)  # done: the next call detects afresh
     return RetrainOutcome(EXIT_OK, f"{summary}: {record['decision']}: {record['reason']}",
                           record=record, retrain=True)

@@ -107,3 +107,22 @@ def version_raw_data(project_dir: Path, env: str, raw_dir: str, raw_digest: str)
                            "DVC cache", err)
             record["push_error"] = str(err)
     return record
+
+
+#: The DVC stages after ingestion, in order: what a retrain's ``kedro run`` rebuilds.
+LATER_STAGES = ("data_processing", "training", "evaluation", "reporting")
+
+
+def record_stages(project_dir: Path, env: str) -> list[str]:
+    """Record the stages a retrain's ``kedro run`` rebuilt in ``dvc.lock`` (``dvc commit``).
+
+    The retrain runs Kedro, not ``dvc repro`` (it hands the run ``--params`` a DVC stage
+    cannot take: the data version, the warm start). Committing the stages' current deps,
+    params and outs afterwards leaves ``dvc status`` up to date and the outputs in DVC's
+    cache. Returns the stages committed (none when the dataset is not a DVC stage).
+    """
+    if dvc_stage(project_dir, env) is None:
+        return []
+    stages = [f"{name}@{env}" for name in LATER_STAGES]
+    run_command([tool("dvc"), "commit", "--force", "--quiet", *stages], project_dir)
+    return stages

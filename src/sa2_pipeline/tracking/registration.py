@@ -33,6 +33,7 @@ from sa2_pipeline.models.bundle import bundle_digest, members_of
 from sa2_pipeline.tracking.champion import gate_and_promote, gate_finished
 from sa2_pipeline.tracking.mlflow_model import log_model_bundle, usage_tags
 from sa2_pipeline.tracking.model_versions import (
+    CHAMPION,
     TAG_PREFIX,
     find_identical_version,
     registry_lock,
@@ -149,9 +150,19 @@ def _unchanged(client: Any, model: ModelToRegister, existing: Any, digest: str) 
     return _record(model, version, f"models:/{model.model_name}/{version}", full.run_id,
                    digest, sorted(getattr(full, "aliases", None) or []), unchanged=True,
                    promote=False, reason=reason,
-                   champion=tags.get(f"{TAG_PREFIX}champion_version"), champion_score=None,
+                   champion=_champion_now(client, model.model_name), champion_score=None,
                    gate=gate,
                    data_version=tags.get(f"{TAG_PREFIX}data_version", model.data_version))
+
+
+def _champion_now(client: Any, name: str) -> str | None:
+    """The version ``champion`` names now (``None`` when no version holds it)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
 
 
 def _record(model: ModelToRegister, version: str, uri: str, run_id: str, digest: str,

@@ -127,3 +127,10 @@ def _champion_scorer(model_input_test: dict, n_classes: int, threshold: float):
         return pd.DataFrame.from_dict(scored, orient="index")
 
     return score_champion
+
+
+def headline_metrics(test_summary: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json``: the summary's headline numbers, what ``dvc metrics show`` prints."""
+    from sa2_pipeline.metrics.summary import headline_metrics as headline
+
+    return headline(test_summary)

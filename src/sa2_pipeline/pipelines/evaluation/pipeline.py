@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import evaluate_models, register_model
+from .nodes import evaluate_models, headline_metrics, register_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
@@ -16,6 +16,8 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
                          "test_metrics"],
                 name="evaluate_models",
             ),
+            node(headline_metrics, inputs="test_summary", outputs="dvc_metrics",
+                 name="headline_metrics"),
             node(
                 register_model,
                 inputs=["trained_models", "test_summary", "test_metrics_per_image",

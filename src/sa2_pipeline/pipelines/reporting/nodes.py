@@ -65,8 +65,12 @@ def build_report(
     metric_distribution,
     test_overlays,
     params: dict[str, Any],
+    retraining_record: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Markdown and self-contained HTML report of the run.
+
+    ``retraining_record`` is the latest ``sa2-pipeline retrain`` record; the report shows it
+    only when that retrain registered this report's model (same MLflow run).
 
     Returns:
         ``(report_markdown, report_html)``.
@@ -89,9 +93,17 @@ def build_report(
             bundle.get("metadata", {}).get("mlflow_run_id"),
             data_version=model_registration.get("data_version")),
         published=published_for(cfg.dataset),
+        retraining=_about_this_model(retraining_record, model_registration),
         figures={
             "test_overlays": test_overlays,
             "metric_distribution": metric_distribution,
             "learning_curves": learning_curves,
         },
     )
+
+
+def _about_this_model(record: dict[str, Any] | None,
+                      registration: dict[str, Any]) -> dict[str, Any] | None:
+    """The retraining record when it describes the model this report is about."""
+    run_id = (record or {}).get("registration", {}).get("run_id")
+    return record if run_id and run_id == registration.get("run_id") else None

@@ -44,6 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:  # noqa: ARG001
                     "figure_metric_distribution",
                     "figure_test_overlays",
                     "params:reporting",
+                    "retraining_record",
                 ],
                 ["report_markdown", "report_html"],
                 name="build_report",
