@@ -294,20 +294,32 @@ def detect_command(env: str, project_dir: str, params: str, change_test_set: boo
 @click.option("--reason", default="", help="Recorded on the version (sa2.rollback_reason).")
 @click.option("--force", is_flag=True,
               help="Roll back to a version the promotion gate rejected (recorded on it).")
-def rollback_command(model: str, to_version: int, reason: str, force: bool) -> None:
+@click.option("--wait", "wait", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait while a registration (or another rollback) holds the "
+                   "store's registry lock; default: one minute.")
+def rollback_command(model: str, to_version: int, reason: str, force: bool,
+                     wait: float | None) -> None:
     """Make an earlier model version the champion again (one command).
 
     Exit codes: 0 moved, or already the champion (nothing written); 2 refused (no such
-    version, or the gate rejected it and --force was not given; nothing written).
+    version, or the gate rejected it and --force was not given; nothing written); 75 the
+    registry stayed busy (a registration holds its lock) for the whole wait.
     """
+    from sa2_pipeline.locks import LockHeldError
     from sa2_pipeline.tracking.champion import rollback_champion
 
     require_existing_store("rollback")
     try:
-        moved = rollback_champion(model, str(to_version), reason=reason, force=force)
+        moved = rollback_champion(model, str(to_version), reason=reason, force=force,
+                                  **({} if wait is None else {"lock_wait": wait}))
     except ValueError as err:
         print(f"rollback refused: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    except LockHeldError as err:
+        print(f"rollback not done, the registry is busy: {err}. Nothing was changed; run "
+              "it again when that finishes, or wait longer with --wait SECONDS.",
+              file=sys.stderr)
+        raise SystemExit(75) from err
     if not moved["changed"]:
         print(f"{moved['model_name']}: version {moved['to_version']} is already the "
               "champion; nothing changed")

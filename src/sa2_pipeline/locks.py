@@ -46,12 +46,16 @@ class LockHeldError(RuntimeError):
     def __init__(self, path: Path, holder: dict | None, what: str) -> None:
         self.path = Path(path)
         self.holder = holder or {}
+        self.what = what
         if holder:
-            who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
-                   f"{holder.get('started')} ({holder.get('command')})")
+            # The holder says what it is doing (a registration, a rollback...); holders
+            # written before it said so are "another <what>", as they used to be.
+            doing = holder.get("what") or f"another {what}"
+            who = (f"{doing} (pid {holder.get('pid')} on {holder.get('host')}, started "
+                   f"{holder.get('started')}: {holder.get('command')})")
         else:
             who = "a process that has not written its details yet"
-        super().__init__(f"another {what} holds the lock {self.path}: {who}")
+        super().__init__(f"{who} holds the lock {self.path}, which the {what} needs")
 
 
 def _holder_path(path: Path) -> Path:
@@ -66,8 +70,9 @@ def read_holder(path: str | os.PathLike[str]) -> dict | None:
         return None
 
 
-def _write_holder(path: Path) -> dict:
+def _write_holder(path: Path, what: str) -> dict:
     holder = {
+        "what": what,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -119,7 +124,7 @@ def exclusive_lock(
                 announced = True
             time.sleep(poll)
     try:
-        yield _write_holder(path)
+        yield _write_holder(path, what)
     finally:
         with contextlib.suppress(OSError):
             held = read_holder(path)

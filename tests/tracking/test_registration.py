@@ -317,3 +317,54 @@ def test_rollback_to_a_missing_version_or_model_is_refused(store, capsys):
     assert main(["rollback", "--model", "sa2net-nope", "--to-version", "1", "--force"]) == 2
     assert "sa2net-nope has no version 1" in capsys.readouterr().err
     assert _champion() == "3"
+
+
+def _registration_holding_the_lock(store: str, seconds: float) -> subprocess.Popen:
+    """A process that holds the store's registry lock as a registration does."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from sa2_pipeline.locks import exclusive_lock\n"
+         "with exclusive_lock(sys.argv[1], what='registration on ' + sys.argv[2]):\n"
+         "    print('held', flush=True); time.sleep(float(sys.argv[3]))",
+         str(_registry_lock_path(store)), store, str(seconds)],
+        stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _registry_lock_path(store: str):
+    from sa2_pipeline.locks import registry_lock_path
+
+    return registry_lock_path(store)
+
+
+def test_rollback_while_a_registration_holds_the_lock_names_it_and_honours_wait(store, capsys):
+    """Issue 24, hostile 13: rollback used to wait 62 s, then print a raw LockHeldError that
+    called the holder "another rollback". Now it names the registration, exits 75 with
+    nothing changed, and --wait decides how long it waits."""
+    from sa2_pipeline.cli import main
+
+    _register(1)
+    _register(2)
+    assert _champion() == "2"
+    holder = _registration_holding_the_lock(store, 60)
+    try:
+        assert main(["rollback", "--model", NAME, "--to-version", "1", "--wait", "0.5"]) == 75
+        err = capsys.readouterr().err
+        assert f"registration on {store} (pid {holder.pid}" in err, err
+        assert "another rollback" not in err and "Traceback" not in err
+        assert "Nothing was changed" in err and "--wait" in err
+        assert _champion() == "2"
+    finally:
+        holder.kill()
+        holder.wait()
+    # a longer --wait outlasts a registration that finishes: the rollback then happens
+    short = _registration_holding_the_lock(store, 2)
+    try:
+        assert main(["rollback", "--model", NAME, "--to-version", "1", "--wait", "30"]) == 0
+        assert short.poll() is not None  # it waited for the holder to end
+        assert _champion() == "1"
+    finally:
+        short.kill()
+        short.wait()
