@@ -78,7 +78,8 @@ def test_metrics_and_plots_compare_two_commits(tmp_path):
     # the whole summary on demand (every model's intervals, comparisons)
     full = json.loads(_run(tmp_path, *DVC, "metrics", "diff", "HEAD~1", "HEAD", "--json",
                            "--targets", "data/08_reporting/synthetic/test_summary.json"))
-    assert "models.sa2net.intervals.dice.low" in full["data/08_reporting/synthetic/test_summary.json"]
+    summary_path = "data/08_reporting/synthetic/test_summary.json"
+    assert "models.sa2net.intervals.dice.low" in full[summary_path]
 
     plots = json.loads(_run(tmp_path, *DVC, "plots", "diff", "HEAD~1", "HEAD", "--json"))["data"]
     for path, field in (

@@ -33,12 +33,15 @@ from sa2_pipeline.config import (
     SyntheticDataConfig,
 )
 from sa2_pipeline.inference.run import collect_inputs, run_folder
+from sa2_pipeline.locks import LockHeldError
 from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.runtime.precision import PRECISIONS
 from sa2_pipeline.runtime.threads import choose_wait_policy
 from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
 from sa2_pipeline.tracking.server import (
+    EXIT_REFUSED,
     bound_http_requests,
+    refused_by_server,
     require_existing_store,
     unreachable_server,
 )
@@ -305,7 +308,6 @@ def rollback_command(model: str, to_version: int, reason: str, force: bool,
     version, or the gate rejected it and --force was not given; nothing written); 75 the
     registry stayed busy (a registration holds its lock) for the whole wait.
     """
-    from sa2_pipeline.locks import LockHeldError
     from sa2_pipeline.tracking.champion import rollback_champion
 
     require_existing_store("rollback")
@@ -403,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         if unreachable and not loud:
             print(f"Error: {unreachable}", file=sys.stderr)
             return 1
+        refused = refused_by_server(err, os.environ.get("MLFLOW_TRACKING_URI", ""))
+        if refused and not loud:
+            print(f"Error: {refused}", file=sys.stderr)
+            return EXIT_REFUSED
         user_error = find_user_error(err)
         if user_error is None or verbose() or {"-v", "--verbose"} & set(args):
             raise

@@ -10,7 +10,9 @@ from kedro.framework.hooks import hook_impl
 
 from sa2_pipeline.config import ConfigError, validate_parameters
 from sa2_pipeline.config_files import config_file_error
-from sa2_pipeline.user_errors import install_excepthook
+from sa2_pipeline.locks import LockHeldError, dataset_lock_path, exclusive_lock, held_by_ancestor
+from sa2_pipeline.tracking.mlflow_run import end_orphaned_runs, mark_process
+from sa2_pipeline.user_errors import UserError, install_excepthook
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +147,100 @@ class ValidateRunHook:
                 raise
             raise problem from err
         validate_parameters(params)
+
+
+class DatasetBusyError(UserError):
+    """A ``kedro run`` would write a dataset's outputs while a retrain of it holds its lock."""
+
+
+class DatasetLockHook:
+    """A ``kedro run`` that writes a dataset's outputs holds the dataset's lock.
+
+    ``sa2-pipeline retrain`` holds ``data/.locks/retrain-<dataset>.lock`` from detection to
+    promotion. A plain ``kedro run`` of the same dataset at that time would rewrite the
+    manifest, the model inputs and the models the retrain is training and gating, so it
+    takes the same lock and, when a retrain holds it, stops before anything runs (no
+    MLflow run is opened) naming the retrain. The retrain's own ``kedro run`` and ``dvc
+    repro`` children run under their parent's lock (:func:`sa2_pipeline.locks.held_by_ancestor`).
+    ``inference`` writes nothing of the dataset's and ``retraining`` takes the lock in its
+    node: neither takes it here.
+    """
+
+    NOT_LOCKED = frozenset({"inference", "retraining"})
+
+    def __init__(self) -> None:
+        self._dataset: str | None = None
+        self._project: str | None = None
+        self._held: Any = None
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        try:
+            self._dataset = context.config_loader["globals"].get("dataset")
+        except Exception:  # noqa: BLE001 - no globals: no dataset to lock
+            self._dataset = None
+        self._project = str(context.project_path)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:  # noqa: ARG002
+        import contextlib
+
+        names = run_params.get("pipeline_names") or [run_params.get("pipeline_name")
+                                                     or "__default__"]
+        if not self._dataset or set(names) <= self.NOT_LOCKED:
+            return
+        path = dataset_lock_path(self._project or ".", self._dataset)
+        if held_by_ancestor(path):
+            return
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(exclusive_lock(path, what=f"kedro run of {self._dataset}"))
+        except LockHeldError as err:
+            raise DatasetBusyError(
+                f"{err}. This kedro run would rewrite {self._dataset}'s outputs while it "
+                "works, so it was not started (nothing was written). Run it when the "
+                "retrain has finished.") from None
+        self._held = stack
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict, run_result: Any, pipeline: Any,  # noqa: ARG002
+                           catalog: Any) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict, pipeline: Any,  # noqa: ARG002
+                          catalog: Any) -> None:
+        self._release()
+
+
+class OrphanedRunHook:
+    """A run SIGKILLed before it could end is ended ``KILLED`` by the next ``kedro run``.
+
+    Each run records its process (``sa2.pid``, ``sa2.host``) as it starts; the next run in
+    the same experiment on the same host ends the ``RUNNING`` runs whose process is gone
+    (:func:`sa2_pipeline.tracking.mlflow_run.end_orphaned_runs`). A run killed after its
+    first checkpoint is also linked to the run that resumes it (``MlflowRunContinuation``).
+    """
+
+    @hook_impl(trylast=True)  # after kedro-mlflow has started this run
+    def before_pipeline_run(self, run_params: dict, pipeline: Any, catalog: Any) -> None:  # noqa: ARG002
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is None:
+            return
+        try:
+            mark_process(run.info.run_id)
+            for run_id in end_orphaned_runs(run.info.experiment_id, run.info.run_id):
+                logger.warning("MLflow run %s ended KILLED: its process was killed without "
+                               "ending it", run_id)
+        except Exception as err:  # noqa: BLE001 - book-keeping must never stop a run
+            logger.warning("could not check for MLflow runs left RUNNING: %s", err)
 
 
 class InterruptedRunHook:

@@ -289,3 +289,17 @@ def _commit_directory(tmp: Path, final: Path, overwrite: bool) -> None:
         return
     os.rename(tmp, final)
     _fsync_renamed(final.parent)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without a password written into it (``http://user:pw@host`` -> ``http://user:***@host``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))

@@ -9,7 +9,11 @@ who has it.
 Three kinds are used by the project (paths from :func:`dataset_lock_path`,
 :func:`registry_lock_path` and the engine's per-run checkpoint folder):
 
-* one per dataset, held by ``sa2-pipeline retrain`` from detection through promotion;
+* one per dataset, held by ``sa2-pipeline retrain`` from detection through promotion, and
+  by every ``kedro run`` that writes the dataset's outputs (not ``inference``, not
+  ``retraining``, whose node takes it itself). The retrain's own ``kedro run`` and ``dvc
+  repro`` children run under its lock: a holder advertises the lock to its children
+  (:func:`advertised`) and :func:`held_by_ancestor` recognises it;
 * one per tracking store, held while a model version is registered and gated;
 * one per training run folder, so two runs never train into the same ``last.pt``.
 """
@@ -32,9 +36,12 @@ from urllib.parse import unquote, urlparse
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "HELD_LOCKS_ENV",
     "LockHeldError",
+    "advertised",
     "dataset_lock_path",
     "exclusive_lock",
+    "held_by_ancestor",
     "read_holder",
     "registry_lock_path",
 ]
@@ -172,3 +179,56 @@ def registry_lock_path(tracking_uri: str, project_dir: str | os.PathLike[str] = 
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     key = hashlib.sha256(tracking_uri.rstrip("/").encode()).hexdigest()[:16]
     return cache / "sa2-pipeline" / "locks" / f"registry-{key}.lock"
+
+
+#: The locks a process holds for its child processes (paths, ``os.pathsep``-separated).
+HELD_LOCKS_ENV = "SA2_HELD_LOCKS"
+
+
+@contextlib.contextmanager
+def advertised(path: str | os.PathLike[str]) -> Iterator[None]:
+    """While in the block, child processes see lock ``path`` as held for them.
+
+    Use inside ``exclusive_lock(path)``: the retrain holds the dataset's lock and its
+    ``kedro run`` children must not wait for their own parent.
+    """
+    key = str(Path(path).resolve())
+    before = os.environ.get(HELD_LOCKS_ENV)
+    os.environ[HELD_LOCKS_ENV] = os.pathsep.join(p for p in (before, key) if p)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(HELD_LOCKS_ENV, None)
+        else:
+            os.environ[HELD_LOCKS_ENV] = before
+
+
+def _ancestors() -> set[int] | None:
+    """This process's ancestors' pids (Linux ``/proc``); ``None`` where they cannot be read."""
+    found, pid = set(), os.getpid()
+    try:
+        while pid > 1:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+            found.add(pid)
+    except (OSError, ValueError, IndexError):
+        return found or None
+    return found
+
+
+def held_by_ancestor(path: str | os.PathLike[str]) -> bool:
+    """Whether lock ``path`` is held, for this process, by one of its ancestors.
+
+    True only when an ancestor advertised it (:func:`advertised`) and the lock's holder
+    record names a process among this one's ancestors (where ``/proc`` can tell), so an
+    inherited variable alone never lets a process past a lock someone else holds.
+    """
+    key = str(Path(path).resolve())
+    if key not in os.environ.get(HELD_LOCKS_ENV, "").split(os.pathsep):
+        return False
+    holder = read_holder(path)
+    if not holder:
+        return False
+    ancestors = _ancestors()
+    return ancestors is None or holder.get("pid") in ancestors

@@ -14,7 +14,9 @@ from kedro.config import OmegaConfigLoader  # noqa: E402
 
 from sa2_pipeline.hooks import (  # noqa: E402
     ContinueModelRunHook,
+    DatasetLockHook,
     InterruptedRunHook,
+    OrphanedRunHook,
     QuietThirdPartyHook,
     RetrainingRunHook,
     ValidateRunHook,
@@ -22,7 +24,7 @@ from sa2_pipeline.hooks import (  # noqa: E402
 
 # kedro-mlflow's MlflowHook is registered by its plugin entry point.
 HOOKS = (ValidateRunHook(), QuietThirdPartyHook(), ContinueModelRunHook(), RetrainingRunHook(),
-         InterruptedRunHook())
+         InterruptedRunHook(), OrphanedRunHook(), DatasetLockHook())
 
 # Kedro telemetry and albumentations' update check both try the network.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-telemetry",)

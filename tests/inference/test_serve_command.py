@@ -28,10 +28,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+#: Not the default host (127.0.0.1): every 127/8 address is loopback on Linux.
+HOST = "127.0.0.2"
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
+
+
+def _workers(pgid: int) -> list[str]:
+    """Command lines of the uvicorn worker processes (spawned children) in ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+        if "spawn_main" in cmd:
+            found.append(cmd)
+    return found
 
 
 def _group_alive(pgid: int) -> bool:
@@ -62,18 +81,21 @@ def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model,
                PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [str(BIN / "sa2-pipeline"), "serve", "--model", tiny_model.uri, "--port", str(port),
-         "--log", str(log)],
+         "--log", str(log), "--host", HOST, "--workers", "2"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen: list[str] = []
     pgid = None
     try:
         assert _read_until(proc, r"as version (\d+) \(models:/sa2net-tiny/1\)", seen, 60)
         pgid = int(_read_until(proc, r"process group (\d+)", seen, 30)[1])
-        _read_until(proc, r"ready: http://127\.0\.0\.1:\d+/invocations", seen, 240)
+        _read_until(proc, rf"ready: http://{re.escape(HOST)}:\d+/invocations", seen, 240)
+        # --host: it listens on that address only; --workers 2: two worker processes
+        assert not _port_open(port), "--host 127.0.0.2 also listens on 127.0.0.1"
+        assert len(_workers(pgid)) == 2, _workers(pgid)
 
         image = he_image(64, 72, seed=4)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
+            f"http://{HOST}:{port}/invocations",
             data=json.dumps({"inputs": image.tolist()}).encode(),
             headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as reply:
@@ -85,7 +107,7 @@ def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model,
         assert proc.wait(timeout=30) == 0, "".join(seen) + proc.stdout.read()
         # serve returns only once its server's group is gone: no grace period needed here
         assert not _group_alive(pgid), "a process of the server's group is still running"
-        assert not _port_open(port), "something still listens on the port"
+        assert not _port_open(port, HOST), "something still listens on the port"
         assert "server stopped" in proc.stdout.read()
         assert log.stat().st_size > 0  # --log: the server's output went where asked
     finally:

@@ -96,3 +96,23 @@ def test_rollback_outside_the_project_creates_no_store(tmp_path):
     assert proc.returncode == 1
     assert "no MLflow tracking store here" in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []  # no stray mlflow.db
+
+
+def test_a_password_in_the_tracking_uri_is_never_shown():
+    """`http://user:pw@host` is a way to pass basic-auth credentials; the message naming
+    the server shows `user:***`, never the password (issue 24, team-mode security)."""
+    port = _free_port()
+    uri = f"http://svc:s3cret-Pa55@127.0.0.1:{port}"
+    proc, _ = _run(uri, "rollback", "--model", "sa2net-x", "--to-version", "1")
+    assert proc.returncode != 0
+    assert f"http://svc:***@127.0.0.1:{port}" in proc.stderr, proc.stderr
+    assert "s3cret-Pa55" not in proc.stderr + proc.stdout
+
+
+def test_redact_uri_keeps_everything_but_the_password():
+    from sa2_pipeline.io_utils import redact_uri
+
+    assert redact_uri("https://u:p@h.example:8443/mlflow?x=1") == \
+        "https://u:***@h.example:8443/mlflow?x=1"
+    for plain in ("http://h:5000", "sqlite:///tmp/mlflow.db", "https://u@h", "databricks"):
+        assert redact_uri(plain) == plain

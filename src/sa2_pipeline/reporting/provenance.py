@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from sa2_pipeline.io_utils import redact_uri
+
 
 def git_commit(root: str | Path = ".") -> str:
     """``<sha>`` of HEAD, ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
@@ -54,7 +56,7 @@ def mlflow_run_link(
         return None
     base = "http://127.0.0.1:5000"
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri.rstrip("/")
+        base = redact_uri(tracking_uri).rstrip("/")
     return f"{base}/#/experiments/{quote(str(experiment_id or '0'))}/runs/{quote(run_id)}"
 
 
@@ -67,7 +69,8 @@ def active_mlflow_run() -> dict[str, Any]:
         return {}
     run = mlflow.active_run()
     return {
-        "tracking_uri": mlflow.get_tracking_uri(),
+        # a password written into the URI never reaches the report
+        "tracking_uri": redact_uri(mlflow.get_tracking_uri()),
         "experiment_id": run.info.experiment_id,
         "run_id": run.info.run_id,
     }

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sa2_pipeline.locks import LockHeldError, dataset_lock_path, exclusive_lock
+from sa2_pipeline.locks import LockHeldError, advertised, dataset_lock_path, exclusive_lock
 from sa2_pipeline.retraining.detect import (
     Detection,
     detect_changes,
@@ -117,7 +117,7 @@ def retrain(req: RetrainRequest) -> RetrainOutcome:
         return refused
     lock = dataset_lock_path(req.project_dir, req.dataset)
     try:
-        with exclusive_lock(lock, what=f"retrain of {req.dataset}"):
+        with exclusive_lock(lock, what=f"retrain of {req.dataset}"), advertised(lock):
             return _locked(req)
     except LockHeldError as err:
         return RetrainOutcome(EXIT_LOCK_HELD, str(err))

@@ -96,3 +96,79 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
     client = MlflowClient()
     for start in range(0, len(batch), _BATCH_LIMIT):
         client.log_batch(run_id, metrics=batch[start : start + _BATCH_LIMIT])
+
+
+# --------------------------------------------------------------- runs whose process died
+#: Tags naming the process that runs an MLflow run (set at the start of every `kedro run`).
+PID_TAG, HOST_TAG = "sa2.pid", "sa2.host"
+
+
+def mark_process(run_id: str) -> None:
+    """Tag ``run_id`` with this process's pid and host: what :func:`end_orphaned_runs`
+    checks when the process is later killed without ending the run."""
+    import socket
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, PID_TAG, str(os.getpid()))
+    client.set_tag(run_id, HOST_TAG, socket.gethostname())
+
+
+def _process_alive_since(pid: int, start_ms: int) -> bool:
+    """Whether process ``pid`` exists and is older than ``start_ms`` (epoch ms).
+
+    A pid that exists but started after the run did is another process that reused the
+    number (Linux: from ``/proc``; elsewhere any live pid counts as the run's).
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:
+        from pathlib import Path
+
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        started = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    return started * 1000 <= start_ms + 1000
+
+
+def end_orphaned_runs(experiment_id: str, current_run_id: str | None) -> list[str]:
+    """End ``KILLED`` the runs of the experiment left ``RUNNING`` by a killed process.
+
+    A run whose process was SIGKILLed (or lost its machine) never ends: MLflow shows it
+    ``RUNNING`` for ever. A run this project started records its pid and host
+    (:func:`mark_process`); a ``RUNNING`` run of this host whose process no longer exists
+    is ended ``KILLED`` and tagged ``sa2.ended_by`` with the run that found it. Runs of
+    other hosts are left alone (their processes cannot be checked from here).
+
+    Returns:
+        The ids of the runs ended.
+    """
+    import socket
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    ended = []
+    for run in client.search_runs(
+            [experiment_id], max_results=200,
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"):
+        run_id = run.info.run_id
+        pid = run.data.tags.get(PID_TAG, "")
+        if run_id == current_run_id or not pid.isdigit():
+            continue
+        if _process_alive_since(int(pid), run.info.start_time or 0):
+            continue
+        client.set_tag(run_id, "sa2.ended_by",
+                       f"run {current_run_id}: process {pid} on {host} no longer exists")
+        client.set_terminated(run_id, "KILLED")
+        ended.append(run_id)
+    return ended

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from sa2_pipeline.io_utils import redact_uri
 from sa2_pipeline.locks import exclusive_lock, registry_lock_path
 
 CHAMPION = "champion"
@@ -68,4 +69,5 @@ def registry_lock(what: str, wait: float) -> contextlib.AbstractContextManager:
 
 
     uri = mlflow.get_tracking_uri()
-    return exclusive_lock(registry_lock_path(uri), wait=wait, what=f"{what} on {uri}")
+    return exclusive_lock(registry_lock_path(uri), wait=wait,
+                          what=f"{what} on {redact_uri(uri)}")

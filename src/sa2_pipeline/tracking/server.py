@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from sa2_pipeline.io_utils import redact_uri
 from sa2_pipeline.user_errors import UserError
 
 #: The project's defaults for MLflow's HTTP client (docs/environment.md, "Tracking server").
@@ -55,9 +56,35 @@ def unreachable_server(exc: BaseException, tracking_uri: str) -> str | None:
         if any(marker in text for marker in markers):
             timeout = os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "?")
             retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "?")
-            return (f"the MLflow tracking server at {tracking_uri} did not answer "
+            return (f"the MLflow tracking server at {redact_uri(tracking_uri)} did not answer "
                     f"({timeout} s per request, {retries} retries): is it running and is "
                     f"MLFLOW_TRACKING_URI right? Nothing was changed in the registry.")
+    return None
+
+
+#: Exit code of a command the tracking server refused (no permission): EX_NOPERM.
+EXIT_REFUSED = 77
+
+
+def refused_by_server(exc: BaseException, tracking_uri: str) -> str | None:
+    """A one-line message when ``exc`` is (or wraps) the tracking server refusing the
+    request: not authenticated (401), or the user lacks the permission (403, MLflow's
+    basic-auth app). Names the user, never the password; ``None`` for any other error."""
+    for error in _chain(exc):
+        code = getattr(error, "error_code", None)
+        text = str(error)
+        if code in ("PERMISSION_DENIED", "UNAUTHENTICATED") or "error code 403" in text \
+                or "error code 401" in text:
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            who = (f"user {user!r}" if user else
+                   "no user (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)")
+            unauthenticated = code == "UNAUTHENTICATED" or "error code 401" in text
+            what = ("did not accept the credentials of" if unauthenticated else
+                    "refused the request: it lacks the permission, for")
+            endpoint = text.split(" failed with", 1)[0].removeprefix("API request to endpoint ")
+            return (f"the MLflow tracking server at {redact_uri(tracking_uri)} {what} {who} "
+                    f"({endpoint[:120]}). An admin grants it (docs/retraining.md, \"Team mode\"). "
+                    "Nothing more was written.")
     return None
 
 
