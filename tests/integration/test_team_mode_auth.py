@@ -4,8 +4,8 @@ basic-auth`, the `mlflow[auth]` extra) on loopback.
 An admin creates two users and the registered model, and gives the service account EDIT on
 it; everyone else has the server's default, READ. Then:
 
-- the service account retrains (which runs the default pipeline) and runs `kedro run`:
-  versions are registered and gated, `champion` moves;
+- the service account retrains (which runs the default pipeline: a version registered,
+  gated, made champion) and imports a release checkpoint (a second version);
 - a reader loads `models:/<name>@champion` and predicts, but `sa2-pipeline rollback` and
   `sa2-pipeline import-release` into that model are refused (exit 77, the user named, no
   traceback) and the registry is unchanged;
@@ -119,14 +119,20 @@ def test_service_account_retrains_reader_reads_and_is_refused_no_credential_leak
                                                                passwords["reader"])
     outputs = []
 
-    # The service account: a retrain (the default pipeline inside), then a second run with
-    # other settings, so the model has two versions.
+    # The service account: a retrain (the default pipeline inside: version 1, champion),
+    # then an import of a release checkpoint (version 2), so the model has two versions.
     out = project.run(str(VENV_BIN / "sa2-pipeline"), "retrain", "--env", "synthetic",
                       env=svc).stdout
     outputs.append(out)
     assert "promoted" in out, out[-3000:]
-    outputs.append(project.run(str(VENV_BIN / "kedro"), "run", "--env", "synthetic",
-                               "--params", "training.seed=1", env=svc, timeout=900).stdout)
+    from test_cli import fake_release_checkpoint  # the release format, tiny weights
+
+    ckpt = tmp_path / "best_model.pth"
+    fake_release_checkpoint(ckpt)
+    imported = project.run(str(VENV_BIN / "sa2-pipeline"), "import-release", str(ckpt),
+                           "--dataset", "synthetic", "--model-name", NAME, env=svc)
+    outputs.append(imported.stdout)
+    assert f"registered {NAME} version 2" in imported.stdout, imported.stdout[-3000:]
 
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", passwords["admin"])
@@ -151,10 +157,6 @@ def test_service_account_retrains_reader_reads_and_is_refused_no_credential_leak
     assert "user 'reader'" in rolled.stdout and "lacks the permission" in rolled.stdout
     assert "Traceback" not in rolled.stdout
     # ... nor register a version
-    from test_cli import fake_release_checkpoint  # the release format, tiny weights
-
-    ckpt = tmp_path / "best_model.pth"
-    fake_release_checkpoint(ckpt)
     imported = project.run(str(VENV_BIN / "sa2-pipeline"), "import-release", str(ckpt),
                            "--dataset", "synthetic", "--model-name", NAME, env=reader,
                            check=False)
