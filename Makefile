@@ -13,7 +13,7 @@ export KEDRO_DISABLE_TELEMETRY := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup airflow-venv run test test-all lint dvc-repro bench bench-peak bench-inference clean-outputs
+.PHONY: setup airflow-venv kfp-venv run test test-all lint dvc-repro bench bench-peak bench-inference clean-outputs
 
 setup: $(VENV)/.installed
 
@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,engines]"
 	@touch $@
 
 # Airflow 3 in a venv of its own (its dependency tree is large and pins fastapi below
@@ -37,11 +37,23 @@ $(AIRFLOW_VENV)/.installed:
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet "$(AIRFLOW_SPEC)"
 	@touch $@
 
+# Kubeflow Pipelines v2 in a venv of its own (kfp pins requests and protobuf below what
+# .venv holds); its tasks call the project's CLI in .venv (docs/kubeflow.md).
+KFP_VENV ?= .venv-kfp
+KFP_SPEC ?= kfp==2.17.3 kfp-kubernetes==2.17.3
+kfp-venv: $(KFP_VENV)/.installed
+
+$(KFP_VENV)/.installed:
+	$(PYTHON) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(KFP_VENV)/bin/python -m pip install --quiet $(KFP_SPEC)
+	@touch $@
+
 run: setup
 	$(BIN)/kedro run
 
 # One worker per core, each test file on one worker (files share module fixtures).
-test: setup airflow-venv
+test: setup airflow-venv kfp-venv
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-all: setup

@@ -274,7 +274,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("tracking", frozenset({"tracking"})),
     ("retraining", frozenset({"retraining"})),
     ("edge", frozenset({"pipelines", "cli", "hooks", "settings", "kedro_io", "kedro_init",
-                        "pipeline_registry"})),
+                        "pipeline_registry", "kubeflow"})),
 )
 _EDGE = LAYERS[-1][0]
 

@@ -63,7 +63,7 @@ def _sample(name: str, size: int, seed: int):
     kind = INNER_TYPE[name].rsplit(".", 1)[-1]
     if kind == "AtomicCSVDataset":
         return pd.DataFrame({"id": [f"s{i}" for i in range(size)], "v": rng.random(size)})
-    if kind == "AtomicJSONDataset":
+    if kind in ("AtomicJSONDataset", "OptionalJSONDataset"):
         return {"seed": seed, "values": rng.random(size).tolist()}
     if kind == "AtomicTextDataset":
         return "".join(rng.choice(list("abcdef<>/\n"), size))

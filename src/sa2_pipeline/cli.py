@@ -8,6 +8,7 @@
     sa2-pipeline retrain --env monuseg      # retrain on new slides, gated promotion
     sa2-pipeline rollback --model sa2net-monuseg --to-version 3
     sa2-pipeline serve --model models:/sa2net-synthetic@champion   # HTTP, one version
+    sa2-pipeline kubeflow compile --env monuseg -p training --out training.yaml
 
 The pipelines themselves run with `kedro run`. An option that is also a parameter (those
 of `segment` are the `inference` parameters) takes its default from sa2_pipeline.config.
@@ -21,18 +22,22 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 # Click, because Kedro imports ``<package>.cli`` and merges its ``cli`` group into the
 # ``kedro`` command: the same commands work as ``sa2-pipeline <cmd>`` and ``kedro <cmd>``.
 import click
 
+from sa2_pipeline import kubeflow
 from sa2_pipeline.config import (
+    INFERENCE_OUTPUTS,
     ConfigError,
+    Engine,
     InferenceConfig,
+    KubeflowConfig,
     SyntheticDataConfig,
 )
-from sa2_pipeline.inference.run import collect_inputs, run_folder
+from sa2_pipeline.inference.run import collect_inputs, predictor_settings, run_folder
 from sa2_pipeline.locks import LockHeldError
 from sa2_pipeline.models.bundle import make_bundle
 from sa2_pipeline.runtime.precision import PRECISIONS
@@ -139,6 +144,9 @@ def import_release(checkpoint: str, dataset: str, model_name: str | None, alias:
 @_setting(InferenceConfig, "overlap", "--overlap", type=float)
 @_setting(InferenceConfig, "batch_size", "--batch-size", type=int, help="Tiles per pass.")
 @_setting(InferenceConfig, "precision", "--precision", type=click.Choice(PRECISIONS))
+@_setting(InferenceConfig, "engine", "--engine", type=click.Choice(get_args(Engine)),
+          help="What runs the network (auto: the fastest that agrees with eager, measured "
+               "once per machine).")
 @_setting(InferenceConfig, "patch_size", "--patch-size", type=int,
           help="Tile side (default: the model's).")
 @_setting(InferenceConfig, "model_mpp", "--model-mpp", type=float,
@@ -149,6 +157,9 @@ def import_release(checkpoint: str, dataset: str, model_name: str | None, alias:
 @_setting(InferenceConfig, "progress", "--progress/--no-progress", help="Progress bars.")
 @_setting(InferenceConfig, "num_threads", "--threads", type=int,
           help="torch CPU threads; 0 = automatic (free cores, or $SA2_NUM_THREADS).")
+@_setting(InferenceConfig, "outputs", "--outputs", type=click.Choice(INFERENCE_OUTPUTS),
+          multiple=True, help="Files per input, repeat for several: mask, ome (OME-TIFF), "
+          "geojson (QuPath), labels (instance OME-TIFF).")
 def segment(images: tuple[str, ...], **settings: Any) -> None:
     """Segment images and whole slides (files, folders, globs) with a registered model."""
 
@@ -159,7 +170,8 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
         model = resolve_model(cfg.model_uri)
         logger.info("model %s resolved to version %s (%s)", model.requested_uri,
                     model.version, model.uri)
-        summary = run_folder(cfg, model, lambda device: load_predictor(model, device=device),
+        summary = run_folder(cfg, model, lambda device: load_predictor(
+            model, device=device, **predictor_settings(cfg)),
                              inputs=inputs, out_dir=Path(cfg.output_dir))
     except (ConfigError, ValueError, OSError) as err:  # OSError: an output not written
         raise SystemExit(f"segment: {err}") from err
@@ -365,6 +377,86 @@ def _retrain(env: str, project_dir: str, params: str, *, change_test_set: bool,
     else:
         print(outcome.message)
     return outcome.code
+
+
+@cli.group("kubeflow")
+def kubeflow_group() -> None:
+    """Kubeflow Pipelines v2: compile the pipelines, run them locally (docs/kubeflow.md).
+
+    Needs kfp in its own venv (make kfp-venv, or $SA2_KFP_PYTHON)."""
+
+
+_PIPELINE = click.option("-p", "--pipeline", type=click.Choice(kubeflow.PIPELINES),
+                         default="training", show_default=True,
+                         help="Which pipeline (docs/kubeflow.md).")
+_NUM_PARTS = click.option("--num-parts", type=int, default=0, show_default=True,
+                          help="inference: parts (0: the dataset's inference.num_parts).")
+
+
+def _kubeflow_setting(name: str, *decls: str, help: str):  # noqa: A002 - click's name
+    return _setting(KubeflowConfig, name, *decls, help=help)
+
+
+@kubeflow_group.command("compile")
+@_ENV
+@_PIPELINE
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The pipeline file (IR YAML) to upload to Kubeflow.")
+@_PROJECT
+@_NUM_PARTS
+@_kubeflow_setting("image", "--image", help="The image every task runs in.")
+@_kubeflow_setting("pvc_name", "--pvc", help="The PVC holding data/ (empty: none).")
+@_kubeflow_setting("mount_path", "--mount-path", help="Where the PVC is mounted.")
+@click.option("--project-dir-in-image", "project_dir_in_image", show_default=True,
+              default=_default(KubeflowConfig, "project_dir"),
+              help="The project checkout in the image.")
+@_kubeflow_setting("cli", "--cli", help="The project's sa2-pipeline in the image.")
+@_kubeflow_setting("tracking_uri", "--tracking-uri",
+                   help="MLflow tracking URI of the tasks (empty: the image's).")
+@_kubeflow_setting("part_retries", "--part-retries", help="Retries of a failed part.")
+def kubeflow_compile(env: str, pipeline: str, out: Path, project_dir: str, num_parts: int,
+                     **settings: Any) -> None:
+    """Write a pipeline's IR YAML for the dataset ENV."""
+    settings["project_dir"] = settings.pop("project_dir_in_image")
+    result = kubeflow.compile_pipeline(Path(project_dir), env, pipeline, out,
+                                       KubeflowConfig(**settings), num_parts)
+    print(json.dumps(result))
+
+
+@kubeflow_group.command("run-local")
+@_ENV
+@_PIPELINE
+@_PROJECT
+@_NUM_PARTS
+def kubeflow_run_local(env: str, pipeline: str, project_dir: str, num_parts: int) -> None:
+    """Run a pipeline with KFP's local runner on this checkout (no cluster, no image)."""
+    print(json.dumps(kubeflow.run_local(Path(project_dir), env, pipeline, num_parts)))
+
+
+@kubeflow_group.command("start-run")
+@_ENV
+@_PROJECT
+def kubeflow_start_run(env: str, project_dir: str) -> None:
+    """Task step: create the training pipeline's one MLflow run (prints its id)."""
+    print(json.dumps(kubeflow.start_run(Path(project_dir), env)))
+
+
+@kubeflow_group.command("list-inputs")
+@_ENV
+@_PROJECT
+@_NUM_PARTS
+def kubeflow_list_inputs(env: str, project_dir: str, num_parts: int) -> None:
+    """Task step: resolve the model to one version and plan the parts (one JSON line)."""
+    print(json.dumps(kubeflow.plan_inference(Path(project_dir), env, num_parts)))
+
+
+@kubeflow_group.command("merge")
+@_ENV
+@_PROJECT
+@click.option("--out-dir", required=True, help="The run's output folder (list-inputs').")
+def kubeflow_merge(env: str, project_dir: str, out_dir: str) -> None:
+    """Task step: merge the parts' records into run_index.json (fails if one is missing)."""
+    print(json.dumps(kubeflow.merge(Path(project_dir), env, out_dir)))
 
 
 def _database_locked(err: BaseException) -> bool:

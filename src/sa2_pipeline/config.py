@@ -42,6 +42,10 @@ Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 #: ``*.device``.
 Device = Literal["auto", "cpu", "cuda"]
 
+#: ``inference.engine``, ``evaluation.engine``: what runs the network
+#: (:mod:`sa2_pipeline.inference.engines`, docs/inference.md).
+Engine = Literal["auto", "torch", "onnxruntime", "openvino"]
+
 
 class ConfigError(UserError, ValueError):
     """A parameter group does not match its schema."""
@@ -343,6 +347,9 @@ class EvaluationConfig(PredictionConfig):
     bootstrap_seed: int = 0
     #: torch CPU threads; 0 = automatic (runtime.threads: free cores, or $SA2_NUM_THREADS).
     num_threads: int = 0
+    #: What runs the network; eager ``torch`` so the promotion gate scores every model the
+    #: same way on every machine (docs/inference.md).
+    engine: Engine = "torch"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -404,6 +411,29 @@ class RetrainingConfig:
 
 
 @dataclass(frozen=True)
+class KubeflowConfig:
+    """``sa2-pipeline kubeflow compile``'s settings: where the pipelines run on a cluster
+    (docs/kubeflow.md). Not a Kedro parameter group: they describe the cluster, not a run."""
+
+    #: The container image every task runs in (deploy/kubeflow/Dockerfile builds it).
+    image: str = "sa2-pipeline:latest"
+    #: The PersistentVolumeClaim holding the project's ``data/`` (the Kedro catalog);
+    #: empty: no volume (a local run, or remote catalog paths).
+    pvc_name: str = "sa2-pipeline-data"
+    #: The project checkout inside the image.
+    project_dir: str = "/app"
+    #: Where the volume is mounted: the project's ``data/`` inside the image.
+    mount_path: str = "/app/data"
+    #: The project's command line inside the image (its venv, as ``make setup`` makes it).
+    cli: str = "/app/.venv/bin/sa2-pipeline"
+    #: Tracking server the tasks log to; empty: the project's (``MLFLOW_TRACKING_URI``
+    #: in the image, else ``conf/base/mlflow.yml``).
+    tracking_uri: str = ""
+    #: Retries of a failed inference part (each retry skips the inputs already done).
+    part_retries: int = 2
+
+
+@dataclass(frozen=True)
 class ReportingConfig:
     """``params:reporting``."""
 
@@ -416,6 +446,11 @@ class ReportingConfig:
             raise ConfigError(f"reporting.n_overlays must be >= 0, got {self.n_overlays}")
 
 
+#: The files ``inference.outputs`` chooses among (docs/inference.md).
+InferenceOutput = Literal["mask", "labels", "geojson", "ome"]
+INFERENCE_OUTPUTS: tuple[str, ...] = typing.get_args(InferenceOutput)
+
+
 @dataclass(frozen=True)
 class InferenceConfig(PredictionConfig):
     """``params:inference``: ``kedro run --pipelines inference`` (docs/inference.md); the
@@ -425,7 +460,7 @@ class InferenceConfig(PredictionConfig):
     #: The fields that change a mask: the resume key of a run (docs/inference.md).
     MASK_FIELDS: typing.ClassVar[tuple[str, ...]] = (
         "threshold", "tta", "overlap", "batch_size", "precision", "patch_size",
-        "skip_background", "model_mpp", "thumbnail_side")
+        "skip_background", "model_mpp", "thumbnail_side", "outputs", "instances")
 
     #: Every supported image or slide under this folder (recursively). Slides to segment
     #: live in ``data/09_inference/``, outside the DVC-versioned training data: a slide put
@@ -452,9 +487,24 @@ class InferenceConfig(PredictionConfig):
 
     #: torch CPU threads; 0 = automatic (runtime.threads: free cores, or $SA2_NUM_THREADS).
     num_threads: int = 0
+    #: What runs the network: ``auto`` (the fastest engine and batch size whose masks
+    #: agree with eager fp32, measured once per machine), ``torch``, ``onnxruntime`` or
+    #: ``openvino`` (docs/inference.md). Also the served model's engine.
+    engine: Engine = "auto"
+    #: The files written per input besides the overlay and the CSVs (docs/inference.md):
+    #: ``mask`` (PNG, or a pyramidal TIFF when large), ``ome`` (the mask as a pyramidal
+    #: OME-TIFF with its pixel size, for QuPath, napari and OME tools), ``geojson`` (every
+    #: object as a QuPath detection), ``labels`` (the uint32 instance-label OME-TIFF
+    #: pyramid). The default is what a pathologist opens: objects and mask at scale.
+    outputs: tuple[InferenceOutput, ...] = ("mask", "geojson", "ome")
+    #: How objects are cut out of the mask: the rule and settings of evaluation
+    #: (``conf/base/parameters_inference.yml`` sets ``${evaluation.instances}``).
+    instances: InstanceConfig = field(default_factory=InstanceConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if len(set(self.outputs)) != len(self.outputs):
+            raise ConfigError(f"inference.outputs lists an output twice: {list(self.outputs)}")
         if self.num_parts < 1 or not 0 <= self.part_id < self.num_parts:
             raise ConfigError(f"inference.part_id must be in [0, num_parts); got part_id="
                               f"{self.part_id}, num_parts={self.num_parts}")
@@ -473,7 +523,9 @@ class InferenceConfig(PredictionConfig):
 
     def mask_settings(self) -> dict[str, Any]:
         """The fields that change a mask, by name (:data:`MASK_FIELDS`)."""
-        return {name: getattr(self, name) for name in self.MASK_FIELDS}
+        return {name: dataclasses.asdict(value) if dataclasses.is_dataclass(value)
+                else list(value) if isinstance(value, tuple) else value
+                for name in self.MASK_FIELDS for value in [getattr(self, name)]}
 
 
 #: The schema of every top-level key of ``conf/*/parameters*.yml``. ``baselines`` is a list

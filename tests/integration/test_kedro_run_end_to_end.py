@@ -99,6 +99,9 @@ def _check_first_mlflow_run(project) -> None:
     assert str(champion.version) == str(challenger.version) == "1"
     assert champion.run_id == run.info.run_id
     assert champion.tags["sa2.promotion_decision"] == "promoted"
+    # issue 21: the version carries its ONNX export, checked against eager before registering
+    assert champion.tags["sa2.onnx.status"] == "exported", champion.tags
+    assert float(champion.tags["sa2.onnx.mask_agreement"]) >= 0.9999
 
 
 def _check_unchanged_rerun_registers_nothing(project) -> None:

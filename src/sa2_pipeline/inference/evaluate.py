@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from sa2_pipeline.config import EvaluationConfig, InstanceConfig
-from sa2_pipeline.inference.predict import Predictor, probabilities_to_mask, resize_probabilities
+from sa2_pipeline.inference.engines import engine_predictor
+from sa2_pipeline.inference.predict import probabilities_to_mask, resize_probabilities
 from sa2_pipeline.metrics.objects import object_scores
 from sa2_pipeline.metrics.segmentation import score
 
@@ -66,8 +67,8 @@ def evaluate_test_set(
         primary: The model whose final member's masks are returned.
         threshold: Foreground probability threshold (binary models).
         predictor_options: Keyword arguments of
-            :class:`sa2_pipeline.inference.predict.Predictor` (device, tta, overlap,
-            batch_size, patch_size).
+            :func:`sa2_pipeline.inference.engines.engine_predictor` (device, tta, overlap,
+            batch_size, patch_size, precision; engine and onnx_files).
         instances: True instance maps by id (images without one get no object metrics).
         instance_cfg: How predicted objects are cut out (at ``threshold``, so objects come
             from exactly the scored mask).
@@ -85,7 +86,8 @@ def evaluate_test_set(
     rows: list[dict[str, Any]] = []
     predictions: dict[str, np.ndarray] = {}
     for name, members in by_model.items():
-        predictor = Predictor([b for _, b in members], **predictor_options)
+        # ``engine``/``onnx_files`` in the options: an engine runs them (evaluation.engine)
+        predictor = engine_predictor([b for _, b in members], **predictor_options)
         for image_id in sorted(images):
             scored = _score_image(predictor, members, images[image_id], masks[image_id],
                                   threshold, objects.for_image(image_id))

@@ -8,10 +8,15 @@ here holds the whole mask unless it is small.
   half-size levels as SubIFDs, each made by taking every second row and column of the
   level above. Binary masks are stored as 0/255 (viewable), multi-class masks as class
   indices.
-- **Objects.** 8-connected components of the foreground (mask > 0), found band by band
-  and joined across band edges with a union-find; areas in pixels (level 0) and, when the
-  slide's pixel size is known, in square microns.
-- **Overlay.** A thumbnail of the slide with the foreground tinted.
+- **OME-TIFF.** The same pyramid with OME-XML (channel name, ``PhysicalSizeX/Y`` in um),
+  for the mask (uint8) and the instance labels (uint32): :func:`write_ome_tiff`.
+- **Several files in one pass.** :class:`BandSink` runs a pull-style writer in a thread
+  and lets the slide loop push bands to it.
+- **Overlay.** A thumbnail of the slide with the foreground tinted and the objects
+  outlined (:class:`ObjectOutlines`).
+- :class:`ObjectCounter` (plain 8-connected components joined across bands) is not what
+  the slide path counts any more: objects come from
+  :mod:`~sa2_pipeline.inference.instances_stream`, evaluation's rule.
 """
 
 from __future__ import annotations
@@ -124,18 +129,40 @@ class ThumbnailMask:
             self.mask[inside] = band[self.rows[inside] - first_row][:, self.cols]
 
 
-def overlay_png(thumbnail: np.ndarray, mask: np.ndarray) -> bytes:
-    """PNG bytes of ``thumbnail`` (RGB) with ``mask > 0`` tinted green and outlined."""
+class ObjectOutlines:
+    """Object outlines drawn on a thumbnail-sized canvas as the objects stream past."""
+
+    def __init__(self, size0: tuple[int, int], thumb_size: tuple[int, int]) -> None:
+        self.fx, self.fy = thumb_size[0] / size0[0], thumb_size[1] / size0[1]
+        self.canvas = np.zeros((thumb_size[1], thumb_size[0]), dtype=np.uint8)
+
+    def add(self, outline) -> None:
+        """Draw ``outline`` (shapely, level-0 px) scaled to the thumbnail."""
+        import cv2
+
+        polygons = getattr(outline, "geoms", [outline])
+        rings = [np.round(np.asarray(p.exterior.coords) * (self.fx, self.fy)).astype(np.int32)
+                 for p in polygons if not p.is_empty]
+        cv2.polylines(self.canvas, rings, True, 255, 1)
+
+
+def overlay_png(thumbnail: np.ndarray, mask: np.ndarray,
+                outlines: np.ndarray | None = None) -> bytes:
+    """PNG bytes of ``thumbnail`` (RGB) with ``mask > 0`` tinted green and outlined: the
+    objects' own outlines where ``outlines`` (a canvas of :class:`ObjectOutlines`) is
+    given, else the foreground's."""
     import cv2
 
     image = thumbnail.astype(np.float32)
     fg = mask > 0
     image[fg] = 0.55 * image[fg] + 0.45 * np.array([0, 255, 0], dtype=np.float32)
-    out = np.clip(image, 0, 255).astype(np.uint8)
-    contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
-    out = np.ascontiguousarray(out)
-    cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
+    out = np.ascontiguousarray(np.clip(image, 0, 255).astype(np.uint8))
+    if outlines is not None:
+        out[outlines > 0] = (255, 255, 0)
+    else:
+        contours, _ = cv2.findContours(fg.astype(np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
     ok, png = cv2.imencode(".png", cv2.cvtColor(out, cv2.COLOR_RGB2BGR))
     if not ok:
         raise RuntimeError("could not encode the overlay")
@@ -199,40 +226,70 @@ def _pyramid_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
     return sizes
 
 
-def _write_pyramid(tmp: Path, bands, size: tuple[int, int], mpp: float | None) -> None:
+def write_ome_tiff(path: Path, bands: Iterator[tuple[int, np.ndarray]], size: tuple[int, int],
+                   *, mpp: float | None, channel: str, dtype=np.uint8) -> None:
+    """Write rows (top to bottom) atomically as a tiled, pyramidal OME-TIFF.
+
+    The OME-XML names the channel and, when ``mpp`` is known, gives ``PhysicalSizeX/Y`` in
+    um (the TIFF resolution tags say the same in px/cm, on every level), so QuPath, napari
+    (and bioio) open it at the right scale. Levels as in :func:`write_mask`.
+    """
+    with atomic_path(path) as tmp:
+        _write_pyramid(tmp, bands, size, mpp, dtype=dtype, channel=channel)
+
+
+def _write_pyramid(tmp: Path, bands, size: tuple[int, int], mpp: float | None,
+                   dtype=np.uint8, channel: str | None = None) -> None:
+    """The pyramid; ``channel`` set: an OME-TIFF whose only channel it names."""
     import tifffile
 
+    dtype = np.dtype(dtype)
     width, height = size
     levels = _pyramid_sizes(size)
-    resolution = None if mpp is None else (1e4 / mpp, 1e4 / mpp)  # px per cm
     remove_stale_scratch(tmp.parent)
     with tempfile.TemporaryDirectory(dir=tmp.parent,
                                      prefix=f"{SCRATCH_PREFIX}{os.getpid()}-") as scratch:
         level_files = [Path(scratch, f"level{k + 1}.raw") for k in range(len(levels))]
         handles = [open(f, "wb") for f in level_files]  # noqa: SIM115 - closed below
         try:
-            tiles = _level0_tiles(bands, width, handles)
-            with tifffile.TiffWriter(tmp, bigtiff=width * height > 2**31) as tif:
+            tiles = _level0_tiles(bands, width, handles, dtype)
+            ome = channel is not None
+            with tifffile.TiffWriter(tmp, bigtiff=width * height * dtype.itemsize > 2**31,
+                                     ome=ome) as tif:
                 options = {"tile": (TIFF_TILE, TIFF_TILE), "compression": "zlib",
                            "photometric": "minisblack"}
-                res = {} if resolution is None else {"resolution": resolution,
-                                                     "resolutionunit": "CENTIMETER"}
-                tif.write(tiles, shape=(height, width), dtype=np.uint8, subifds=len(levels),
-                          **options, **res)
+                metadata = None
+                if ome:
+                    metadata = {"axes": "YX", "Name": channel, "Channel": {"Name": [channel]}}
+                    if mpp is not None:
+                        metadata.update({"PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
+                                         "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"})
+                tif.write(tiles, shape=(height, width), dtype=dtype, subifds=len(levels),
+                          metadata=metadata, **options, **_resolution(mpp, 1))
                 for handle in handles:
                     handle.close()
                 for k, (lw, lh) in enumerate(levels):
-                    tif.write(_raw_tiles(level_files[k], lw, lh), shape=(lh, lw),
-                              dtype=np.uint8, subfiletype=1, **options)
+                    tif.write(_raw_tiles(level_files[k], lw, lh, dtype), shape=(lh, lw),
+                              dtype=dtype, subfiletype=1, **options,
+                              **_resolution(mpp, width / lw))
         finally:
             for handle in handles:
                 handle.close()
 
 
-def _level0_tiles(bands, width: int, level_handles: list) -> Iterator[np.ndarray]:
+def _resolution(mpp: float | None, factor: float) -> dict:
+    """TIFF resolution tags (px/cm) of a level ``factor`` times coarser than level 0."""
+    if mpp is None:
+        return {}
+    return {"resolution": (1e4 / (mpp * factor), 1e4 / (mpp * factor)),
+            "resolutionunit": "CENTIMETER"}
+
+
+def _level0_tiles(bands, width: int, level_handles: list, dtype=np.uint8
+                  ) -> Iterator[np.ndarray]:
     """Tiles of level 0 in row-major order; each full band of tile rows also feeds the
     smaller levels (every second row and column), appended to their raw files."""
-    buffer = np.zeros((TIFF_TILE, width), dtype=np.uint8)
+    buffer = np.zeros((TIFF_TILE, width), dtype=dtype)
     filled = 0
 
     def flush(rows: np.ndarray) -> Iterator[np.ndarray]:
@@ -257,11 +314,74 @@ def _level0_tiles(bands, width: int, level_handles: list) -> Iterator[np.ndarray
         yield from flush(buffer[:filled])
 
 
-def _raw_tiles(path: Path, width: int, height: int) -> Iterator[np.ndarray]:
-    """Tiles of a level stored as raw uint8 rows, read one band of tile rows at a time."""
+def _raw_tiles(path: Path, width: int, height: int, dtype=np.uint8) -> Iterator[np.ndarray]:
+    """Tiles of a level stored as raw rows, read one band of tile rows at a time."""
+    dtype = np.dtype(dtype)
     with open(path, "rb") as handle:
         for y in range(0, height, TIFF_TILE):
             rows = min(TIFF_TILE, height - y)
-            band = np.frombuffer(handle.read(rows * width), dtype=np.uint8).reshape(rows, width)
+            band = np.frombuffer(handle.read(rows * width * dtype.itemsize),
+                                 dtype=dtype).reshape(rows, width)
             for x in range(0, width, TIFF_TILE):
                 yield band[:, x : x + TIFF_TILE]
+
+
+class WriterAbortedError(RuntimeError):
+    """The producer of a :class:`BandSink` failed; the file being written is discarded."""
+
+
+class BandSink:
+    """Runs ``write(bands)`` (a pull-style writer such as :func:`write_mask`) in a thread
+    and lets the caller push the bands, so one pass over a slide feeds several files.
+
+    :meth:`close` ends the stream and waits for the file; :meth:`abort` makes the writer's
+    iterator raise :class:`WriterAbortedError`, so its atomic write leaves nothing behind. An
+    error in the writer is raised in the caller by the next :meth:`put` or :meth:`close`.
+    """
+
+    _END, _ABORT = object(), object()
+
+    def __init__(self, write) -> None:
+        import queue
+        import threading
+
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.ended = False
+        self.thread = threading.Thread(target=self._run, args=(write,), daemon=True)
+        self.thread.start()
+
+    def _bands(self) -> Iterator[tuple[int, np.ndarray]]:
+        while True:
+            item = self.queue.get()
+            if item is self._END or item is self._ABORT:
+                self.ended = True
+                if item is self._ABORT:
+                    raise WriterAbortedError("the slide was not finished")
+                return
+            yield item
+
+    def _run(self, write) -> None:
+        try:
+            write(self._bands())
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            self.error = err
+            while not self.ended:  # keep draining so the producer never blocks
+                item = self.queue.get()
+                self.ended = item is self._END or item is self._ABORT
+
+    def put(self, first: int, band: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((first, band))
+
+    def close(self) -> None:
+        self.queue.put(self._END)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put(self._ABORT)
+        self.thread.join()

@@ -3,12 +3,17 @@
 Output folder layout (``out_dir``, e.g.
 ``data/09_inference/<dataset>/results/<model-version>/``)::
 
-    <name>.mask.png | <name>.mask.tif    label mask at the input's full size
-    <name>.overlay.png                   thumbnail with the foreground tinted
-    <name>.csv                           one-row summary (foreground, objects, areas)
+    <name>.mask.png | <name>.mask.tif    label mask at the input's full size    (outputs: mask)
+    <name>.mask.ome.tif                  the mask as a pyramidal OME-TIFF         (outputs: ome)
+    <name>.labels.ome.tif                uint32 instance labels, OME-TIFF         (outputs: labels)
+    <name>.geojson                       every object as a QuPath detection       (outputs: geojson)
+    <name>.overlay.png                   thumbnail, foreground tinted, objects outlined
+    <name>.csv                           one-row summary (foreground, object count, density
+                                         per mm^2 of tissue, area median and quartiles)
     <name>.objects.csv                   one row per object: area in px and um^2
     records/<name-hash>-<sha256>.json    one record per finished input (name and content)
     manifest.json                        the run: model, settings, every record, failures
+    index.html                           one self-contained page: a row per input
 
 ``<name>`` is the input's path relative to its folder (the full file name, extension
 included, so ``a.png`` and ``a.tif`` never write the same file).
@@ -26,6 +31,7 @@ from all records present).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sa2_pipeline.config import InferenceConfig
+from sa2_pipeline.inference.run_index import SLIDE_NUMBERS, write_index
 from sa2_pipeline.inference.segment import segment_file
 from sa2_pipeline.inference.slides import SUPPORTED_SUFFIXES, UnreadableImageError
 from sa2_pipeline.io_utils import atomic_write_text
@@ -193,8 +200,21 @@ def segment_inputs(inputs: list[InputFile], predictor: Any, settings: InferenceC
             logger.error("%s: %s: %s", entry.path, type(err).__name__, err)
             continue
         (result.skipped if status == "skipped" else result.done).append(entry.name)
-    write_manifest(out_dir, model, settings, result)
+    write_manifest(out_dir, model, settings, result, engine=_engine_record(predictor))
     return result
+
+
+def _engine_record(predictor: Any) -> dict[str, Any] | None:
+    """What ran the network (:class:`~sa2_pipeline.inference.engines.EngineChoice`)."""
+    choice = getattr(predictor, "engine", None)
+    return choice.as_record() if hasattr(choice, "as_record") else None
+
+
+def predictor_settings(cfg: InferenceConfig) -> dict[str, Any]:
+    """The keyword arguments of a :class:`~sa2_pipeline.inference.predict.Predictor` that
+    ``cfg`` sets: engine, precision, tiles per forward, tile."""
+    return {"engine": cfg.engine, "precision": cfg.precision, "batch_size": cfg.batch_size,
+            "patch_size": cfg.patch_size}
 
 
 def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
@@ -221,15 +241,15 @@ def _segment_one(entry: InputFile, predictor, settings, out_dir: Path, key: str,
                    "key": key, "model": model, "settings": settings.mask_settings()})
     atomic_write_text(record_path, json.dumps(record, indent=2, sort_keys=True))
     logger.info("%s -> %s (foreground %.1f%%, %d objects)", entry.path,
-                out_dir / record["outputs"]["mask"], 100 * record["foreground_fraction"],
+                out_dir / record["outputs"]["summary"], 100 * record["foreground_fraction"],
                 record["object_count"])
     return "done"
 
 
 def write_manifest(out_dir: Path, model: dict[str, Any], settings: InferenceConfig,
-                   result: RunResult) -> Path:
+                   result: RunResult, engine: dict[str, Any] | None = None) -> Path:
     """``manifest.json``: the model, the settings, every record present (by input name),
-    and this run's failures."""
+    this run's failures, and (``engine``) what ran the network."""
 
     records = {}
     for path in sorted((out_dir / "records").glob("*.json")):
@@ -239,11 +259,14 @@ def write_manifest(out_dir: Path, model: dict[str, Any], settings: InferenceConf
             continue
         records[record["name"]] = {k: record[k] for k in ("input", "name", "sha256", "outputs",
                                                            "model", "settings", "key")}
+        records[record["name"]].update({k: record.get(k) for k in SLIDE_NUMBERS})
     manifest = {"format": MANIFEST_FORMAT, "model": model, "settings": settings.mask_settings(),
-                "inputs": records, "failed": result.failed,
+                "inputs": records, "failed": result.failed, "engine": engine,
                 "this_run": {"done": result.done, "skipped": result.skipped}}
-    return atomic_write_text(out_dir / "manifest.json",
+    path = atomic_write_text(out_dir / "manifest.json",
                              json.dumps(manifest, indent=2, sort_keys=True))
+    write_index(out_dir, manifest)
+    return path
 
 
 def with_model_mpp(cfg: InferenceConfig, model_mpp: float | None) -> InferenceConfig:
@@ -282,6 +305,9 @@ def run_folder(cfg: InferenceConfig, model: Any, load_predictor: Callable[[Any],
     settings = with_model_mpp(cfg, model.pixel_size_um)
     configure_threads(cfg.num_threads)
     predictor = load_predictor(select_device(cfg.device))
+    engine = _engine_record(predictor)
+    if engine:  # the engine's tiles per forward (auto measures them; not in the resume key)
+        settings = dataclasses.replace(settings, batch_size=engine["batch_size"])
     result = segment_inputs(mine, predictor, settings, out_dir, model=model.as_record(),
                             progress=cfg.progress)
     logger.info("%d segmented, %d already done, %d failed (part %d of %d) -> %s",
@@ -289,4 +315,4 @@ def run_folder(cfg: InferenceConfig, model: Any, load_predictor: Callable[[Any],
                 cfg.num_parts, out_dir)
     return {"model": model.as_record(), "out_dir": str(out_dir), "total": len(mine),
             "done": result.done, "skipped": result.skipped, "failed": result.failed,
-            "part_id": cfg.part_id, "num_parts": cfg.num_parts}
+            "part_id": cfg.part_id, "num_parts": cfg.num_parts, "engine": engine}

@@ -41,6 +41,7 @@ __all__ = [
     "mask_instances",
     "match_instances",
     "panoptic_quality",
+    "separate_instances",
 ]
 
 OBJECT_METRICS = ("aji", "pq", "dq", "sq", "obj_precision", "obj_recall", "obj_f1")
@@ -58,10 +59,8 @@ def extract_instances(probability: np.ndarray, cfg: InstanceConfig | None = None
     Returns:
         ``(H, W)`` int32 labels ``0..N`` (0 = background), numbered consecutively.
     """
-    from scipy import ndimage
-    from skimage.feature import peak_local_max
     from skimage.measure import label
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import relabel_sequential
 
     params = cfg or InstanceConfig()
     threshold = check_threshold(threshold)
@@ -70,23 +69,78 @@ def extract_instances(probability: np.ndarray, cfg: InstanceConfig | None = None
         raise ValueError(f"probability map must be (H, W), got shape {probability.shape}")
     foreground = probability > threshold
     components = label(foreground, connectivity=params.connectivity)
-    if params.method == "watershed" and components.max() > 0:
-        distance = ndimage.distance_transform_edt(foreground)
-        peaks = peak_local_max(
-            distance, min_distance=params.min_distance, labels=components, exclude_border=False
-        )
-        seeds = np.zeros(foreground.shape, dtype=bool)
-        seeds[tuple(peaks.T)] = True
-        # Neighbouring peaks on one plateau become one seed.
-        markers = label(seeds, connectivity=2)
-        components = watershed(
-            -distance, markers, mask=foreground, connectivity=params.connectivity
-        )
-    if params.min_size > 0:
+    return relabel_sequential(separate_instances(foreground, components, params))[0]
+
+
+def separate_instances(foreground: np.ndarray, components: np.ndarray,
+                       cfg: InstanceConfig) -> np.ndarray:
+    """The one rule that turns foreground into objects, for evaluation and for slides.
+
+    Args:
+        foreground: ``(H, W)`` bool.
+        components: Its connected components (``cfg.connectivity``) as labels; a component
+            set to 0 here is not cut (the slide path leaves out those it cannot finish yet)
+            but its pixels still count as foreground for the distance transform.
+        cfg: ``evaluation.instances``.
+
+    Returns:
+        ``(H, W)`` int32 labels: with ``watershed``, each component split by a watershed on
+        the distance to the background, seeded at the distance's local maxima at least
+        ``min_distance`` apart (8-touching seeds are one seed); objects under ``min_size``
+        pixels removed. No object spans two components. Ids are not consecutive.
+
+    Every step works one component at a time, in the component's own box: its peaks
+    depend only on its own distance values, and its watershed floods inside it with no
+    other component's pixels in the queue (so even ties between seeds of equal height
+    are broken the same way wherever the component lies). A component cut out of a larger
+    image with enough background around it (every pixel's nearest background pixel inside
+    the crop, for the distance transform) gets exactly the objects it gets in the whole
+    image; the slide path (:mod:`sa2_pipeline.inference.instances_stream`) relies on that.
+    """
+    from scipy import ndimage
+
+    components = np.asarray(components).astype(np.int32, copy=True)
+    if cfg.min_size > 0 and components.max() > 0:
+        # A component under min_size pixels only has pieces under min_size: dropped now,
+        # it is never cut (the same objects, far fewer components to split).
         sizes = np.bincount(components.ravel())
-        small = np.flatnonzero(sizes < params.min_size)
+        components[(sizes < cfg.min_size)[components] & (components > 0)] = 0
+    if cfg.method == "watershed" and components.max() > 0:
+        distance = ndimage.distance_transform_edt(foreground)
+        objects = np.zeros(components.shape, dtype=np.int32)
+        next_id = 1
+        for value, box in enumerate(ndimage.find_objects(components), start=1):
+            if box is not None:
+                inside = components[box] == value
+                pieces = _split_component(distance[box], inside, cfg)
+                pieces = pieces[inside]
+                objects[box][inside] = np.where(pieces > 0, pieces + (next_id - 1), 0)
+                next_id += int(pieces.max())
+        components = objects
+    if cfg.min_size > 0 and components.max() > 0:
+        sizes = np.bincount(components.ravel())
+        small = np.flatnonzero(sizes < cfg.min_size)
         components[np.isin(components, small[small > 0])] = 0
-    return relabel_sequential(components.astype(np.int32))[0]
+    return components
+
+
+def _split_component(distance: np.ndarray, inside: np.ndarray, cfg: InstanceConfig
+                     ) -> np.ndarray:
+    """Watershed of one component (``inside``, its box) on ``-distance``: labels 1..k."""
+    from skimage.feature import peak_local_max
+    from skimage.measure import label
+    from skimage.segmentation import watershed
+
+    peaks = peak_local_max(distance, min_distance=cfg.min_distance,
+                           labels=inside.astype(np.int32), exclude_border=False,
+                           threshold_abs=0)
+    seeds = np.zeros(inside.shape, dtype=bool)
+    seeds[tuple(peaks.T)] = True
+    # Neighbouring peaks on one plateau become one seed.
+    markers = label(seeds, connectivity=2)
+    if markers.max() == 1:  # one seed floods the whole (connected) component
+        return inside.astype(np.int32)
+    return watershed(-distance, markers, mask=inside, connectivity=cfg.connectivity)
 
 
 def mask_instances(

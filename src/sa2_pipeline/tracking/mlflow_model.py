@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sa2_pipeline.config import PredictionConfig
+from sa2_pipeline.config import InferenceConfig, PredictionConfig
 from sa2_pipeline.models.bundle import members_of
 from sa2_pipeline.reporting.provenance import dvc_data_version, git_commit
 
@@ -38,6 +38,12 @@ def model_signature():
         params=ParamSchema([ParamSpec("threshold", "double", PredictionConfig.threshold),
                             ParamSpec("tta", "boolean", PredictionConfig.tta)]),
     )
+
+
+def load_config() -> dict[str, Any]:
+    """The pyfunc's load-time settings and their defaults (``engine``:
+    ``inference.engine``'s), logged with the model so a loader may override them."""
+    return {"engine": InferenceConfig.engine}
 
 
 def usage_tags(bundle: dict[str, Any] | list, model_name: str,
@@ -80,12 +86,15 @@ def _pip_requirements() -> list[str]:
     return [pin("torch"), pin("numpy"), pin("mlflow"), pin("opencv-python-headless")]
 
 
-def log_model_bundle(bundle: dict[str, Any] | list, *, input_example_size: int = 64) -> Any:
+def log_model_bundle(bundle: dict[str, Any] | list, *, input_example_size: int = 64,
+                     onnx_dir: str | Path | None = None) -> Any:
     """Log a bundle (or a list of bundles: a fold ensemble) to the active MLflow run as a
     self-contained pyfunc model.
 
     The package's source travels with the model (``code_paths``), so loading it needs
-    neither this project installed nor a Kedro session.
+    neither this project installed nor a Kedro session. ``onnx_dir``: the checked ONNX
+    exports (``member_<i>.onnx``, :mod:`sa2_pipeline.inference.export_check`), stored as
+    the artifact ``onnx`` beside the PyTorch weights.
 
     Returns:
         MLflow's ``ModelInfo``.
@@ -104,9 +113,13 @@ def log_model_bundle(bundle: dict[str, Any] | list, *, input_example_size: int =
             name="model",
             # Logged by path (MLflow "models from code"), not by pickling an object.
             python_model=str(package_dir / "tracking" / "pyfunc_model.py"),
-            artifacts={"model_bundle": str(path)},
+            artifacts={"model_bundle": str(path),
+                       **({"onnx": str(onnx_dir)} if onnx_dir is not None else {})},
             code_paths=[str(package_dir)],
             signature=model_signature(),
+            # load-time settings (tracking/pyfunc.py: LOAD_CONFIG); a key logged here
+            # is one mlflow.pyfunc.load_model(model_config=...) may override
+            model_config=load_config(),
             input_example=example,
             pip_requirements=_pip_requirements(),
         )

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sa2_pipeline.inference.predict import Predictor
-from sa2_pipeline.models.bundle import load_bundle_file
+from sa2_pipeline.inference.engines import engine_predictor
+from sa2_pipeline.inference.onnx_export import EXPORT_FOLDER, member_files
+from sa2_pipeline.models.bundle import load_bundle_file, members_of
+from sa2_pipeline.tracking.mlflow_run import active_run_id
 from sa2_pipeline.tracking.model_versions import TAG_PREFIX, champion_version
 
 __all__ = ["ResolvedModel", "champion_bundle_file", "load_predictor", "load_pyfunc",
-           "resolve_model"]
+           "log_engine_choice", "resolve_model", "version_exports"]
 
 _ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)$")
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
@@ -84,21 +86,51 @@ def resolve_model(uri: str) -> ResolvedModel:
 
 
 def load_predictor(model: ResolvedModel, *, device: Any = None, **predictor_kwargs: Any):
-    """The version's bundle (or fold ensemble) as a ``Predictor`` on ``device``."""
+    """The version's bundle (or fold ensemble) as a ``Predictor`` on ``device``; with
+    ``engine=...`` it runs the version's checked ONNX export (none: eager, with a message)."""
     import mlflow
 
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model.uri))
     bundles = load_bundle_file(local / "artifacts" / "model_bundle.pt")
-    return Predictor(bundles, device=device, **predictor_kwargs)
+    return engine_predictor(bundles, device=device,
+                            onnx_files=version_exports(local / "artifacts", bundles),
+                            **predictor_kwargs)
 
 
-def load_pyfunc(model_uri: str) -> Any:
+def version_exports(artifacts: str | Path, bundles: Any) -> list[Path] | None:
+    """The ONNX exports of a logged model's artifacts folder (one per member); None for a
+    version registered without one (older, or its export failed the parity check)."""
+    return member_files(Path(artifacts) / EXPORT_FOLDER, len(members_of(bundles)))
+
+
+def log_engine_choice(choice: dict[str, Any] | None) -> None:
+    """Record the engine a run used (:class:`~sa2_pipeline.inference.engines.EngineChoice`
+    as a record) on the active MLflow run, if there is one: tags ``sa2.engine``,
+    ``sa2.engine_precision``, ``sa2.engine_batch_size``, ``sa2.engine_requested`` and the
+    whole choice (with ``auto``'s measurements) as ``engine_choice.json``."""
+    run_id = active_run_id()
+    if not choice or run_id is None:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in (("engine", choice["engine"]), ("engine_precision", choice["precision"]),
+                       ("engine_batch_size", choice["batch_size"]),
+                       ("engine_requested", choice["requested"])):
+        client.set_tag(run_id, f"{TAG_PREFIX}{key}", str(value))
+    client.log_dict(run_id, choice, "engine_choice.json")
+
+
+def load_pyfunc(model_uri: str, engine: str | None = None) -> Any:
     """A registered model as an MLflow pyfunc (``models:/<name>@<alias>``,
-    ``models:/<name>/<version>``, a run URI...)."""
+    ``models:/<name>/<version>``, a run URI...); ``engine``: its load-time engine (None:
+    the model's default, ``inference.engine``)."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(model_uri)
+    if engine is None:
+        return mlflow.pyfunc.load_model(model_uri)
+    return mlflow.pyfunc.load_model(model_uri, model_config={"engine": engine})
 
 
 def champion_bundle_file(model_name: str, folder: str | Path) -> Path | None:

@@ -34,7 +34,7 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 
-from sa2_pipeline.config import ConfigError, PredictionConfig, check_threshold
+from sa2_pipeline.config import ConfigError, InferenceConfig, PredictionConfig, check_threshold
 from sa2_pipeline.inference.encoding import (  # noqa: F401 - the limits
     MAX_PIXELS,
     MIN_SIDE,
@@ -43,8 +43,9 @@ from sa2_pipeline.inference.encoding import (  # noqa: F401 - the limits
     decode_image,
     encode_mask,
 )
-from sa2_pipeline.inference.predict import Predictor
-from sa2_pipeline.models.bundle import load_bundle_file
+from sa2_pipeline.inference.engines import ENGINES, engine_predictor
+from sa2_pipeline.inference.onnx_export import member_files
+from sa2_pipeline.models.bundle import load_bundle_file, members_of
 from sa2_pipeline.runtime.threads import configure_threads
 
 
@@ -57,10 +58,22 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
+        """Load the bundle and build the engine once: ``engine`` is a load-time setting
+        (``mlflow.pyfunc.load_model(uri, model_config={"engine": "openvino"})``, or for
+        ``mlflow models serve`` the environment variable ``MLFLOW_PYFUNC_INFERENCE_CONFIG
+        ='{"engine": "openvino"}'``), default :data:`LOAD_CONFIG`. Building a session
+        (or measuring ``auto``) takes seconds, so it is not a per-call param."""
         configure_threads(0)  # free cores, or $SA2_NUM_THREADS (docs/environment.md)
         path = context.artifacts["model_bundle"]
         self.bundles = load_bundle_file(path)
-        self.predictor = Predictor(self.bundles)
+        engine = (getattr(context, "model_config", None) or {}).get("engine",
+                                                                    LOAD_CONFIG["engine"])
+        if engine not in ENGINES:
+            raise ConfigError(f"model_config engine must be one of {', '.join(ENGINES)}; "
+                              f"got {engine!r}")
+        exports = context.artifacts.get("onnx")
+        files = member_files(exports, len(members_of(self.bundles))) if exports else None
+        self.predictor = engine_predictor(self.bundles, engine=engine, onnx_files=files)
 
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ARG002
         """Segment one image: an ``(H, W, 3)`` array of 0-255 integers (answered with the
@@ -86,6 +99,9 @@ class SA2NetSegmenter(mlflow.pyfunc.PythonModel):
 
 #: Params the signature declares, with their defaults.
 PARAM_DEFAULTS = {"threshold": PredictionConfig.threshold, "tta": PredictionConfig.tta}
+#: Load-time settings (MLflow ``model_config``), with their defaults: the engine of
+#: ``inference.engine``.
+LOAD_CONFIG = {"engine": InferenceConfig.engine}
 # MIN_SIDE, MAX_PIXELS: the smallest side and largest size (pixels) of an image the
 # served model takes, in both forms; larger images go through the slide pipeline.
 #: The column of a compact request (docs/inference.md).

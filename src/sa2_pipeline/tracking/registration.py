@@ -5,9 +5,12 @@ Order of writes for one gated registration (all under the tracking store's regis
 :func:`sa2_pipeline.tracking.model_versions.registry_lock`, so two runs on one store
 never interleave):
 
-1. the model is logged to the active run (:mod:`sa2_pipeline.tracking.mlflow_model`);
+1. the network is exported to ONNX and checked against eager on the held-out test images
+   (:mod:`sa2_pipeline.inference.export_check`); the model is logged to the active run
+   (:mod:`sa2_pipeline.tracking.mlflow_model`), with the export only if it passed;
 2. the version is created **with** its identity tags in one call (bundle digest, test set,
-   test scores, data version): there is never a version without them;
+   test scores, data version, the export's ``sa2.onnx.*`` figures or why there is none):
+   there is never a version without them;
 3. alias ``challenger``;
 4. the champion is re-scored per image on the same test images through its own pyfunc;
    the statistical gate (:mod:`sa2_pipeline.metrics.promotion`) decides; its numbers and
@@ -28,6 +31,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sa2_pipeline.inference.export_check import export_checked
 from sa2_pipeline.metrics.promotion import require_metric
 from sa2_pipeline.models.bundle import bundle_digest, members_of
 from sa2_pipeline.tracking.champion import gate_and_promote, gate_finished
@@ -41,6 +45,7 @@ from sa2_pipeline.tracking.model_versions import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from sa2_pipeline.config import RegistryConfig
@@ -55,10 +60,13 @@ class ModelToRegister:
 
     def __init__(self, bundle: Any, *, model_name: str, test_scores: dict[str, float],
                  per_image: pd.DataFrame, test_set_id: str, data_version: str | None = None,
-                 input_example_size: int = 64) -> None:
+                 input_example_size: int = 64,
+                 parity_images: list[np.ndarray] | None = None) -> None:
         self.bundle, self.model_name, self.test_scores = bundle, model_name, test_scores
         self.per_image, self.test_set_id = per_image, test_set_id
         self.data_version, self.input_example_size = data_version, input_example_size
+        #: The held-out test images the ONNX export is checked on (None: seeded images).
+        self.parity_images = parity_images
 
 
 def register_gated(
@@ -115,11 +123,13 @@ def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[s
     from mlflow.exceptions import MlflowException
 
 
-    info = log_model_bundle(model.bundle, input_example_size=model.input_example_size)
+    info, export_tags = _log_with_export(model.bundle, model.input_example_size,
+                                         model.parity_images)
     members = members_of(model.bundle)
     # How to use it (pixel size, data version, commit, input convention), then identity.
     tags = {f"{TAG_PREFIX}{k}": v for k, v in usage_tags(model.bundle,
                                                           model.model_name).items()}
+    tags.update({f"{TAG_PREFIX}{k}": v for k, v in export_tags.items()})
     tags.update({f"{TAG_PREFIX}{k}": f"{v:.6f}" for k, v in model.test_scores.items()})
     tags.update({f"{TAG_PREFIX}test_set_id": model.test_set_id,
                  f"{TAG_PREFIX}bundle_digest": digest,
@@ -136,6 +146,21 @@ def _create_version(client: Any, model: ModelToRegister, digest: str) -> tuple[s
                                      run_id=info.run_id, tags=tags,
                                      model_id=getattr(info, "model_id", None))
     return str(mv.version), info.run_id, info.model_uri
+
+
+def _log_with_export(bundle: Any, input_example_size: int = 64,
+                     images: list[np.ndarray] | None = None) -> tuple[Any, dict[str, str]]:
+    """Export the network to ONNX, check it (:mod:`sa2_pipeline.inference.export_check`),
+    and log the model with the export when it passed; the export's tags either way."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="sa2-onnx-") as tmp:
+        folder = Path(tmp) / "onnx"
+        export = export_checked(bundle, folder, images)
+        info = log_model_bundle(bundle, input_example_size=input_example_size,
+                                onnx_dir=folder if export["files"] else None)
+    return info, export["tags"]
 
 
 def _unchanged(client: Any, model: ModelToRegister, existing: Any, digest: str) -> dict:
@@ -208,11 +233,12 @@ def register_release(
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.set_tags({f"{TAG_PREFIX}{k}": v for k, v in run_tags.items()})
         mlflow.log_params(params)
-        info = log_model_bundle(bundle)
+        info, export_tags = _log_with_export(bundle)
         version = str(mlflow.register_model(info.model_uri, model_name).version)
     client = MlflowClient()
     set_version_tags(client, model_name, version, {"source": "release",
-                                                   **usage_tags(bundle, model_name)})
+                                                   **usage_tags(bundle, model_name),
+                                                   **export_tags})
     client.set_registered_model_alias(model_name, alias, version)
     return {"model_name": model_name, "version": version, "run_id": run.info.run_id,
             "alias": alias}

@@ -50,7 +50,9 @@ def evaluate_models(
         primary=primary, threshold=cfg.threshold,
         predictor_options={"device": select_device(cfg.device), "tta": cfg.tta,
                            "overlap": cfg.overlap, "batch_size": cfg.batch_size,
-                           "patch_size": cfg.patch_size, "precision": cfg.precision},
+                           "patch_size": cfg.patch_size, "precision": cfg.precision,
+                           # a non-torch engine runs an export made now (not registered)
+                           "engine": cfg.engine, "onnx_files": "export"},
         instances=model_input_test.get("instances"),
         instance_cfg=cfg.instances,
         boundary_tolerance=cfg.boundary_tolerance,
@@ -108,18 +110,21 @@ def register_model(
     model = ModelToRegister(
         members[0] if len(members) == 1 else members, model_name=cfg.model_name,
         test_scores=scores, per_image=per_image, test_set_id=test_summary["test_set_id"],
-        data_version=cfg.data_version, input_example_size=cfg.input_example_size)
+        data_version=cfg.data_version, input_example_size=cfg.input_example_size,
+        parity_images=[model_input_test["images"][i] for i in sorted(model_input_test["images"])])
     return {"registered": True,
             **register_gated(model, config=cfg, score_champion=_champion_scorer(
-                model_input_test, n_classes, eval_cfg.threshold))}
+                model_input_test, n_classes, eval_cfg.threshold, eval_cfg.engine))}
 
 
-def _champion_scorer(model_input_test: dict, n_classes: int, threshold: float):
+def _champion_scorer(model_input_test: dict, n_classes: int, threshold: float,
+                     engine: str):
     """``score_champion(model_uri)``: a registered model's per-image scores on this test
-    set, through its own pyfunc (how the gate compares the champion image by image)."""
+    set, through its own pyfunc (how the gate compares the champion image by image), run
+    by ``evaluation.engine`` as the challenger was."""
 
     def score_champion(model_uri: str) -> pd.DataFrame:
-        champion = load_pyfunc(model_uri)
+        champion = load_pyfunc(model_uri, engine)
         masks = model_input_test["masks"]
         scored = {i: score(champion.predict(model_input_test["images"][i],
                                             params={"threshold": threshold}),

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from sa2_pipeline.config import InferenceConfig, RegistryConfig, parse
-from sa2_pipeline.inference.run import run_folder
-from sa2_pipeline.tracking.model_loading import load_predictor, resolve_model
+from sa2_pipeline.inference.run import predictor_settings, run_folder
+from sa2_pipeline.tracking.model_loading import load_predictor, log_engine_choice, resolve_model
 from sa2_pipeline.user_errors import UserError, check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,10 @@ def segment_folder(params: dict[str, Any], registry: dict[str, Any]) -> dict[str
     check_output_folder(cfg.output_dir, "inference.output_dir")
     logger.info("model %s resolved to version %s (%s)", model.requested_uri, model.version,
                 model.uri)
-    return run_folder(cfg, model, lambda device: load_predictor(model, device=device))
+    summary = run_folder(cfg, model, lambda device: load_predictor(
+        model, device=device, **predictor_settings(cfg)))
+    log_engine_choice(summary.get("engine"))
+    return summary
 
 
 def report_failures(summary: dict[str, Any]) -> None:
