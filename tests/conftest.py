@@ -19,6 +19,11 @@ if "SA2_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["SA2_CACHE_DIR"] = tempfile.mkdtemp(prefix="sa2-test-cache-")
+# Registry locks of tracking servers live under $XDG_CACHE_HOME (locks.registry_lock_path):
+# the tests' go to a throw-away folder too, never the user's ~/.cache.
+import tempfile  # noqa: E402
+
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sa2-test-xdg-cache-")
 
 # Property-based tests (hypothesis): a fast profile for CI and `make test`, a deep one on
 # demand (HYPOTHESIS_PROFILE=deep). No deadline: the 2-core CI machine is shared, so an
