@@ -8,26 +8,16 @@ checkout pointed at the same server sees the same champion.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from server_process import running_mlflow_server
 
 VENV_BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str) -> dict:
@@ -37,38 +27,9 @@ def _get(url: str) -> dict:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """``mlflow server`` in its own process group; killed (group SIGKILL) at the end."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:  # noqa: S310
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            log_text = (root / "server.log").read_text()[-3000:]
-            pytest.fail(f"mlflow server did not come up:\n{log_text}")
-        time.sleep(0.5)
-    yield url
-    # The server's parent takes 15-25 s to exit after SIGTERM: a short grace, then the group.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    log.close()
+    """``mlflow server`` in its own process group, stopped as a whole at the end."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), start_timeout=180) as url:
+        yield url
 
 
 def test_retrain_through_a_server_and_two_checkouts_share_the_champion(

@@ -17,26 +17,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from server_process import running_mlflow_server
 
 VENV_BIN = Path(sys.executable).parent
 NAME = "sa2net-synthetic"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:mlflow")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +40,16 @@ def auth_server(tmp_path_factory):
         f"database_uri = sqlite:///{root / 'auth.db'}\n"
         f"admin_username = admin\nadmin_password = {passwords['admin']}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_AUTH_CONFIG_PATH=str(root / "auth.ini"),
                MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [str(VENV_BIN / "mlflow"), "server", "--app-name", "basic-auth", "--host",
-         "127.0.0.1", "--port", str(port), "--backend-store-uri",
-         f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "art"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as r:  # noqa: S310
-                if r.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"mlflow server did not come up:\n"
-                        f"{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    with running_mlflow_server(root, "--app-name", "basic-auth", env=env) as url:
+        _create_users_and_model(url, env, passwords)
+        yield url, passwords
+
+
+def _create_users_and_model(url: str, env: dict[str, str], passwords: dict[str, str]) -> None:
+    """As the admin: the two users, the registered model, EDIT on it for the service account."""
     admin = subprocess.run(
         [sys.executable, "-c",
          "import sys\nfrom mlflow import MlflowClient\n"
@@ -88,14 +63,6 @@ def auth_server(tmp_path_factory):
              "MLFLOW_TRACKING_PASSWORD": passwords["admin"]},
         capture_output=True, text=True, check=False, timeout=120)
     assert admin.returncode == 0, admin.stderr[-3000:]
-    yield url, passwords
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=3)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    log.close()
 
 
 def _as(project, user: str, password: str) -> dict[str, str]:
