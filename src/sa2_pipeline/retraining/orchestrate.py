@@ -14,8 +14,9 @@
    the manifest does not switch this check off; a near-copy of a test image offered as
    training data is refused like a bad file (:data:`EXIT_BAD_DATA`);
 5. version the raw data (:mod:`.versioning`: ``dvc repro data_ingestion@<env>``, push);
-6. ``kedro run --env <env>`` trains the challenger (resumable), evaluates it on the frozen
-   test set and registers it; the registry's statistical gate decides on ``champion``;
+6. ``kedro run --pipelines data_processing,training,evaluation --env <env>`` trains the
+   challenger (resumable), evaluates it on the frozen test set and registers it; the
+   registry's statistical gate decides on ``champion``;
 7. the retraining record (:mod:`.record`), the report rebuilt with it, and the stages
    the run changed recorded in ``dvc.lock`` (``dvc commit``), so ``dvc status`` is up to
    date afterwards and a ``dvc repro`` does not rebuild (or undo) them.
@@ -42,6 +43,7 @@ from sa2_pipeline.retraining.detect import (
 )
 from sa2_pipeline.retraining.record import write_record
 from sa2_pipeline.retraining.versioning import (
+    LATER_STAGES,
     StageFailedError,
     record_stages,
     run_command,
@@ -226,8 +228,9 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
         stale.unlink(missing_ok=True)
     params = [p for p in (req.params, f"registry.data_version={data['data_version']}",
                           _warm_start_param(req)) if p]
-    run_command([tool("kedro"), "run", "--env", req.env, "--params", ",".join(params)],
-                req.project_dir)
+    # Ingestion was just versioned (above); the report is built once the record exists.
+    run_command([tool("kedro"), "run", "--pipelines", ",".join(LATER_STAGES[:-1]), "--env",
+                 req.env, "--params", ",".join(params)], req.project_dir)
     registration = json.loads(paths["registration"].read_text())
     if registration.get("registered") is False or registration.get("version") is None:
         return RetrainOutcome(  # pending.json stays: the next retrain finishes this one
@@ -244,7 +247,7 @@ def _retrain(req: RetrainRequest, detection: Detection, summary: str, started: s
         write_test_reference(paths["test_reference"], paths["manifest"])
     # The report shows the record (catalog `retraining_record`): rebuilt now, it reads as
     # any later rebuild (`dvc repro`) will; then DVC records the stages the run changed.
-    run_command([tool("kedro"), "run", "--pipelines", "reporting", "--env", req.env,
+    run_command([tool("kedro"), "run", "--pipelines", LATER_STAGES[-1], "--env", req.env,
                  *(["--params", req.params] if req.params else [])], req.project_dir)
     record_stages(req.project_dir, req.env)
     paths["pending"].unlink(missing_ok=True)  # done: the next call detects afresh
