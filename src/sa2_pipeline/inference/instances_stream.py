@@ -117,19 +117,24 @@ class InstanceStream:
         objects: list[SlideObject] = []
         waiting_top = rows
         if count:
-            index = np.arange(1, count + 1)
-            done = ndimage.maximum(self.done, components, index).astype(bool)
+            done = np.bincount(components[self.done], minlength=count + 1)[1:] > 0
             boxes = ndimage.find_objects(components)
-            bottoms = np.array([b[0].stop for b in boxes])
-            tops = np.array([b[0].start for b in boxes])
+            tops, bottoms = np.array([[b[0].start, b[0].stop] for b in boxes]).T
             ready = ~done & (final | force | (bottoms + self.context <= rows))
             waiting = ~done & ~ready
             if waiting.any():
                 waiting_top = int(tops[waiting].min())
             if ready.any():
-                chosen = np.where(np.isin(components, index[ready]), components, 0)
-                objects = self._cut(chosen)
-                self.done |= chosen > 0
+                # the rows of the ready components, and one more each side for their
+                # distance transforms (metrics.instances._component_distance)
+                r0 = max(int(tops[ready].min()) - 1, 0)
+                r1 = min(int(bottoms[ready].max()) + 1, rows)
+                keep = np.zeros(count + 1, dtype=bool)
+                keep[1:] = ready
+                part = components[r0:r1]
+                chosen = np.where(keep[part], part, 0)
+                objects = self._cut(chosen, r0)
+                self.done[r0:r1] |= chosen > 0
         safe = rows if final or force else waiting_top
         label_bands = []
         if self.start + safe > self.labels_emitted:
@@ -144,22 +149,25 @@ class InstanceStream:
             self.start += keep
         return objects, label_bands
 
-    def _cut(self, chosen: np.ndarray) -> list[SlideObject]:
+    def _cut(self, chosen: np.ndarray, first: int) -> list[SlideObject]:
+        """Objects of the components ``chosen`` (labels of buffer rows from ``first``)."""
         from scipy import ndimage
 
-        labels = separate_instances(self.fg, chosen, self.cfg)
+        rows = slice(first, first + len(chosen))
+        labels = separate_instances(self.fg[rows], chosen, self.cfg)
         boxes = ndimage.find_objects(labels)
-        found = [(b[0].start, b[1].start, value + 1, b) for value, b in enumerate(boxes)
-                 if b is not None]
+        found = [(b[0].start + first, b[1].start, value + 1, b) for value, b in
+                 enumerate(boxes) if b is not None]
+        ids, cls, prob = self.ids[rows], self.cls[rows], self.prob[rows]
         objects = []
         for top, left, value, box in sorted(found):
             pixels = labels[box] == value
             self.count += 1
-            self.ids[box][pixels] = self.count
-            classes = np.bincount(self.cls[box][pixels], minlength=2)
+            ids[box][pixels] = self.count
+            classes = np.bincount(cls[box][pixels], minlength=2)
             classes[0] = 0
             objects.append(SlideObject(
                 id=self.count, top=self.start + top, left=left, mask=pixels,
-                mean_probability=float(self.prob[box][pixels].mean()),
+                mean_probability=float(prob[box][pixels].mean()),
                 class_id=int(classes.argmax())))
         return objects
