@@ -43,7 +43,7 @@ from sa2_pipeline.inference.slides import (
     tissue_mask,
 )
 from sa2_pipeline.inference.streaming import WindowSpec, stream_probabilities
-from sa2_pipeline.inference.vectors import GeoJSONWriter, level0_polygon, measurements
+from sa2_pipeline.inference.vectors import GeoJSONWriter, level0_polygons, measurements_batch
 from sa2_pipeline.io_utils import atomic_write_bytes, atomic_write_text
 from sa2_pipeline.runtime.precision import autocast, resolve_precision
 from sa2_pipeline.runtime.precision_probe import concrete_precision
@@ -189,17 +189,40 @@ class _ObjectSink:
         self.areas: list[float] = []
 
     def add(self, objects: list[SlideObject]) -> None:
-        for obj in objects:
-            outline = level0_polygon(obj, self.scale, self.size0)
-            area = obj.area * self.scale[0] * self.scale[1]
+        """Outline, measure and write ``objects`` (one band's), all at once: shapely's
+        vectorised functions over the list (:func:`level0_polygons`), the same output as
+        one object at a time."""
+        if not objects:
+            return
+        outlines = level0_polygons(objects, self.scale, self.size0)
+        pixels = [obj.area for obj in objects]
+        rows = []
+        for obj, count in zip(objects, pixels, strict=True):
+            area = count * self.scale[0] * self.scale[1]
             self.areas.append(area)
             um2 = "" if self.mpp is None else f"{area * self.mpp**2:.4f}"
             px = int(area) if float(area).is_integer() else round(area, 2)
-            self.csv.write(f"{obj.id},{px},{um2}\n")
+            rows.append(f"{obj.id},{px},{um2}\n")
+        self.csv.write("".join(rows))
+        self._draw(outlines)
+        if self.geojson is not None:
+            self.geojson.write_many(objects, outlines, measurements_batch(
+                objects, outlines, self.scale, self.mpp, pixel_counts=pixels))
+
+    def _draw(self, outlines: list) -> None:
+        """``self.outlines.add`` of every outline: the polygons' parts as one MultiPolygon
+        (the same rings drawn, in one call), anything else one by one."""
+        import shapely
+
+        array = np.empty(len(outlines), dtype=object)
+        array[:] = outlines
+        kind = shapely.get_type_id(array)
+        polygonal = (kind == 3) | (kind == 6)  # Polygon, MultiPolygon
+        parts = shapely.get_parts(array[polygonal])
+        if len(parts):
+            self.outlines.add(shapely.multipolygons(parts))
+        for outline in array[~polygonal]:
             self.outlines.add(outline)
-            if self.geojson is not None:
-                self.geojson.write(obj, outline, measurements(obj, outline, self.scale,
-                                                              self.mpp))
 
     def close(self) -> None:
         if self.geojson is not None:
@@ -268,11 +291,17 @@ def _segment_source(source, predictor, settings, out_dir, stem, on_row) -> dict[
 def _stream_slide(source, predictor, settings, level, tissue, on_row, objects: _ObjectSink,
                   sinks: dict[str, BandSink], preview: ThumbnailMask) -> int:
     """The one pass over the slide: every band of probabilities feeds the objects, the
-    raster writers and the preview. Returns the foreground pixel count (level 0)."""
+    raster writers and the preview. Returns the foreground pixel count (level 0).
+
+    The network runs here; what each band feeds runs in a worker thread
+    (a :class:`~sa2_pipeline.inference.outputs.BandSink`: a queue of at most 4 bands),
+    so the network does not wait for the objects, their outlines or the files. An error
+    on either side stops both; the worker's is raised here.
+    """
     size0, size = source.level_dimensions[0], source.level_dimensions[level]
     binary = predictor.num_classes == 1
     stream = InstanceStream(size[0], size[1], settings.instances)
-    foreground = 0
+    foreground = [0]
 
     def take(found) -> None:
         new, label_rows = found
@@ -281,18 +310,29 @@ def _stream_slide(source, predictor, settings, level, tissue, on_row, objects: _
             for first, rows in label_rows:
                 sinks["labels"].put(*to_level0(first, rows, size, size0))
 
-    for first, probs in level_bands(source, predictor, settings, level, tissue, on_row):
-        mask = probabilities_to_mask(probs, settings.threshold)
-        fg_prob = probs[0] if binary else 1.0 - probs[0]
-        take(stream.add(first, mask > 0, fg_prob, None if binary else mask))
-        start, mask0 = to_level0(first, mask * np.uint8(255 if binary else 1), size, size0)
-        foreground += int(np.count_nonzero(mask0))
-        preview.add(start, mask0)
-        for kind in ("mask", "ome"):
-            if kind in sinks:
-                sinks[kind].put(start, mask0)
-    take(stream.finish())
-    return foreground
+    def consume(bands) -> None:
+        for first, probs in bands:
+            mask = probabilities_to_mask(probs, settings.threshold)
+            fg_prob = probs[0] if binary else 1.0 - probs[0]
+            take(stream.add(first, mask > 0, fg_prob, None if binary else mask))
+            start, mask0 = to_level0(first, mask * np.uint8(255 if binary else 1), size,
+                                     size0)
+            foreground[0] += int(np.count_nonzero(mask0))
+            preview.add(start, mask0)
+            for kind in ("mask", "ome"):
+                if kind in sinks:
+                    sinks[kind].put(start, mask0)
+        take(stream.finish())
+
+    worker = BandSink(consume)
+    try:
+        for first, probs in level_bands(source, predictor, settings, level, tissue, on_row):
+            worker.put(first, probs)
+        worker.close()
+    except BaseException:
+        worker.abort()
+        raise
+    return foreground[0]
 
 
 def _class_names(predictor: Any) -> list[str]:

@@ -16,6 +16,9 @@ Tiles whose box holds no tissue (the thumbnail's mask,
 :func:`~sa2_pipeline.inference.slides.tissue_mask`) are not run; pixels that only such
 tiles cover get probability 0 (background). With no tile skipped the probabilities equal
 the in-memory window's (tested).
+
+Reading and decoding overlap the network: the next row of tiles is read in a worker
+thread while the network runs on this one (:func:`_prefetched`, one row ahead).
 """
 
 from __future__ import annotations
@@ -131,8 +134,8 @@ def stream_probabilities(
     acc = torch.zeros((spec.num_classes, patch, reader.padded_w), dtype=torch.float32)
     wsum = torch.zeros((patch, reader.padded_w), dtype=torch.float32)
     emitted = 0  # padded rows handed on so far
-    for i, top in enumerate(ys):
-        _run_tile_row(reader, top, xs, forward, spec, patch, gauss, acc, wsum, has_tissue)
+    for i, (top, band) in enumerate(_prefetched(reader, ys, xs, patch, has_tissue)):
+        _run_tile_row(band, forward, spec, patch, gauss, acc, wsum)
         end = ys[i + 1] if i + 1 < len(ys) else reader.padded_h
         final = end - top
         probs = torch.where(wsum[:final] > 0, acc[:, :final] / wsum[:final].clamp_min(1e-30),
@@ -159,15 +162,33 @@ def _crop(probs, top: int, end: int, reader: _PaddedReader) -> np.ndarray | None
     return np.ascontiguousarray(block.numpy())
 
 
-def _run_tile_row(reader, top, xs, forward, spec, patch, gauss, acc, wsum, has_tissue) -> None:
-    """Add one row of tiles (Gaussian-weighted) to the accumulator whose row 0 is ``top``."""
+def _prefetched(reader: _PaddedReader, ys: list[int], xs: list[int], patch: int,
+                has_tissue) -> Iterator[tuple[int, dict]]:
+    """``(top, {left: tile})`` of every row of tiles, the next row read and decoded in a
+    worker thread while the caller runs the network on this one (one row ahead: the
+    memory of one more band of pixels, ``patch x width x 3`` bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read_row(top: int) -> dict:
+        lefts = [x for x in xs if has_tissue is None or has_tissue(
+            x - reader.left, top - reader.top, patch, patch)]
+        return _read_runs(reader, top, lefts, patch) if lefts else {}
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sa2-read") as pool:
+        pending = pool.submit(read_row, ys[0]) if ys else None
+        for i, top in enumerate(ys):
+            band = pending.result()
+            pending = pool.submit(read_row, ys[i + 1]) if i + 1 < len(ys) else None
+            yield top, band  # closed early: leaving the pool waits for that one read
+
+
+def _run_tile_row(band: dict, forward, spec, patch, gauss, acc, wsum) -> None:
+    """Add one row of tiles ``{left: tile}`` (Gaussian-weighted) to the accumulator."""
     import torch
 
-    lefts = [x for x in xs if has_tissue is None or has_tissue(
-        x - reader.left, top - reader.top, patch, patch)]
+    lefts = sorted(band)
     if not lefts:
         return
-    band = _read_runs(reader, top, lefts, patch)
     with torch.inference_mode():
         for first in range(0, len(lefts), spec.batch_size):
             chunk = lefts[first : first + spec.batch_size]
