@@ -37,6 +37,7 @@ from sa2_pipeline.config import (
     KubeflowConfig,
     SyntheticDataConfig,
 )
+from sa2_pipeline.inference.engine_sessions import ENGINES
 from sa2_pipeline.inference.run import collect_inputs, predictor_settings, run_folder
 from sa2_pipeline.locks import LockHeldError
 from sa2_pipeline.models.bundle import make_bundle
@@ -196,8 +197,13 @@ def segment(images: tuple[str, ...], **settings: Any) -> None:
               help="The server's output (default: <tmp>/sa2-serve-<name>-v<version>-<port>.log).")
 @click.option("--start-timeout", type=click.FloatRange(min=1), default=START_TIMEOUT_S,
               show_default=True, help="Seconds to wait for the server to answer /ping.")
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
+              help="What runs the served network, a load-time setting (set as the "
+                   "server's $MLFLOW_PYFUNC_INFERENCE_CONFIG, merged into yours). "
+                   "Not given: that variable's engine, else the model's default, "
+                   f"{InferenceConfig.engine} (docs/inference.md).")
 def serve(model_uri: str, host: str, port: int, workers: int, log_file: str | None,
-          start_timeout: float) -> None:
+          start_timeout: float, engine: str | None) -> None:
     """Serve a registered model over HTTP (mlflow models serve) until Ctrl-C or SIGTERM,
     which stop the server's whole process group: no uvicorn is left on the port."""
     try:
@@ -209,14 +215,24 @@ def serve(model_uri: str, host: str, port: int, workers: int, log_file: str | No
           flush=True)
     try:
         server = ModelServer.start(model.uri, host=host, port=port, workers=workers,
-                                   log_path=log_path)
+                                   log_path=log_path, engine=engine)
         print(f"server process group {server.pgid}; log: {log_path}", flush=True)
+        print(f"engine: {_served_engine(engine, server.engine)}", flush=True)
         serve_until_signalled(server, timeout_s=start_timeout, on_ready=lambda: print(
             f"ready: {server.url}/invocations (Ctrl-C or kill -TERM {os.getpid()} stops "
             "it)", flush=True))
     except ServeError as err:
         raise SystemExit(f"serve: {err}") from err
     print("server stopped", flush=True)
+
+
+def _served_engine(option: str | None, asked: str | None) -> str:
+    """What ``serve`` prints about the engine: the one asked for, and by what."""
+    if option is not None:
+        return f"{option} (load-time setting, --engine)"
+    if asked is not None:
+        return f"{asked} (load-time setting, from $MLFLOW_PYFUNC_INFERENCE_CONFIG)"
+    return f"{InferenceConfig.engine} (the model's default load-time setting)"
 
 
 @cli.command("make-synthetic-data")

@@ -1,5 +1,6 @@
 """``sa2-pipeline serve``: the alias is resolved to one version, the server answers, and
-SIGTERM to the command leaves no process of the server's group and nothing on the port."""
+SIGTERM to the command leaves no process of the server's group and nothing on the port.
+``--engine``: tests/inference/test_serve_engine.py."""
 
 from __future__ import annotations
 
@@ -38,18 +39,24 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _group_processes(pgid: int) -> list[Path]:
+    """The ``/proc/<pid>`` folders of the processes in ``pgid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                found.append(stat.parent)
+    return found
+
+
 def _workers(pgid: int) -> list[str]:
     """Command lines of the uvicorn worker processes (spawned children) in ``pgid``."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
-            continue
-        if "spawn_main" in cmd:
-            found.append(cmd)
+    for proc in _group_processes(pgid):
+        with contextlib.suppress(OSError):
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "spawn_main" in cmd:
+                found.append(cmd)
     return found
 
 
@@ -77,8 +84,10 @@ def _read_until(proc: subprocess.Popen, pattern: str, seen: list[str],
 
 def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model, tmp_path):
     port, log = _free_port(), tmp_path / "server.log"
+    cache = tmp_path / "engine-cache"  # auto measures here, not in a cache of other tests
     env = dict(os.environ, MLFLOW_TRACKING_URI=tiny_model.tracking_uri,
-               PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1")
+               PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1", SA2_CACHE_DIR=str(cache))
+    env.pop("MLFLOW_PYFUNC_INFERENCE_CONFIG", None)
     proc = subprocess.Popen(
         [str(BIN / "sa2-pipeline"), "serve", "--model", tiny_model.uri, "--port", str(port),
          "--log", str(log), "--host", HOST, "--workers", "2"],
@@ -88,7 +97,11 @@ def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model,
     try:
         assert _read_until(proc, r"as version (\d+) \(models:/sa2net-tiny/1\)", seen, 60)
         pgid = int(_read_until(proc, r"process group (\d+)", seen, 30)[1])
+        # no --engine: the model's default, auto, which measures the engines in the server
+        _read_until(proc, r"^engine: auto \(the model's default load-time setting\)$", seen,
+                    30)
         _read_until(proc, rf"ready: http://{re.escape(HOST)}:\d+/invocations", seen, 240)
+        assert list(cache.glob("engine-*.json")), "auto measured nothing in the server"
         # --host: it listens on that address only; --workers 2: two worker processes
         assert not _port_open(port), "--host 127.0.0.2 also listens on 127.0.0.1"
         assert len(_workers(pgid)) >= 2, _workers(pgid)  # default (1): none spawned

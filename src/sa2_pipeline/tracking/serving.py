@@ -9,6 +9,12 @@ until no process of the group is left. ``sa2-pipeline serve`` (docs/inference.md
 "Serving") is this module behind a command; the model URI it gets is already resolved to
 one version (:func:`~sa2_pipeline.tracking.model_loading.resolve_model`).
 
+The served model's engine is a load-time setting (``tracking/pyfunc.py``): ``mlflow models
+serve`` reads it from the environment variable :data:`INFERENCE_CONFIG_VAR`, a JSON object
+such as ``{"engine": "openvino"}``. ``ModelServer.start(..., engine=...)`` sets it in the
+server's environment only (merged into the value this process has, the engine winning);
+this process's own environment is left as it is.
+
 On Linux the starting process becomes a *child subreaper*, so the group's processes that
 outlive their parent are reaped here and do not linger as zombies.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -31,9 +38,11 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_WORKERS", "START_TIMEOUT_S",
-           "STOP_GRACE_S", "ModelServer", "ServeError", "default_log_path",
-           "serve_until_signalled", "stop_process_group"]
+from sa2_pipeline.inference.engine_sessions import ENGINES
+
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_WORKERS", "INFERENCE_CONFIG_VAR",
+           "START_TIMEOUT_S", "STOP_GRACE_S", "ModelServer", "ServeError",
+           "default_log_path", "serve_until_signalled", "stop_process_group"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
@@ -43,6 +52,9 @@ START_TIMEOUT_S = 180.0
 #: Seconds between SIGTERM and SIGKILL when the server group is stopped.
 STOP_GRACE_S = 10.0
 _PR_SET_CHILD_SUBREAPER = 36
+#: Where ``mlflow models serve`` reads the model's load-time settings (MLflow's
+#: ``model_config``) from: a JSON object, e.g. ``{"engine": "openvino"}``.
+INFERENCE_CONFIG_VAR = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
 
 
 class ServeError(RuntimeError):
@@ -60,12 +72,37 @@ def _mlflow_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "mlflow"]
 
 
-def _environment() -> dict[str, str]:
-    """This environment with its ``bin`` first on PATH: ``mlflow models serve`` starts
-    ``uvicorn`` by name."""
+def _environment(engine: str | None = None) -> dict[str, str]:
+    """A copy of this environment for the server: its ``bin`` first on PATH (``mlflow
+    models serve`` starts ``uvicorn`` by name) and, when ``engine`` is given,
+    :data:`INFERENCE_CONFIG_VAR` with ``"engine": engine`` merged into its JSON object.
+
+    Raises:
+        ServeError: ``engine`` is given and this environment's :data:`INFERENCE_CONFIG_VAR`
+            is not a JSON object (it is not overwritten silently).
+    """
     path = os.environ.get("PATH", "")
-    return dict(os.environ, PATH=os.pathsep.join(p for p in (str(Path(sys.executable).parent),
-                                                              path) if p))
+    env = dict(os.environ, PATH=os.pathsep.join(p for p in (str(Path(sys.executable).parent),
+                                                             path) if p))
+    if engine is not None:
+        config = _inference_config(env.get(INFERENCE_CONFIG_VAR))
+        env[INFERENCE_CONFIG_VAR] = json.dumps({**config, "engine": engine})
+    return env
+
+
+def _inference_config(value: str | None) -> dict:
+    """The JSON object of an :data:`INFERENCE_CONFIG_VAR` value (None or blank: ``{}``)."""
+    if value is None or not value.strip():
+        return {}
+    try:
+        config = json.loads(value)
+    except ValueError as err:
+        raise ServeError(f"{INFERENCE_CONFIG_VAR} is not JSON ({err}): fix or unset it, "
+                         f"e.g. {INFERENCE_CONFIG_VAR}='{{\"engine\": \"openvino\"}}'") from err
+    if not isinstance(config, dict):
+        raise ServeError(f"{INFERENCE_CONFIG_VAR} must be a JSON object such as "
+                         f"{{\"engine\": \"openvino\"}}, got {value!r}")
+    return config
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -134,8 +171,12 @@ class ModelServer:
     Use :meth:`start`; :meth:`stop` (also run at interpreter exit) ends the whole group.
     """
 
-    def __init__(self, process: subprocess.Popen, url: str, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen, url: str, log_path: Path,
+                 engine: str | None = None) -> None:
         self.process, self.url, self.log_path = process, url, log_path
+        #: The engine the server's :data:`INFERENCE_CONFIG_VAR` asks for; None: none
+        #: (the model's default).
+        self.engine = engine
         self.hurry = threading.Event()
 
     @property
@@ -145,9 +186,25 @@ class ModelServer:
 
     @classmethod
     def start(cls, model_uri: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-              workers: int = DEFAULT_WORKERS, log_path: Path) -> ModelServer:
+              workers: int = DEFAULT_WORKERS, log_path: Path,
+              engine: str | None = None) -> ModelServer:
         """Start serving ``model_uri`` (a concrete ``models:/<name>/<version>``); the
-        server's output goes to ``log_path``. Returns at once: see :meth:`wait_ready`."""
+        server's output goes to ``log_path``. Returns at once: see :meth:`wait_ready`.
+
+        ``engine`` (one of :data:`~sa2_pipeline.inference.engine_sessions.ENGINES`): the
+        served model's load-time ``engine``, set in the server's
+        :data:`INFERENCE_CONFIG_VAR` (merged into this environment's value, ``engine``
+        winning); None leaves that variable as it is (unset: the model's default,
+        ``auto``). The server's :attr:`engine` is the engine its environment asks for.
+
+        Raises:
+            ValueError: ``engine`` is not one of ``ENGINES``.
+            ServeError: ``engine`` is given and this environment's
+                :data:`INFERENCE_CONFIG_VAR` is not a JSON object; the port is in use.
+        """
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        env = _environment(engine)  # a malformed $MLFLOW_PYFUNC_INFERENCE_CONFIG: refused first
         _check_port_free(host, port)
         command = [*_mlflow_command(), "models", "serve", "-m", model_uri,
                    "--env-manager", "local", "--host", host, "--port", str(port),
@@ -155,11 +212,13 @@ class ModelServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         _become_subreaper()
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, env=_environment(), stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT,
                                        start_new_session=True)
         url_host = f"[{host}]" if ":" in host else host
-        server = cls(process, f"http://{url_host}:{port}", log_path)
+        with contextlib.suppress(ServeError):  # unset engine, malformed value: MLflow's to say
+            engine = _inference_config(env.get(INFERENCE_CONFIG_VAR)).get("engine")
+        server = cls(process, f"http://{url_host}:{port}", log_path, engine)
         atexit.register(server.stop)
         return server
 
