@@ -110,3 +110,31 @@ def test_a_runaway_object_is_cut_instead_of_growing_the_buffer(caplog):
     objects += stream.finish()[0]
     assert 2 <= len(objects) <= 5 and sum(o.area for o in objects) == 4000
     assert "taller than 100 rows" in caplog.text
+
+
+def test_on_a_wide_slide_the_buffer_is_bounded_in_pixels_not_rows(monkeypatch):
+    from sa2_pipeline.inference import instances_stream
+
+    monkeypatch.setattr(instances_stream, "MAX_BUFFER_PIXELS", 40 * 200)
+    narrow = InstanceStream(30, 400, context=8, max_rows=100)
+    wide = InstanceStream(200, 400, context=8, max_rows=100)
+    assert (narrow.max_rows, wide.max_rows) == (100, 40)
+    prob = np.zeros((400, 200), np.float32)
+    prob[:, 50:150] = 1.0
+    for first in range(0, 400, 20):
+        band = prob[first : first + 20]
+        wide.add(first, band > 0.5, band)
+        assert len(wide.fg) <= 40 + 20
+
+
+def test_a_giant_component_stays_one_object_instead_of_a_huge_watershed(monkeypatch,
+                                                                        caplog):
+    from sa2_pipeline.metrics import instances
+    from sa2_pipeline.metrics.instances import extract_instances
+
+    yy, xx = np.mgrid[:80, :160]
+    pair = ((np.hypot(yy - 40, xx - 60) < 25) | (np.hypot(yy - 40, xx - 100) < 25))
+    assert extract_instances(pair.astype(np.float32)).max() == 2  # the rule splits it
+    monkeypatch.setattr(instances, "MAX_SPLIT_PIXELS", 50 * 50)
+    assert extract_instances(pair.astype(np.float32)).max() == 1
+    assert "not split into objects" in caplog.text

@@ -23,7 +23,8 @@ Equality with the in-memory rule (tested for several band heights) holds when ev
 foreground pixel's nearest background pixel lies within :data:`CONTEXT` rows, i.e. for
 objects whose inscribed radius is under :data:`CONTEXT` px at the inference level (nuclei
 are 3-15 px in radius at 0.25-0.5 um/px). An object taller than ``max_rows`` (a runaway
-mask) is cut at the buffer's bottom rather than letting memory grow, with a warning.
+mask; fewer rows on a wide slide, :data:`MAX_BUFFER_PIXELS`) is cut at the buffer's bottom
+rather than letting memory grow, with a warning.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ logger = logging.getLogger(__name__)
 
 #: Rows of context kept above and required below an object before it is cut (level px).
 CONTEXT = 64
-#: An unfinished component taller than this many rows is cut where the buffer ends.
+#: An unfinished component taller than this many rows is cut where the buffer ends...
 MAX_ROWS = 2048
+#: ... or than this many pixels of buffer (rows x width): on a slide 20,000 px wide the
+#: cut comes after 838 rows, so the buffer stays within a few hundred MB.
+MAX_BUFFER_PIXELS = 2048 * 8192
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,8 @@ class InstanceStream:
                  context: int = CONTEXT, max_rows: int = MAX_ROWS) -> None:
         self.width, self.height = width, height
         self.cfg = cfg or InstanceConfig()
-        self.context, self.max_rows = context, max_rows
+        self.context = context
+        self.max_rows = max(min(max_rows, MAX_BUFFER_PIXELS // max(width, 1)), 4 * context)
         self.start = 0  # slide row of buffer row 0
         self.fg = np.zeros((0, width), dtype=bool)
         self.prob = np.zeros((0, width), dtype=np.float32)

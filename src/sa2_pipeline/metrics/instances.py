@@ -28,6 +28,7 @@ watershed from scikit-image and scipy.ndimage.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -43,6 +44,13 @@ __all__ = [
     "panoptic_quality",
     "separate_instances",
 ]
+
+logger = logging.getLogger(__name__)
+
+#: A component whose box holds more pixels than this is one object, not split by the
+#: watershed (with a warning): no nucleus or gland is that large (2,000 x 2,000 px), and
+#: the watershed's arrays for it would take gigabytes (a runaway mask on a slide).
+MAX_SPLIT_PIXELS = 4_000_000
 
 OBJECT_METRICS = ("aji", "pq", "dq", "sq", "obj_precision", "obj_recall", "obj_f1")
 
@@ -90,7 +98,8 @@ def separate_instances(foreground: np.ndarray, components: np.ndarray,
         ``(H, W)`` int32 labels: with ``watershed``, each component split by a watershed on
         the distance to the background, seeded at the distance's local maxima at least
         ``min_distance`` apart (8-touching seeds are one seed); objects under ``min_size``
-        pixels removed. No object spans two components. Ids are not consecutive.
+        pixels removed. No object spans two components. Ids are not consecutive. A
+        component whose box exceeds :data:`MAX_SPLIT_PIXELS` stays one object.
 
     Every step works one component at a time, in the component's own box: its peaks
     depend only on its own distance values, and its watershed floods inside it with no
@@ -142,7 +151,12 @@ def _watershed_components(foreground: np.ndarray, components: np.ndarray,
     for value, box in enumerate(ndimage.find_objects(components), start=1):
         if box is not None:
             inside = components[box] == value
-            if fast:
+            if inside.size > MAX_SPLIT_PIXELS:
+                logger.warning("a component of %d px in a %d x %d box is not split into "
+                               "objects (over %d px: a runaway mask?)", int(inside.sum()),
+                               inside.shape[1], inside.shape[0], MAX_SPLIT_PIXELS)
+                pieces = inside.astype(np.int32)
+            elif fast:
                 distance = _component_distance(foreground, box)
                 pieces = _split_component(distance, inside, cfg,
                                           _component_peaks(distance, inside, cfg))
