@@ -39,6 +39,17 @@ def _port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def _reap(proc: subprocess.Popen, pgid: int | None) -> None:
+    """A test's clean-up of ``sa2-pipeline serve``: the command and its server's group."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    if pgid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.stdout.close()
+
+
 def _group_processes(pgid: int) -> list[Path]:
     """The ``/proc/<pid>`` folders of the processes in ``pgid``."""
     found = []
@@ -124,13 +135,7 @@ def test_serve_answers_and_sigterm_leaves_no_process_and_a_free_port(tiny_model,
         assert "server stopped" in proc.stdout.read()
         assert log.stat().st_size > 0  # --log: the server's output went where asked
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        if pgid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        proc.stdout.close()
+        _reap(proc, pgid)
 
 
 def test_serve_refuses_a_port_in_use_and_an_unknown_model(tiny_model, tmp_path):

@@ -23,7 +23,7 @@ import urllib.request
 import numpy as np
 import pytest
 from inference_helpers import he_image
-from test_serve_command import BIN, REPO, _free_port, _group_processes, _read_until
+from test_serve_command import BIN, REPO, _free_port, _group_processes, _read_until, _reap
 
 from sa2_pipeline.tracking import serving
 from sa2_pipeline.tracking.serving import INFERENCE_CONFIG_VAR, ModelServer, ServeError
@@ -80,13 +80,7 @@ def test_serve_engine_runs_that_engine_in_the_server_and_wins_over_the_variable(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, "".join(seen) + proc.stdout.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        if pgid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        proc.stdout.close()
+        _reap(proc, pgid)
 
 
 @pytest.fixture
