@@ -27,7 +27,11 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sa2-test-xdg-cache-")
 
 # Property-based tests (hypothesis): a fast profile for CI and `make test`, a deep one on
 # demand (HYPOTHESIS_PROFILE=deep). No deadline: the 2-core CI machine is shared, so an
-# example's run time says nothing about the property.
+# example's run time says nothing about the property. Hypothesis keeps its files (example
+# database, caches) in a throw-away folder, not the checkout's .hypothesis/; failures
+# print their reproducing blob.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      tempfile.mkdtemp(prefix="sa2-test-hypothesis-"))
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(

@@ -59,11 +59,31 @@ def test_stale_dependencies_are_found_in_dvc_status_output() -> None:
     assert stale_dependencies({"a": [{"changed outs": {"data/x": "deleted"}}]}) == []
 
 
-def test_dvc_lock_is_current_with_the_code_and_parameters() -> None:
+def _checkout_copy(root: Path) -> Path:
+    """The checkout's files as a clone of the working tree holds them (tracked, and
+    untracked but not ignored), without ``data/``: ``dvc status`` runs there, so its
+    lock and state files (``.dvc/tmp/``) are written in the test's folder, not the
+    project's."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                             "-z"], cwd=ROOT, capture_output=True, check=False)
+    if listed.returncode != 0:
+        pytest.skip(f"{ROOT} is not a git working tree")
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / name
+        if name.split("/", 1)[0] == "data" or not source.is_file():
+            continue
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, root / name)
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)  # DVC's repo is a git one
+    return root
+
+
+def test_dvc_lock_is_current_with_the_code_and_parameters(tmp_path) -> None:
     """Fails until dvc.lock is regenerated after a change to a stage's code or params."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    result = subprocess.run([_dvc(), "status", "--json"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run([_dvc(), "status", "--json"], cwd=_checkout_copy(tmp_path),
+                            env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
     assert result.returncode == 0, result.stderr
     stale = stale_dependencies(json.loads(result.stdout or "{}"))
     assert not stale, ("dvc.lock is out of date; run `make dvc-repro` and commit dvc.lock:\n"

@@ -1,13 +1,21 @@
 """Helpers of the inference tests: a throwaway MLflow store with one tiny registered model
-(alias ``champion``), H&E-like test images."""
+(alias ``champion``), H&E-like test images, the commands a user types run against it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from kedro_project import make_project_copy
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 
 @dataclass
@@ -70,3 +78,24 @@ def he_image(height: int, width: int, seed: int = 0) -> np.ndarray:
               + np.array([150, 60, 130])).clip(0, 255)
     image[:, : width * 2 // 3] = tissue
     return image
+
+
+def command_env(tiny_model: TinyModel) -> dict[str, str]:
+    """The environment of ``kedro``/``sa2-pipeline`` run against ``tiny_model``'s store."""
+    env = dict(os.environ)
+    env.update({"MLFLOW_TRACKING_URI": tiny_model.tracking_uri, "PYTHONPATH": str(REPO / "src"),
+                "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
+    return env
+
+
+def kedro_inference(tiny_model: TinyModel, params: str, root: Path
+                    ) -> subprocess.CompletedProcess:
+    """``kedro run --pipelines inference --params PARAMS`` in a copy of the project at
+    ``root`` (made on first use), so nothing lands in the checkout (kedro-viz's ``.viz/``)."""
+    if not (root / "pyproject.toml").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        make_project_copy(root)
+    return subprocess.run([str(BIN / "kedro"), "run", "--pipelines", "inference", "--params",
+                           params], cwd=root, env=command_env(tiny_model),
+                          capture_output=True, text=True, timeout=600, check=False)

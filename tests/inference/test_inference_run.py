@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,18 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from inference_helpers import he_image
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _env(tiny_model) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"MLFLOW_TRACKING_URI": tiny_model.tracking_uri, "PYTHONPATH": str(REPO / "src"),
-                "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1",
-                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
-    return env
+from inference_helpers import BIN, command_env, he_image, kedro_inference
 
 
 def _inputs(folder: Path) -> None:
@@ -50,18 +38,12 @@ def _inputs(folder: Path) -> None:
     (folder / "notes.svslide").write_text("not a slide")
 
 
-def _kedro(tiny_model, params: str, *, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "kedro"), "run", "--pipelines", "inference", "--params",
-                           params], cwd=cwd, env=_env(tiny_model), capture_output=True,
-                          text=True, timeout=600, check=False)
-
-
 def test_kedro_inference_pipeline_segments_reports_and_resumes(tmp_path, tiny_model):
     inputs, out = tmp_path / "in", tmp_path / "out"
     _inputs(inputs)
     params = (f"inference.input_dir={inputs},inference.output_dir={out},"
               f"inference.model_uri={tiny_model.uri},inference.progress=false")
-    proc = _kedro(tiny_model, params, cwd=REPO)
+    proc = kedro_inference(tiny_model, params, tmp_path / "project")
     log = proc.stdout + proc.stderr
     # four bad inputs: the exit status is their number; the good ones are all done
     assert proc.returncode == 4, log
@@ -90,13 +72,13 @@ def test_kedro_inference_pipeline_segments_reports_and_resumes(tmp_path, tiny_mo
 
     # unchanged re-run: nothing redone; a changed threshold redoes every input
     stamp = (run_dir / "a.png.mask.png").stat().st_mtime_ns
-    again = _kedro(tiny_model, params + ",inference.num_threads=1", cwd=REPO)
+    again = kedro_inference(tiny_model, params + ",inference.num_threads=1", tmp_path / "project")
     assert again.returncode == 4
     assert "torch uses 1 thread(s)" in again.stdout + again.stderr  # inference.num_threads
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert sorted(manifest["this_run"]["skipped"]) == ["a.png", "a.tif", "slide.tif"]
     assert (run_dir / "a.png.mask.png").stat().st_mtime_ns == stamp
-    third = _kedro(tiny_model, params + ",inference.threshold=0.9", cwd=REPO)
+    third = kedro_inference(tiny_model, params + ",inference.threshold=0.9", tmp_path / "project")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert third.returncode == 4 and sorted(manifest["this_run"]["done"]) == [
         "a.png", "a.tif", "slide.tif"]
@@ -112,7 +94,7 @@ def test_kedro_parts_split_the_inputs(tmp_path, tiny_model):
     params = (f"inference.input_dir={inputs},inference.output_dir={out},"
               f"inference.model_uri={tiny_model.uri},inference.progress=false,"
               "inference.num_parts=2,inference.part_id=1")
-    proc = _kedro(tiny_model, params, cwd=REPO)
+    proc = kedro_inference(tiny_model, params, tmp_path / "project")
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = sorted(p.name for p in (out / "sa2net-tiny-v1").glob("*.mask.png"))
     assert done == ["img1.png.mask.png"]  # sorted names, every 2nd from index 1
@@ -120,7 +102,7 @@ def test_kedro_parts_split_the_inputs(tmp_path, tiny_model):
 
 def _cli(tiny_model, *args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "sa2-pipeline"), "segment", *args, "--model",
-                           tiny_model.uri], env=_env(tiny_model), capture_output=True,
+                           tiny_model.uri], env=command_env(tiny_model), capture_output=True,
                           text=True, timeout=600, check=False, **kwargs)
 
 
@@ -170,7 +152,7 @@ def test_killed_run_resumes_without_redoing_finished_inputs(tmp_path, tiny_model
     proc = subprocess.Popen([str(BIN / "sa2-pipeline"), "segment", str(folder), "--model",
                              tiny_model.uri, "--out", str(out), "--no-progress",
                              "--batch-size", "1"],
-                            env=_env(tiny_model), stdout=subprocess.DEVNULL,
+                            env=command_env(tiny_model), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     records = out / "records"
     deadline = time.monotonic() + 300

@@ -6,25 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import pytest
-from inference_helpers import he_image
+from inference_helpers import BIN, command_env, he_image, kedro_inference
 
 from sa2_pipeline.reporting.browser import check_page, find_chromium
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _env(tiny_model) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"MLFLOW_TRACKING_URI": tiny_model.tracking_uri, "PYTHONPATH": str(REPO / "src"),
-                "OMP_NUM_THREADS": "1", "KEDRO_DISABLE_TELEMETRY": "1",
-                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
-    return env
 
 
 def _inputs(folder: Path) -> Path:
@@ -37,7 +25,7 @@ def _inputs(folder: Path) -> Path:
 
 def _cli(tiny_model, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "sa2-pipeline"), "segment", *args, "--model",
-                           tiny_model.uri, "--no-progress"], env=_env(tiny_model),
+                           tiny_model.uri, "--no-progress"], env=command_env(tiny_model),
                           capture_output=True, text=True, timeout=600, check=False)
 
 
@@ -77,9 +65,7 @@ def test_kedro_outputs_parameter_chooses_the_files_and_writes_the_index(tmp_path
     params = (f"inference.input_dir={inputs},inference.output_dir={out},"
               f"inference.model_uri={tiny_model.uri},inference.progress=false,"
               "inference.outputs=[labels]")
-    proc = subprocess.run([str(BIN / "kedro"), "run", "--pipelines", "inference", "--params",
-                           params], cwd=REPO, env=_env(tiny_model), capture_output=True,
-                          text=True, timeout=600, check=False)
+    proc = kedro_inference(tiny_model, params, tmp_path / "project")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = out / "sa2net-tiny-v1"
     assert _written(run_dir, "img0.png") == _written(run_dir, "img1.png") == {"labels"}
@@ -112,7 +98,7 @@ def test_killed_run_resumes_without_duplicating_objects(tmp_path, tiny_model):
         cv2.imwrite(str(folder / f"img{k}.png"), he_image(256, 256, seed=k))
     proc = subprocess.Popen([str(BIN / "sa2-pipeline"), "segment", str(folder), "--model",
                              tiny_model.uri, "--out", str(out), "--no-progress",
-                             "--batch-size", "1"], env=_env(tiny_model),
+                             "--batch-size", "1"], env=command_env(tiny_model),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + 300
