@@ -57,8 +57,10 @@ def airflow_env(home: Path, project: Path, datasets: str) -> dict[str, str]:
     return env
 
 
-def parse_dags(tmp_path: Path, project: Path, datasets: str) -> dict:
-    proc = subprocess.run([str(airflow_python()), "-c", _PARSE, str(DAG_FOLDER)],
+def parse_dags(tmp_path: Path, project: Path, datasets: str, script: str = _PARSE) -> dict:
+    """What ``script`` (run by the Airflow venv's Python on the DAG folder) prints after
+    ``DAGBAG ``, as JSON."""
+    proc = subprocess.run([str(airflow_python()), "-c", script, str(DAG_FOLDER)],
                           env=airflow_env(tmp_path / "airflow-home", project, datasets),
                           capture_output=True, text=True, timeout=300, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("DAGBAG ")]

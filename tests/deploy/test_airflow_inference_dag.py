@@ -5,11 +5,9 @@ Airflow DagBag (no database): plan -> one mapped ``segment`` task per part (``.e
 
 from __future__ import annotations
 
-import json
-import subprocess
 import textwrap
 
-from test_airflow_dag import DAG_FOLDER, airflow_env, airflow_python
+from test_airflow_dag import parse_dags
 
 _PARSE = textwrap.dedent("""
     import json, sys
@@ -32,19 +30,10 @@ _PARSE = textwrap.dedent("""
 """)
 
 
-def parse(tmp_path, project, datasets: str) -> dict:
-    proc = subprocess.run([str(airflow_python()), "-c", _PARSE, str(DAG_FOLDER)],
-                          env=airflow_env(tmp_path / "airflow-home", project, datasets),
-                          capture_output=True, text=True, timeout=300, check=False)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("DAGBAG ")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1].removeprefix("DAGBAG "))
-
-
 def test_one_inference_dag_per_dataset_fanning_out_over_mapped_parts(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
-    bag = parse(tmp_path, project, "synthetic,glas")
+    bag = parse_dags(tmp_path, project, "synthetic,glas", _PARSE)
     assert bag["errors"] == {}
     assert set(bag["dags"]) == {"sa2_inference_synthetic", "sa2_inference_glas"}
     for dag in bag["dags"].values():
