@@ -15,8 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from inference_helpers import he_image, tiny_bundle
-from test_inference_run import _cli, _kedro
+from inference_helpers import he_image, kedro_inference, tiny_bundle
+from test_inference_run import _cli
 
 ENGINE_SESSIONS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
@@ -185,7 +185,7 @@ def test_kedro_inference_engine_param(tmp_path, tiny_model):
     params = (f"inference.input_dir={inputs},inference.output_dir={out},"
               f"inference.model_uri={tiny_model.uri},inference.progress=false,"
               "inference.engine=openvino")
-    proc = _kedro(tiny_model, params, cwd=Path(__file__).resolve().parents[2])
+    proc = kedro_inference(tiny_model, params, tmp_path / "project")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     run_dir = out / "sa2net-tiny-v1"
     record = json.loads((run_dir / "manifest.json").read_text())["engine"]
